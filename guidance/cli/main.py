@@ -1,0 +1,69 @@
+"""The ``guidance`` command: one sub-command per module in :data:`COMMAND_MODULES`.
+
+Each module exposes ``register(subparsers) -> None``, which adds its parser and sets
+``func`` (``Callable[[argparse.Namespace], int]``) as the parser default. Wrong
+arguments exit with status 2 and a one-line reason (argparse's convention);
+:class:`UsageError` raised by a command does the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+__all__ = ["COMMAND_MODULES", "UsageError", "main"]
+
+#: Sub-command modules, in help order. Add a line here to add a command.
+COMMAND_MODULES: list[str] = [
+    "guidance.cli.run",
+    "guidance.cli.demo",
+    "guidance.cli.simulate",
+    "guidance.cli.replay",
+    "guidance.cli.bench",
+]
+
+
+class UsageError(Exception):
+    """A bad argument or input file: printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        # One line, status 2 (argparse prints usage too; keep the reason last and short).
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every registered sub-command."""
+    parser = _Parser(
+        prog="guidance",
+        description="Real-time interventional guidance assistant (research use only).",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script. Returns the process exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(int(args.verbose), 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except UsageError as e:
+        print(f"guidance {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

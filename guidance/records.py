@@ -1,0 +1,69 @@
+"""Record types shared across the application: guidance states and safety warnings.
+
+One frozen dataclass per concept (STYLE.md): no dicts with string keys on the
+frame path.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+__all__ = ["GuidanceState", "SafetyWarning", "WarningLevel"]
+
+
+class GuidanceState(enum.Enum):
+    """What the assistant can say about the current frame.
+
+    ``OK``: fresh input, every stage ran. ``STALE``: the newest input is older than its
+    threshold; whatever is shown is not current. ``DEGRADED``: a stage fell back (e.g. a
+    backend failed to load, detector and model disagree). ``NO_GUIDANCE``: nothing
+    trustworthy to show (no needle, no plan, a stage failed).
+    """
+
+    OK = "OK"
+    STALE = "STALE"
+    DEGRADED = "DEGRADED"
+    NO_GUIDANCE = "NO_GUIDANCE"
+
+
+class WarningLevel(enum.IntEnum):
+    """Severity of a safety warning; ordered so that ``max()`` gives the worst."""
+
+    NONE = 0
+    INFO = 1
+    CAUTION = 2
+    DANGER = 3
+
+
+@dataclass(frozen=True)
+class SafetyWarning:
+    """One safety warning about one structure at one time.
+
+    Attributes:
+        t_s: time of the frame the warning is about, seconds since the run started
+            (local monotonic clock).
+        level: severity.
+        structure: name of the critical structure (or ``"plan"`` for plan deviation).
+        distance_mm: signed distance in mm (negative = inside the structure / beyond
+            the allowed deviation); NaN when not applicable.
+        message: human-readable text, naming the structure and the distance.
+    """
+
+    t_s: float
+    level: WarningLevel
+    structure: str
+    distance_mm: float
+    message: str
+
+    def to_json(self) -> dict[str, object]:
+        """JSON-ready dict (``level`` as its name)."""
+        return {
+            "t_s": round(self.t_s, 4),
+            "level": self.level.name,
+            "structure": self.structure,
+            "distance_mm": None if self.distance_mm != self.distance_mm else round(
+                self.distance_mm, 3
+            ),
+            "message": self.message,
+        }

@@ -1,0 +1,1 @@
+"""Segmentation networks, inference backends, training on simulated data, shipped weights. Imports nothing of the project."""
