@@ -1,0 +1,594 @@
+"""OpenIGTLink transport: server and client over TCP, with our own socket handling.
+
+What it guarantees (DESIGN.md, issue "live guidance loop"):
+
+* Event-driven: a receive thread per connection blocks in ``recv_into``; a consumer
+  waiting in :class:`~guidance.io.slots.LatestSlots` wakes when a message completes.
+  Nothing polls with ``sleep``.
+* Bodies are received into pooled, preallocated buffers (:class:`BufferPool`), never
+  grown chunk by chunk; the CRC-64 is computed chunk by chunk as bytes arrive, so little
+  work is left once the last byte is in.
+* Latest value wins per device name (received/dropped counters per device), in and out:
+  a slow peer never makes our outgoing queue grow either.
+* Robust: the body size is checked against a cap before allocating; bad CRC, malformed
+  or unknown messages are rejected with a logged reason and the connection goes on
+  (or, when framing itself is lost, only that connection is closed); a message stalled
+  half-way is dropped after ``body_timeout_s``; dead peers are found by TCP keepalive
+  and failed sends; the server serves several clients at once; the client reconnects
+  with exponential backoff; the server binds to loopback unless told otherwise.
+* Every message carries the sender's timestamp and our ``time.monotonic_ns()`` at the
+  moment its last byte was received.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pyigtl.messages import MessageBase
+
+from guidance.io.bufferpool import BufferPool
+from guidance.io.messages import HEADER_SIZE, MalformedMessage, crc64, decode, parse_header
+from guidance.io.slots import LatestSlots
+
+__all__ = [
+    "Connection",
+    "ConnectionStats",
+    "IgtlClient",
+    "IgtlServer",
+    "RawListener",
+    "TransportConfig",
+    "parse_host_port",
+]
+
+log = logging.getLogger(__name__)
+
+#: ``fn(header_bytes, body_view, received_ns, peer)``: sees every accepted message's
+#: exact bytes (the recorder). Must be quick; it may keep ``body_view``.
+RawListener = Callable[[bytes, memoryview, int, str], None]
+
+_SMALL_BODY = 64 * 1024
+
+
+@dataclass(frozen=True)
+class TransportConfig:
+    """Transport settings.
+
+    Attributes:
+        max_body_bytes: largest accepted body; larger ones are refused before allocating.
+        check_crc: verify the CRC-64 of every body (on by default).
+        body_timeout_s: a message whose bytes stop arriving for this long is dropped
+            with its connection (truncated-then-stalled peer).
+        keepalive_s: TCP keepalive idle/interval base used to detect dead peers.
+        send_timeout_s: a send blocked this long marks the peer dead.
+    """
+
+    max_body_bytes: int = 256 * 1024 * 1024
+    check_crc: bool = True
+    body_timeout_s: float = 5.0
+    keepalive_s: float = 2.0
+    send_timeout_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.max_body_bytes < 1:
+            raise ValueError(f"max_body_bytes must be >= 1, got {self.max_body_bytes}")
+        for name in ("body_timeout_s", "keepalive_s", "send_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+
+
+@dataclass
+class ConnectionStats:
+    """Counters of one connection."""
+
+    messages: int = 0
+    bytes: int = 0
+    bad_crc: int = 0
+    malformed: int = 0
+    unknown: int = 0
+    sent: int = 0
+    send_dropped: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def note_error(self, reason: str) -> None:
+        """Keep the last few rejection reasons for status displays."""
+        self.errors.append(reason)
+        del self.errors[:-20]
+
+
+class _PeerClosed(Exception):
+    pass
+
+
+class _Stalled(Exception):
+    pass
+
+
+def parse_host_port(text: str, what: str = "address") -> tuple[str, int]:
+    """Parse ``HOST:PORT``.
+
+    Raises:
+        ValueError: naming ``what`` and the bad text.
+    """
+    host, sep, port_s = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"{what} must be HOST:PORT, got {text!r}")
+    try:
+        port = int(port_s)
+    except ValueError:
+        raise ValueError(f"{what}: port must be a number, got {port_s!r}") from None
+    if not 0 < port < 65536:
+        raise ValueError(f"{what}: port must be 1..65535, got {port}")
+    return host.strip("[]"), port
+
+
+def _set_keepalive(sock: socket.socket, seconds: float) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    s = max(1, int(round(seconds)))
+    for opt, val in (("TCP_KEEPIDLE", s), ("TCP_KEEPINTVL", s), ("TCP_KEEPCNT", 3)):
+        if hasattr(socket, opt):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, opt), val)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class Connection:
+    """One TCP peer: a receive thread and a send thread.
+
+    Received messages go to ``slots``; outgoing messages wait in a latest-per-device
+    slot and are sent by the send thread, so a peer that does not read never blocks
+    the caller of :meth:`send`.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        peer: str,
+        slots: LatestSlots,
+        config: TransportConfig,
+        raw_listeners: list[RawListener],
+        on_close: Callable[[Connection], None] | None = None,
+    ) -> None:
+        self.sock = sock
+        self.peer = peer
+        self.slots = slots
+        self.config = config
+        self.stats = ConnectionStats()
+        self._raw_listeners = raw_listeners
+        self._on_close = on_close
+        self._pool = BufferPool()
+        self._scratch = bytearray(_SMALL_BODY)
+        self._closed = threading.Event()
+        self._out_cond = threading.Condition(threading.Lock())
+        self._outgoing: OrderedDict[str, tuple[bytes, Callable[[int], None] | None]] = (
+            OrderedDict()
+        )
+        _set_keepalive(sock, config.keepalive_s)
+        self._rx = threading.Thread(target=self._receive_loop, name=f"igtl-rx {peer}", daemon=True)
+        self._tx = threading.Thread(target=self._send_loop, name=f"igtl-tx {peer}", daemon=True)
+
+    @property
+    def closed(self) -> bool:
+        """True once the connection is closed (peer gone, error, or :meth:`close`)."""
+        return self._closed.is_set()
+
+    def start(self) -> None:
+        """Start the receive and send threads."""
+        self._rx.start()
+        self._tx.start()
+
+    def run_receive(self) -> None:
+        """Run the receive loop in the calling thread (used by the client), with only
+        the send thread started in the background."""
+        self._tx.start()
+        self._receive_loop()
+
+    def close(self, reason: str = "closed") -> None:
+        """Close the socket (wakes both threads); idempotent."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        log.info("connection %s closed: %s", self.peer, reason)
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        with self._out_cond:
+            self._out_cond.notify_all()
+        if self._on_close is not None:
+            self._on_close(self)
+
+    def join(self, timeout_s: float = 2.0) -> None:
+        """Wait for both threads to end."""
+        for t in (self._rx, self._tx):
+            if t.is_alive() and t is not threading.current_thread():
+                t.join(timeout_s)
+
+    # -- sending ---------------------------------------------------------------------
+
+    def send_packed(
+        self, device_key: str, packed: bytes, on_sent: Callable[[int], None] | None = None
+    ) -> None:
+        """Queue packed bytes as the newest message for ``device_key``; an older one not
+        yet sent is replaced (counted in ``send_dropped``). ``on_sent(ns)`` is called with
+        ``time.monotonic_ns()`` once the bytes are handed to the kernel."""
+        if self._closed.is_set():
+            return
+        with self._out_cond:
+            if device_key in self._outgoing:
+                self.stats.send_dropped += 1
+            self._outgoing[device_key] = (packed, on_sent)
+            self._out_cond.notify()
+
+    def _send_loop(self) -> None:
+        self.sock.settimeout(None)
+        while True:
+            with self._out_cond:
+                while not self._outgoing and not self._closed.is_set():
+                    self._out_cond.wait()
+                if self._closed.is_set():
+                    return
+                _key, (packed, on_sent) = self._outgoing.popitem(last=False)
+            try:
+                self._sendall(packed)
+            except OSError as e:
+                self.close(f"send failed: {e}")
+                return
+            self.stats.sent += 1
+            if on_sent is not None:
+                on_sent(time.monotonic_ns())
+
+    def _sendall(self, data: bytes) -> None:
+        # sendall with an overall deadline, without touching the socket's timeout (the
+        # receive thread uses it): wait for writability with select.
+        import select
+
+        view = memoryview(data)
+        deadline = time.monotonic() + self.config.send_timeout_s
+        while view:
+            try:
+                n = self.sock.send(view, socket.MSG_DONTWAIT)
+                view = view[n:]
+                continue
+            except BlockingIOError:
+                pass
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"peer did not read for {self.config.send_timeout_s} s")
+            select.select([], [self.sock], [], remaining)
+
+    # -- receiving -------------------------------------------------------------------
+
+    def _recv_exact(self, view: memoryview, n: int, crc: int | None) -> int | None:
+        """Fill ``view[:n]``; returns the running CRC (or None when not checked)."""
+        got = 0
+        sock = self.sock
+        while got < n:
+            try:
+                k = sock.recv_into(view[got:n])
+            except TimeoutError:
+                raise _Stalled(
+                    f"message stalled: {got} of {n} bytes after {self.config.body_timeout_s} s"
+                ) from None
+            if k == 0:
+                raise _PeerClosed(f"peer closed the connection ({got} of {n} bytes received)")
+            if crc is not None:
+                crc = crc64(view[got : got + k], crc)
+            got += k
+        return crc
+
+    def _receive_loop(self) -> None:
+        hdr = bytearray(HEADER_SIZE)
+        hview = memoryview(hdr)
+        cfg = self.config
+        reason = "receive loop ended"
+        try:
+            while not self._closed.is_set():
+                # Wait for the first byte with no timeout (an idle peer is fine), then
+                # the rest of the message must keep coming.
+                self.sock.settimeout(None)
+                first = self.sock.recv_into(hview[:1])
+                if first == 0:
+                    reason = "peer closed the connection"
+                    break
+                self.sock.settimeout(cfg.body_timeout_s)
+                self._recv_exact(hview[1:], HEADER_SIZE - 1, None)
+                try:
+                    header = parse_header(hdr, cfg.max_body_bytes)
+                except MalformedMessage as e:
+                    # The stream cannot be re-synchronised after a bad header.
+                    self.stats.malformed += 1
+                    self.stats.note_error(str(e))
+                    log.warning("%s: rejected header, closing connection: %s", self.peer, e)
+                    reason = f"bad header: {e}"
+                    break
+                n = header.body_size
+                if header.message_type == "IMAGE" or n > _SMALL_BODY:
+                    buf = self._pool.acquire(n)
+                else:
+                    buf = self._scratch
+                body = memoryview(buf)[:n]
+                crc = self._recv_exact(body, n, 0 if cfg.check_crc else None)
+                received_ns = time.monotonic_ns()
+                self.stats.bytes += HEADER_SIZE + n
+                if crc is not None and crc != header.crc:
+                    self.stats.bad_crc += 1
+                    msg = (f"{header.message_type} '{header.device_name}': CRC mismatch "
+                           f"(got {crc:#018x}, header says {header.crc:#018x}); dropped")
+                    self.stats.note_error(msg)
+                    log.warning("%s: %s", self.peer, msg)
+                    continue
+                try:
+                    message = decode(header, body)
+                except MalformedMessage as e:
+                    self.stats.malformed += 1
+                    self.stats.note_error(str(e))
+                    log.warning("%s: rejected message: %s", self.peer, e)
+                    continue
+                if message is None:
+                    self.stats.unknown += 1
+                    self.slots.count_unknown(header.message_type)
+                    log.debug("%s: skipped unknown type %s", self.peer, header.message_type)
+                    continue
+                self.stats.messages += 1
+                if self._raw_listeners:
+                    if buf is self._scratch:  # scratch is reused at once: hand out a copy
+                        body = memoryview(bytes(body))
+                    for fn in self._raw_listeners:
+                        fn(bytes(hdr), body, received_ns, self.peer)
+                self.slots.put(
+                    header.device_name,
+                    header.message_type,
+                    message,
+                    header.timestamp_s,
+                    received_ns,
+                    self.peer,
+                )
+        except _Stalled as e:
+            self.stats.note_error(str(e))
+            log.warning("%s: %s; closing connection", self.peer, e)
+            reason = str(e)
+        except _PeerClosed as e:
+            reason = str(e)
+        except OSError as e:
+            reason = f"socket error: {e}"
+        self.close(reason)
+
+
+class IgtlServer:
+    """OpenIGTLink server: accepts several clients; all feed one :class:`LatestSlots`.
+
+    Args:
+        port: TCP port (0 picks a free one; see :attr:`port` after :meth:`start`).
+        host: interface to bind; loopback by default. Binding another interface must be
+            asked for explicitly (``--bind``).
+        config: transport settings.
+        slots: where received messages go (a new one by default).
+    """
+
+    def __init__(
+        self,
+        port: int,
+        host: str = "127.0.0.1",
+        config: TransportConfig | None = None,
+        slots: LatestSlots | None = None,
+    ) -> None:
+        if not 0 <= port < 65536:
+            raise ValueError(f"port must be 0..65535, got {port}")
+        self.host = host
+        self._requested_port = port
+        self.config = config or TransportConfig()
+        self.slots = slots or LatestSlots()
+        self.raw_listeners: list[RawListener] = []
+        self._sock: socket.socket | None = None
+        self._conns: list[Connection] = []
+        self._lock = threading.Lock()
+        self._accept_thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self.closed_connections: list[ConnectionStats] = []
+
+    @property
+    def port(self) -> int:
+        """The bound port (after :meth:`start`)."""
+        if self._sock is None:
+            return self._requested_port
+        return int(self._sock.getsockname()[1])
+
+    def start(self) -> IgtlServer:
+        """Bind, listen and start accepting. Returns self."""
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.host, self._requested_port))
+        except OSError as e:
+            sock.close()
+            raise OSError(f"cannot listen on {self.host}:{self._requested_port}: {e}") from e
+        sock.listen(8)
+        self._sock = sock
+        self._accept_thread = threading.Thread(target=self._accept_loop, name="igtl-accept",
+                                               daemon=True)
+        self._accept_thread.start()
+        log.info("OpenIGTLink server listening on %s:%d", self.host, self.port)
+        return self
+
+    def _accept_loop(self) -> None:
+        assert self._sock is not None
+        while not self._stopping.is_set():
+            try:
+                csock, addr = self._sock.accept()
+            except OSError:
+                break
+            peer = f"{addr[0]}:{addr[1]}"
+            conn = Connection(csock, peer, self.slots, self.config, self.raw_listeners,
+                              on_close=self._forget)
+            with self._lock:
+                self._conns.append(conn)
+            log.info("client connected: %s", peer)
+            conn.start()
+
+    def _forget(self, conn: Connection) -> None:
+        with self._lock:
+            if conn in self._conns:
+                self._conns.remove(conn)
+                self.closed_connections.append(conn.stats)
+
+    def connections(self) -> list[Connection]:
+        """The open client connections."""
+        with self._lock:
+            return list(self._conns)
+
+    def send(self, message: MessageBase, on_sent: Callable[[int], None] | None = None) -> int:
+        """Pack once and queue to every client (latest per device). Returns the number
+        of clients it was queued to."""
+        packed = message.pack()
+        key = f"{message.message_type}:{message.device_name}"
+        conns = self.connections()
+        for c in conns:
+            c.send_packed(key, packed, on_sent)
+        return len(conns)
+
+    def stop(self) -> None:
+        """Stop accepting and close every connection."""
+        self._stopping.set()
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
+            self._sock.close()
+        for c in self.connections():
+            c.close("server stopping")
+            c.join()
+        if self._accept_thread is not None:
+            self._accept_thread.join(2.0)
+
+    def __enter__(self) -> IgtlServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class IgtlClient:
+    """OpenIGTLink client with reconnection (exponential backoff).
+
+    Args:
+        host, port: the server.
+        config: transport settings.
+        slots: where received messages go (a new one by default).
+        backoff_initial_s, backoff_max_s: delay before the first reconnection attempt,
+            doubled after each failure up to the maximum.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        config: TransportConfig | None = None,
+        slots: LatestSlots | None = None,
+        backoff_initial_s: float = 0.1,
+        backoff_max_s: float = 5.0,
+    ) -> None:
+        if not 0 < port < 65536:
+            raise ValueError(f"port must be 1..65535, got {port}")
+        if backoff_initial_s <= 0 or backoff_max_s < backoff_initial_s:
+            raise ValueError(
+                f"need 0 < backoff_initial_s <= backoff_max_s, got {backoff_initial_s}, "
+                f"{backoff_max_s}"
+            )
+        self.host, self.port = host, port
+        self.config = config or TransportConfig()
+        self.slots = slots or LatestSlots()
+        self.raw_listeners: list[RawListener] = []
+        self.backoff_initial_s, self.backoff_max_s = backoff_initial_s, backoff_max_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._conn: Connection | None = None
+        self._connected = threading.Event()
+        self.connect_attempts = 0
+        self.connections_made = 0
+        self.last_error = ""
+
+    @property
+    def connected(self) -> bool:
+        """True while a connection is open."""
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout_s: float) -> bool:
+        """Block until connected or ``timeout_s`` passes."""
+        return self._connected.wait(timeout_s)
+
+    @property
+    def stats(self) -> ConnectionStats | None:
+        """Counters of the current (or last) connection."""
+        return self._conn.stats if self._conn is not None else None
+
+    def start(self) -> IgtlClient:
+        """Start the connect/receive thread. Returns self."""
+        self._thread = threading.Thread(target=self._run, name="igtl-client", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        delay = self.backoff_initial_s
+        while not self._stop.is_set():
+            self.connect_attempts += 1
+            try:
+                sock = socket.create_connection((self.host, self.port), timeout=2.0)
+            except OSError as e:
+                self.last_error = f"cannot connect to {self.host}:{self.port}: {e}"
+                log.info("%s; retrying in %.2f s", self.last_error, delay)
+                if self._stop.wait(delay):
+                    break
+                delay = min(delay * 2.0, self.backoff_max_s)
+                continue
+            peer = f"{self.host}:{self.port}"
+            conn = Connection(sock, peer, self.slots, self.config, self.raw_listeners)
+            self._conn = conn
+            self.connections_made += 1
+            self._connected.set()
+            log.info("connected to %s", peer)
+            started = time.monotonic()
+            conn.run_receive()  # returns when the connection ends
+            self._connected.clear()
+            conn.close("connection ended")
+            conn.join()
+            if time.monotonic() - started > 5.0:
+                delay = self.backoff_initial_s  # it worked for a while: start over
+            if self._stop.wait(delay):
+                break
+            delay = min(delay * 2.0, self.backoff_max_s)
+
+    def send(self, message: MessageBase, on_sent: Callable[[int], None] | None = None) -> bool:
+        """Queue a message (latest per device). Returns False when not connected."""
+        conn = self._conn
+        if conn is None or conn.closed:
+            return False
+        conn.send_packed(f"{message.message_type}:{message.device_name}", message.pack(), on_sent)
+        return True
+
+    def send_packed(self, key: str, packed: bytes) -> bool:
+        """Queue already packed bytes under ``key`` (used by replay)."""
+        conn = self._conn
+        if conn is None or conn.closed:
+            return False
+        conn.send_packed(key, packed)
+        return True
+
+    def stop(self) -> None:
+        """Close the connection and stop reconnecting."""
+        self._stop.set()
+        if self._conn is not None:
+            self._conn.close("client stopping")
+        if self._thread is not None:
+            self._thread.join(3.0)
+
+    def __enter__(self) -> IgtlClient:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
