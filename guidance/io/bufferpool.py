@@ -41,7 +41,9 @@ class BufferPool:
     def acquire(self, nbytes: int) -> bytearray:
         """A buffer of at least ``nbytes`` bytes that nobody else references."""
         with self._lock:
-            for idx, buf in enumerate(self._bufs):
+            bufs = self._bufs
+            for idx in range(len(bufs)):
+                buf = bufs[idx]
                 if sys.getrefcount(buf) <= _FREE_REFCOUNT:
                     if len(buf) >= nbytes:
                         return buf

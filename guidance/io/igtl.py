@@ -226,7 +226,6 @@ class Connection:
             self._out_cond.notify()
 
     def _send_loop(self) -> None:
-        self.sock.settimeout(None)
         while True:
             with self._out_cond:
                 while not self._outgoing and not self._closed.is_set():
@@ -308,6 +307,7 @@ class Connection:
                     reason = f"bad header: {e}"
                     break
                 n = header.body_size
+                buf = body = message = None  # drop references to the previous buffer
                 if header.message_type == "IMAGE" or n > _SMALL_BODY:
                     buf = self._pool.acquire(n)
                 else:

@@ -32,6 +32,7 @@ __all__ = [
     "HEADER_SIZE",
     "MESSAGE_CLASSES",
     "STATUS_CODES",
+    "StartTrackingDataMessage",
     "Header",
     "MalformedMessage",
     "PositionMessage",
@@ -205,6 +206,30 @@ class TrackingDataMessage(MessageBase):  # type: ignore[misc]
             self.names.append(name.split(b"\0", 1)[0].decode("ascii", "replace"))
             self.types.append(mtype)
             self.matrices[i] = _matrix_from_12(vals)
+
+
+class StartTrackingDataMessage(MessageBase):  # type: ignore[misc]
+    """STT_TDATA (OpenIGTLink v2): asks a tracking server to start streaming TDATA.
+
+    Body: resolution uint32 (ms between messages), coordinate name char[32].
+    """
+
+    BODY = struct.Struct(">I32s")
+
+    def __init__(self, resolution_ms: int = 50, coordinate_name: str = "",
+                 timestamp: float | None = None, device_name: str | None = None) -> None:
+        MessageBase.__init__(self, timestamp=timestamp, device_name=device_name)
+        self._message_type = "STT_TDATA"
+        self.resolution_ms = int(resolution_ms)
+        self.coordinate_name = coordinate_name
+        self._valid_message = True
+
+    def _pack_content(self) -> bytes:
+        return self.BODY.pack(self.resolution_ms, self.coordinate_name.encode("ascii")[:32])
+
+    def _unpack_content(self, content: bytes | memoryview) -> None:
+        self.resolution_ms, name = self.BODY.unpack_from(content)
+        self.coordinate_name = name.split(b"\0", 1)[0].decode("ascii", "replace")
 
 
 #: OpenIGTLink v2 STATUS codes.
@@ -419,8 +444,13 @@ def decode(header: Header, body: memoryview) -> MessageBase | None:
         return None
     validate_body(header, body)
     msg = cls()
+    # pyigtl decodes text with bytes.decode, which a memoryview lacks: only an IMAGE
+    # without v2 metadata is decoded in place (its pixels stay a view of the receive
+    # buffer); everything else is small and is copied first.
+    zero_copy = header.message_type == "IMAGE" and (
+        header.version < 2 or _content_range(header, body)[1] == len(body))
     try:
-        msg.unpack(header.as_pyigtl(), body)
+        msg.unpack(header.as_pyigtl(), body if zero_copy else bytes(body))
     except (struct.error, ValueError, UnicodeDecodeError, NotImplementedError) as e:
         raise MalformedMessage(
             f"{header.message_type} '{header.device_name}': cannot decode: {e}"

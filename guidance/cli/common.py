@@ -1,0 +1,207 @@
+"""Helpers shared by the sub-commands: argument parsers, the headless live session
+(transport + pipeline + recording + PNG output + summary)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import queue
+import resource
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from guidance.cli.main import UsageError
+from guidance.io.igtl import parse_host_port
+from guidance.pipeline.frame import FrameResult
+from guidance.pipeline.loop import Pipeline
+from guidance.pipeline.stats import percentiles
+
+__all__ = ["FrameWriter", "host_port", "positive_float", "summary_dict", "write_summary"]
+
+log = logging.getLogger(__name__)
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a float > 0."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (v > 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return v
+
+
+def port_number(text: str) -> int:
+    """argparse type: a TCP port 1..65535."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"port must be a number, got {text!r}") from None
+    if not 0 < v < 65536:
+        raise argparse.ArgumentTypeError(f"port must be 1..65535, got {v}")
+    return v
+
+
+def host_port(text: str) -> tuple[str, int]:
+    """argparse type: ``HOST:PORT``."""
+    try:
+        return parse_host_port(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+class FrameWriter:
+    """Writes annotated frames as PNG off the frame path (one every ``every_s`` s).
+
+    The pipeline thread only copies the overlay into a bounded queue; a full queue
+    drops the PNG, never delays the frame.
+    """
+
+    def __init__(self, out_dir: Path, every_s: float = 1.0, max_frames: int = 60) -> None:
+        self.out_dir = out_dir
+        self.every_s = every_s
+        self.max_frames = max_frames
+        self.written: list[Path] = []
+        self._last_t = -1e9
+        self._q: queue.Queue[tuple[str, np.ndarray] | None] = queue.Queue(maxsize=4)
+        self._thread = threading.Thread(target=self._loop, name="png-writer", daemon=True)
+        self._thread.start()
+        self._count = 0
+
+    def offer(self, result: FrameResult, rgb: np.ndarray, force: bool = False) -> None:
+        """Queue this frame if it is time for the next PNG (or ``force``)."""
+        if self._count >= self.max_frames:
+            return
+        if not force and result.t_s - self._last_t < self.every_s:
+            return
+        self._last_t = result.t_s
+        name = f"frame_{self._count:03d}_{result.state.name.lower()}_{result.level.name.lower()}.png"
+        try:
+            self._q.put_nowait((name, rgb.copy()))
+            self._count += 1
+        except queue.Full:
+            pass
+
+    def _loop(self) -> None:
+        import cv2
+
+        while True:
+            item = self._q.get()
+            if item is None:
+                return
+            name, rgb = item
+            path = self.out_dir / name
+            cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+            self.written.append(path)
+
+    def close(self) -> None:
+        """Write what is queued."""
+        self._q.put(None)
+        self._thread.join(10.0)
+
+
+def summary_dict(pipeline: Pipeline, frames_received: int, wall_s: float,
+                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``summary.json`` content."""
+    stats = pipeline.stats
+    stages = {}
+    for name in ("ingest", "preprocess", "segment", "needle", "safety", "output", "overlay"):
+        v = stats.values(name)
+        if v.size:
+            p = percentiles(v)
+            stages[name] = {"p50": p["p50"], "p99": p["p99"]}
+    e2e = percentiles(stats.values("end_to_end"))
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    out: dict[str, Any] = {
+        "frames_received": frames_received,
+        "frames_processed": pipeline.frames_processed,
+        "frames_dropped": pipeline.frames_dropped,
+        "stale_reports": pipeline.stale_reports,
+        "wall_s": round(wall_s, 3),
+        "latency_ms": {k: e2e[k] for k in ("p50", "p95", "p99", "max")},
+        "stages_ms": stages,
+        "warnings": [w.to_json() for w in pipeline.warnings_log],
+        "peak_rss_mb": round(usage.ru_maxrss / 1024.0, 1),
+        "last_error": pipeline.last_error,
+    }
+    if extra:
+        out.update(extra)
+    return out
+
+
+def write_summary(path: Path, summary: dict[str, Any]) -> None:
+    """Write JSON (NaN as null)."""
+    def clean(o: Any) -> Any:
+        if isinstance(o, float) and not math.isfinite(o):
+            return None
+        if isinstance(o, dict):
+            return {k: clean(v) for k, v in o.items()}
+        if isinstance(o, list):
+            return [clean(v) for v in o]
+        return o
+    path.write_text(json.dumps(clean(summary), indent=2) + "\n")
+
+
+def print_summary(summary: dict[str, Any], title: str) -> None:
+    """A one-screen summary on stdout."""
+    lat = summary["latency_ms"]
+    def f(v: Any) -> str:
+        return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.1f}"
+    print(f"== {title} ==")
+    print(f"frames: received {summary['frames_received']}, processed "
+          f"{summary['frames_processed']}, dropped {summary['frames_dropped']}, "
+          f"stale reports {summary['stale_reports']}")
+    print(f"end-to-end latency ms: p50 {f(lat['p50'])}  p95 {f(lat['p95'])}  "
+          f"p99 {f(lat['p99'])}  max {f(lat['max'])}")
+    stages = "  ".join(f"{k} {f(v['p50'])}/{f(v['p99'])}" for k, v in summary["stages_ms"].items())
+    print(f"stages ms (p50/p99): {stages}")
+    levels: dict[str, int] = {}
+    for w in summary["warnings"]:
+        levels[w["level"]] = levels.get(w["level"], 0) + 1
+    print(f"warnings: {len(summary['warnings'])} "
+          + ", ".join(f"{k} {v}" for k, v in sorted(levels.items())))
+    for w in summary["warnings"][-5:]:
+        print(f"  t={w['t_s']:7.2f}s {w['level']:7s} {w['structure']:10s} {w['message']}")
+
+
+def wait_or_interrupt(seconds: float | None, stop: threading.Event) -> None:
+    """Block for ``seconds`` (``None``: until Ctrl-C), returning early when ``stop`` is set."""
+    try:
+        if seconds is None:
+            while not stop.wait(3600):
+                pass
+        else:
+            stop.wait(seconds)
+    except KeyboardInterrupt:
+        print("\ninterrupted", flush=True)
+
+
+def load_plan_points(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """Entry and target (LPS mm) from a ``plan.json`` (``entry_lps_mm``, ``target_lps_mm``)."""
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text())
+    except OSError as e:
+        raise UsageError(f"cannot read plan {p}: {e}") from e
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{p}: invalid JSON at line {e.lineno}: {e.msg}") from e
+    try:
+        entry = np.asarray(data["entry_lps_mm"], float).reshape(3)
+        target = np.asarray(data["target_lps_mm"], float).reshape(3)
+    except (KeyError, TypeError, ValueError) as e:
+        raise UsageError(f"{p}: needs entry_lps_mm and target_lps_mm as [x, y, z]: {e}") from e
+    if not (np.all(np.isfinite(entry)) and np.all(np.isfinite(target))):
+        raise UsageError(f"{p}: entry/target must be finite")
+    return entry, target
+
+
+def now_s() -> float:
+    """Monotonic seconds."""
+    return time.monotonic()

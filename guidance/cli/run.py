@@ -1,0 +1,82 @@
+"""``guidance run``: the live loop on an OpenIGTLink stream (headless)."""
+
+from __future__ import annotations
+
+import argparse
+import threading
+from pathlib import Path
+
+from guidance.cli.common import (
+    host_port,
+    load_plan_points,
+    port_number,
+    positive_float,
+    print_summary,
+    wait_or_interrupt,
+)
+from guidance.cli.main import UsageError
+from guidance.cli.session import LiveSession
+from guidance.io.igtl import TransportConfig
+from guidance.pipeline.config import ConfigError, PipelineConfig, load_config
+
+__all__ = ["register"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("run", help="run the live guidance loop on an OpenIGTLink stream",
+                       description="Run the live loop: receive frames and tool poses over "
+                       "OpenIGTLink, segment, track, check against the plan, send results back.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--listen", type=port_number, metavar="PORT",
+                     help="accept OpenIGTLink clients on this port")
+    src.add_argument("--connect", type=host_port, metavar="HOST:PORT",
+                     help="connect to an OpenIGTLink server (reconnects with backoff)")
+    p.add_argument("--bind", default="127.0.0.1", metavar="ADDR",
+                   help="interface to listen on (default loopback only)")
+    p.add_argument("--headless", action="store_true", help="no GUI (the default for now)")
+    p.add_argument("--out", type=Path, metavar="DIR", help="write annotated PNGs and summary.json")
+    p.add_argument("--record", type=Path, metavar="FILE", help="record every received message")
+    p.add_argument("--config", type=Path, metavar="FILE", help="pipeline configuration (JSON)")
+    p.add_argument("--plan", metavar="FILE", help="plan.json with entry_lps_mm and target_lps_mm")
+    p.add_argument("--calibration", type=Path, metavar="FILE",
+                   help="calibration result (guidance calibrate ... --out)")
+    p.add_argument("--seconds", type=positive_float, help="stop after this long (default: Ctrl-C)")
+    p.add_argument("--no-crc", action="store_true", help="do not verify message CRCs")
+    p.add_argument("--max-body-mb", type=positive_float, default=256.0,
+                   help="largest accepted message body, MiB (default 256)")
+    p.add_argument("--frame-kind", choices=("auto", "slice", "projection"), default="auto",
+                   help="how to read incoming frames (default: by pixel type)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config) if args.config else PipelineConfig()
+    except ConfigError as e:
+        raise UsageError(str(e)) from e
+    if args.calibration is not None:
+        try:
+            from guidance.calibration_file import load_calibration
+        except ImportError as e:
+            raise UsageError(f"calibration files are not supported in this build: {e}") from e
+        try:
+            calib = load_calibration(args.calibration)
+        except (OSError, ValueError) as e:
+            raise UsageError(str(e)) from e
+        print(f"calibration loaded: {args.calibration} ({calib})")
+    transport = TransportConfig(max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+                                check_crc=not args.no_crc)
+    session = LiveSession(listen=args.listen, connect=args.connect, config=config,
+                          out_dir=args.out, record=args.record, transport=transport,
+                          bind=args.bind, frame_kind=args.frame_kind)
+    if args.plan:
+        entry, target = load_plan_points(args.plan)
+        session.pipeline.set_plan(entry, target)
+    session.start()
+    where = (f"listening on {args.bind}:{session.port}" if args.listen is not None
+             else f"connecting to {args.connect[0]}:{args.connect[1]}")
+    print(f"guidance run: {where}; Ctrl-C to stop", flush=True)
+    wait_or_interrupt(args.seconds, threading.Event())
+    summary = session.stop()
+    print_summary(summary, "guidance run")
+    return 0

@@ -1,0 +1,157 @@
+"""The headless live session shared by ``guidance run`` and ``guidance demo``."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from guidance.cli.common import FrameWriter, summary_dict, write_summary
+from guidance.cli.main import UsageError
+from guidance.io.igtl import IgtlClient, IgtlServer, TransportConfig
+from guidance.io.recording import Recorder, RecordingError
+from guidance.io.slots import LatestSlots
+from guidance.pipeline.config import PipelineConfig
+from guidance.pipeline.frame import FrameResult
+from guidance.pipeline.loop import Pipeline
+
+__all__ = ["LiveSession"]
+
+log = logging.getLogger(__name__)
+
+
+class LiveSession:
+    """Transport (server or client) + pipeline + optional recorder and PNG writer.
+
+    Args:
+        listen: port to listen on (with ``bind`` host), or
+        connect: (host, port) to connect to.
+        config: pipeline configuration.
+        out_dir: where PNGs and ``summary.json`` go (``None``: nowhere).
+        record: recording file (``None``: no recording).
+        transport: transport settings.
+        bind: interface for ``listen`` (loopback by default).
+    """
+
+    def __init__(
+        self,
+        listen: int | None = None,
+        connect: tuple[str, int] | None = None,
+        config: PipelineConfig | None = None,
+        out_dir: Path | None = None,
+        record: Path | None = None,
+        transport: TransportConfig | None = None,
+        bind: str = "127.0.0.1",
+        png_every_s: float = 1.0,
+        frame_kind: str = "auto",
+    ) -> None:
+        if (listen is None) == (connect is None):
+            raise UsageError("give exactly one of --listen PORT or --connect HOST:PORT")
+        self.slots = LatestSlots()
+        tcfg = transport or TransportConfig()
+        self.server: IgtlServer | None = None
+        self.client: IgtlClient | None = None
+        if listen is not None:
+            self.server = IgtlServer(listen, host=bind, config=tcfg, slots=self.slots)
+            send = self.server.send
+            raw = self.server.raw_listeners
+        else:
+            assert connect is not None
+            self.client = IgtlClient(connect[0], connect[1], config=tcfg, slots=self.slots)
+            send = self._client_send
+            raw = self.client.raw_listeners
+        self.recorder: Recorder | None = None
+        if record is not None:
+            try:
+                self.recorder = Recorder(record)
+            except RecordingError as e:
+                raise UsageError(str(e)) from e
+            raw.append(self.recorder.on_raw)
+        self.out_dir = out_dir
+        self.writer: FrameWriter | None = None
+        if out_dir is not None:
+            try:
+                out_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise UsageError(f"cannot create output folder {out_dir}: {e}") from e
+            self.writer = FrameWriter(out_dir, every_s=png_every_s)
+        self.pipeline = Pipeline(self.slots, config, send=send, frame_kind=frame_kind,
+                                 on_result=self._on_result)
+        self._t0 = time.monotonic()
+        self.last_result: FrameResult | None = None
+
+    def _client_send(self, message: Any, on_sent: Any = None) -> int:
+        assert self.client is not None
+        return 1 if self.client.send(message, on_sent) else 0
+
+    def _on_result(self, result: FrameResult, rgb: Any) -> None:
+        self.last_result = result
+        if self.writer is not None:
+            self.writer.offer(result, rgb)
+
+    def start(self) -> LiveSession:
+        """Open the transport and start processing."""
+        if self.server is not None:
+            try:
+                self.server.start()
+            except OSError as e:
+                raise UsageError(str(e)) from e
+        if self.client is not None:
+            self.client.start()
+        self.pipeline.start()
+        self._t0 = time.monotonic()
+        return self
+
+    @property
+    def port(self) -> int:
+        """The listening port (server mode)."""
+        assert self.server is not None
+        return self.server.port
+
+    def frames_received(self) -> int:
+        """IMAGE messages received over all devices."""
+        n = 0
+        for name, c in self.slots.counters().items():
+            it = self.slots.latest(name)
+            if it is not None and it.message_type == "IMAGE":
+                n += c.received
+        return n
+
+    def transport_counters(self) -> dict[str, Any]:
+        """Rejections and connection counts for the summary."""
+        conns = []
+        if self.server is not None:
+            conns = [c.stats for c in self.server.connections()] + self.server.closed_connections
+        elif self.client is not None and self.client.stats is not None:
+            conns = [self.client.stats]
+        return {
+            "bad_crc": sum(s.bad_crc for s in conns),
+            "malformed": sum(s.malformed for s in conns),
+            "unknown_types": dict(self.slots.unknown_types),
+            "connections": len(conns),
+            "devices": {k: vars(v) for k, v in self.slots.counters().items()},
+        }
+
+    def stop(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Stop everything; write ``summary.json`` when an output folder was given.
+        Returns the summary."""
+        wall = time.monotonic() - self._t0
+        self.pipeline.stop()
+        if self.client is not None:
+            self.client.stop()
+        if self.server is not None:
+            self.server.stop()
+        rec: dict[str, Any] = {}
+        if self.recorder is not None:
+            self.recorder.close()
+            rec = {"recording": str(self.recorder.path), "recorded_messages": self.recorder.written,
+                   "recording_dropped": self.recorder.dropped}
+        if self.writer is not None:
+            self.writer.close()
+        summary = summary_dict(self.pipeline, self.frames_received(), wall,
+                               {"transport": self.transport_counters(), **rec, **(extra or {})})
+        if self.out_dir is not None:
+            summary["pngs"] = [p.name for p in (self.writer.written if self.writer else [])]
+            write_summary(self.out_dir / "summary.json", summary)
+        return summary

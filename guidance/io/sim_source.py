@@ -1,0 +1,74 @@
+"""Stream a simulated scanner over OpenIGTLink at a fixed frame rate.
+
+Each tick sends the frame as an IMAGE (device ``Image_Reference``, the PLUS naming for
+an image in the Reference frame) and every tool pose as a TRANSFORM (``NeedleToReference``
+...), all with the same sender timestamp. Timing uses deadlines on the monotonic clock
+waited with ``Event.wait`` (interruptible, no drift accumulation).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pyigtl
+from pyigtl.messages import MessageBase
+
+from guidance.io.messages import image_message_from_volume
+
+__all__ = ["IMAGE_DEVICE", "stream_scanner"]
+
+log = logging.getLogger(__name__)
+
+IMAGE_DEVICE = "Image_Reference"
+
+
+def stream_scanner(
+    scanner: Any,
+    send: Callable[[MessageBase], object],
+    fps: float,
+    seconds: float | None,
+    stop: threading.Event,
+    on_frame: Callable[[Any], None] | None = None,
+    coordinate_system: str = "lps",
+) -> int:
+    """Send frames until ``seconds`` pass (``None``: until ``stop`` is set).
+
+    Args:
+        scanner: object with ``frame(index, t_s) -> SimFrame`` (``guidance.sim``).
+        send: the transport's send (called with each message).
+        fps: frame rate, > 0.
+        seconds: duration, or ``None``.
+        stop: set it to stop early.
+        on_frame: called with each SimFrame after it is sent (ground truth consumers).
+        coordinate_system: of the IMAGE matrix, ``lps`` or ``ras``.
+
+    Returns:
+        Number of frames sent.
+    """
+    if not fps > 0:
+        raise ValueError(f"fps must be > 0, got {fps}")
+    period = 1.0 / fps
+    t0 = time.monotonic()
+    n = 0
+    while not stop.is_set():
+        t_sim = n * period
+        if seconds is not None and t_sim >= seconds:
+            break
+        frame = scanner.frame(n, t_sim)
+        ts = time.time()
+        send(image_message_from_volume(frame.image, IMAGE_DEVICE, ts, coordinate_system))
+        for name, m in frame.poses.items():
+            send(pyigtl.TransformMessage(m, timestamp=ts, device_name=name))
+        if on_frame is not None:
+            on_frame(frame)
+        n += 1
+        delay = t0 + n * period - time.monotonic()
+        if delay > 0:
+            stop.wait(delay)
+        elif delay < -period:
+            log.debug("simulator is %.0f ms behind its frame clock", -delay * 1e3)
+    return n

@@ -1,0 +1,210 @@
+"""Typed pipeline configuration: one section per stage, unknown keys are errors.
+
+A mistyped safety margin must never fall back silently to a default (STYLE.md), so
+:func:`config_from_dict` refuses unknown sections and keys, and every value is checked
+with a message naming it (``"safety.caution_offset_mm must be > 0, got -2"``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "ConfigError",
+    "IngestConfig",
+    "OutputConfig",
+    "PipelineConfig",
+    "PreprocessConfig",
+    "SafetyConfig",
+    "SegmentConfig",
+    "config_from_dict",
+    "load_config",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration value or key that is not accepted."""
+
+
+def _positive(section: str, obj: object, *names: str) -> None:
+    for n in names:
+        v = getattr(obj, n)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
+            raise ConfigError(f"{section}.{n} must be a number > 0, got {v!r}")
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """Which stream to follow and when input counts as stale.
+
+    Attributes:
+        image_device: device name of the frames (empty: the newest IMAGE of any device).
+        stale_after_s: a frame (or no frame) older than this makes the state STALE.
+        pose_stale_after_s: a tool pose older than this is not used (STALE).
+        needle_pose: transform name of the tracked needle (tip at the origin, +z from
+            hub to tip), e.g. ``NeedleToReference``.
+    """
+
+    image_device: str = ""
+    stale_after_s: float = 0.5
+    pose_stale_after_s: float = 0.25
+    needle_pose: str = "NeedleToReference"
+
+    def __post_init__(self) -> None:
+        _positive("ingest", self, "stale_after_s", "pose_stale_after_s")
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Resampling to the working grid.
+
+    Attributes:
+        work_size: longest side of the grid the detector works on, pixels.
+    """
+
+    work_size: int = 256
+
+    def __post_init__(self) -> None:
+        _positive("preprocess", self, "work_size")
+        if not isinstance(self.work_size, int) or self.work_size < 32:
+            raise ConfigError(f"preprocess.work_size must be an integer >= 32, got {self.work_size!r}")
+
+
+@dataclass(frozen=True)
+class SegmentConfig:
+    """The classical needle detector.
+
+    Attributes:
+        polarity: ``auto`` (bright for 8-bit ultrasound, dark for 16-bit fluoroscopy),
+            ``bright`` or ``dark``.
+        sigma_px: ridge scale on the working grid, pixels.
+        min_length_px: shortest needle reported, working-grid pixels.
+        label_width_px: width of the needle in the label image, frame pixels.
+    """
+
+    polarity: str = "auto"
+    sigma_px: float = 1.5
+    min_length_px: float = 20.0
+    label_width_px: int = 3
+
+    def __post_init__(self) -> None:
+        if self.polarity not in ("auto", "bright", "dark"):
+            raise ConfigError(f"segment.polarity must be auto, bright or dark, got {self.polarity!r}")
+        _positive("segment", self, "sigma_px", "min_length_px", "label_width_px")
+
+
+@dataclass(frozen=True)
+class SafetyConfig:
+    """Deviation-from-plan thresholds (mm, degrees) with hysteresis.
+
+    Attributes:
+        caution_offset_mm, danger_offset_mm: lateral distance of the tip from the
+            planned line that raises CAUTION / DANGER.
+        caution_angle_deg: angle between needle and plan that raises CAUTION.
+        overshoot_danger_mm: tip beyond the target along the plan by this much: DANGER.
+        hysteresis_mm: a level is left only when the value is this much below its
+            threshold (degrees for the angle use the same number).
+        uncertainty_mm: added to every offset before comparing (tracking, calibration,
+            registration uncertainty combined), mm.
+        latency_s: expected latency; times the needle speed it widens the margins.
+    """
+
+    caution_offset_mm: float = 3.0
+    danger_offset_mm: float = 5.0
+    caution_angle_deg: float = 8.0
+    overshoot_danger_mm: float = 2.0
+    hysteresis_mm: float = 0.5
+    uncertainty_mm: float = 1.0
+    latency_s: float = 0.05
+
+    def __post_init__(self) -> None:
+        _positive("safety", self, "caution_offset_mm", "danger_offset_mm", "caution_angle_deg",
+                  "overshoot_danger_mm", "hysteresis_mm", "latency_s")
+        if self.uncertainty_mm < 0:
+            raise ConfigError(f"safety.uncertainty_mm must be >= 0, got {self.uncertainty_mm}")
+        if self.danger_offset_mm <= self.caution_offset_mm:
+            raise ConfigError(
+                "safety.danger_offset_mm must be larger than caution_offset_mm, got "
+                f"{self.danger_offset_mm} <= {self.caution_offset_mm}"
+            )
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """What goes back over OpenIGTLink and how the overlay is drawn.
+
+    Attributes:
+        label_device: device name of the label IMAGE.
+        tip_device: device name of the needle tip TRANSFORM (RAS, for 3D Slicer).
+        warning_device: device name of the warning STRING and STATUS.
+        plan_device: device name of the plan POINT list.
+        send_labels: send the label IMAGE every frame.
+    """
+
+    label_device: str = "NeedleLabel"
+    tip_device: str = "NeedleTipToRAS"
+    warning_device: str = "GuidanceWarning"
+    plan_device: str = "Plan"
+    send_labels: bool = True
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """All sections."""
+
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    segment: SegmentConfig = field(default_factory=SegmentConfig)
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+
+def config_from_dict(data: dict[str, Any], where: str = "config") -> PipelineConfig:
+    """Build a config from a dict (parsed JSON). Missing keys take defaults; unknown
+    sections or keys and wrong types raise :class:`ConfigError` naming them."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected an object with sections, got {type(data).__name__}")
+    sections = {f.name: f.type for f in dataclasses.fields(PipelineConfig)}
+    defaults = PipelineConfig()
+    built: dict[str, Any] = {}
+    for name, value in data.items():
+        if name not in sections:
+            raise ConfigError(f"{where}: unknown section {name!r} (known: {', '.join(sections)})")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: section {name!r} must be an object")
+        cls = type(getattr(defaults, name))
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        for key, v in value.items():
+            if key not in known:
+                raise ConfigError(
+                    f"{where}: unknown key {name}.{key} (known: {', '.join(known)})"
+                )
+            expected = type(getattr(getattr(defaults, name), key))
+            ok = isinstance(v, expected) or (expected is float and isinstance(v, int))
+            if isinstance(v, bool) and expected is not bool:
+                ok = False
+            if not ok:
+                raise ConfigError(
+                    f"{where}: {name}.{key} must be {expected.__name__}, got {v!r}"
+                )
+        try:
+            built[name] = cls(**value)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from e
+    return PipelineConfig(**built)
+
+
+def load_config(path: str | Path) -> PipelineConfig:
+    """Load a JSON config file; errors name the file."""
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text())
+    except OSError as e:
+        raise ConfigError(f"cannot read config {p}: {e}") from e
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{p}: invalid JSON at line {e.lineno}: {e.msg}") from e
+    return config_from_dict(data, where=str(p))

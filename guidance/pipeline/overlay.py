@@ -1,0 +1,134 @@
+"""The annotated frame (no Qt): display mapping, labels, needle, plan, banner.
+
+Used by the headless loop (PNG output, benchmark) and drawn under the Qt overlay's
+widgets. One RGB buffer per frame size, reused.
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from guidance.pipeline.frame import FrameResult
+from guidance.records import GuidanceState, WarningLevel
+
+__all__ = ["LABEL_COLOURS", "LEVEL_COLOURS", "OverlayComposer"]
+
+#: RGB per label id (1 needle, 2 nerve, 3 vessel / vertebra).
+LABEL_COLOURS = {1: (255, 220, 0), 2: (255, 0, 255), 3: (0, 160, 255)}
+#: Banner colour (RGB) per warning level.
+LEVEL_COLOURS = {
+    WarningLevel.NONE: (0, 120, 0),
+    WarningLevel.INFO: (0, 90, 180),
+    WarningLevel.CAUTION: (230, 150, 0),
+    WarningLevel.DANGER: (210, 0, 0),
+}
+STALE_COLOUR = (128, 128, 128)
+
+
+class OverlayComposer:
+    """Compose the annotated RGB frame for a :class:`FrameResult`.
+
+    Args:
+        plan: optional (entry_lps, target_lps) to project into in-plane frames.
+    """
+
+    def __init__(self) -> None:
+        self._rgb: np.ndarray | None = None
+        self._gray8: np.ndarray | None = None
+        self.plan: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None = None
+
+    def compose(self, result: FrameResult, latency_ms: float | None = None) -> np.ndarray:
+        """Draw the frame and its annotations; returns (rows, cols, 3) uint8 (a reused
+        buffer: copy it to keep it)."""
+        img = result.image
+        if img is None:
+            rgb = self._buffer((256, 256))
+            rgb.fill(40)
+            self._banner(rgb, result)
+            return rgb
+        plane = img.voxels[img.voxels.shape[0] // 2]
+        if plane.ndim == 3:
+            plane = plane.mean(axis=2)
+        rgb = self._buffer(plane.shape[:2])
+        assert self._gray8 is not None
+        self._to_display(plane, self._gray8)
+        cv2.cvtColor(self._gray8, cv2.COLOR_GRAY2RGB, dst=rgb)
+        if result.labels is not None:
+            for lab, colour in LABEL_COLOURS.items():
+                m = (result.labels == lab).astype(np.uint8)
+                if m.any():
+                    contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+                    cv2.drawContours(rgb, contours, -1, colour, 1)
+        self._plan(rgb, result)
+        n = result.needle
+        if n is not None and n.in_image:
+            hub = (round(n.hub_ij[0]), round(n.hub_ij[1]))
+            tip = (round(n.tip_ij[0]), round(n.tip_ij[1]))
+            cv2.line(rgb, hub, tip, (0, 255, 0), 1, cv2.LINE_AA)
+            cv2.circle(rgb, tip, 5, (0, 255, 0), 2, cv2.LINE_AA)
+        self._banner(rgb, result, latency_ms)
+        return rgb
+
+    def _buffer(self, shape: tuple[int, int]) -> np.ndarray:
+        if self._rgb is None or self._rgb.shape[:2] != shape:
+            self._rgb = np.empty((*shape, 3), np.uint8)
+            self._gray8 = np.empty(shape, np.uint8)
+        return self._rgb
+
+    @staticmethod
+    def _to_display(plane: np.ndarray, out: np.ndarray) -> None:
+        if plane.dtype == np.uint8:
+            out[...] = plane
+            return
+        sample = plane[::8, ::8]
+        lo, hi = np.percentile(sample, [1, 99])
+        scale = 255.0 / max(float(hi - lo), 1e-6)
+        cv2.convertScaleAbs(plane.astype(np.float32, copy=False), dst=out, alpha=scale,
+                            beta=-float(lo) * scale)
+
+    def _plan(self, rgb: np.ndarray, result: FrameResult) -> None:
+        if self.plan is None or result.image is None:
+            return
+        ijk = result.image.lps_to_ijk_points(np.stack(self.plan))
+        if result.image.voxels.shape[0] == 1 and np.all(np.abs(ijk[:, 2]) < 5.0):
+            a = (round(ijk[0, 0]), round(ijk[0, 1]))
+            b = (round(ijk[1, 0]), round(ijk[1, 1]))
+            cv2.line(rgb, a, b, (0, 200, 255), 1, cv2.LINE_AA)
+            cv2.drawMarker(rgb, b, (0, 200, 255), cv2.MARKER_CROSS, 12, 2)
+
+    @staticmethod
+    def _banner(rgb: np.ndarray, result: FrameResult, latency_ms: float | None = None) -> None:
+        h, w = rgb.shape[:2]
+        bh = max(18, h // 14)
+        stale = result.state in (GuidanceState.STALE, GuidanceState.NO_GUIDANCE)
+        colour = STALE_COLOUR if result.state == GuidanceState.STALE else LEVEL_COLOURS[result.level]
+        cv2.rectangle(rgb, (0, 0), (w - 1, bh), colour, -1)
+        worst = max(result.warnings, key=lambda x: x.level, default=None)
+        if result.state == GuidanceState.STALE:
+            text = "STALE - " + (result.reasons[0] if result.reasons else "input too old")
+        elif worst is not None:
+            text = f"{worst.level.name}: {worst.message}"
+        else:
+            text = result.state.name
+        scale = bh / 40.0
+        cv2.putText(rgb, text[:70], (4, int(bh * 0.75)), cv2.FONT_HERSHEY_SIMPLEX, scale,
+                    (255, 255, 255), 1, cv2.LINE_AA)
+        lines = []
+        t2t = result.metrics.get("tip_to_target_mm")
+        if t2t is not None and math.isfinite(t2t):
+            lines.append(f"tip-target {t2t:5.1f} mm")
+        off = result.metrics.get("lateral_offset_mm")
+        if off is not None and math.isfinite(off):
+            lines.append(f"off-plan {off:4.1f} mm")
+        if latency_ms is not None:
+            lines.append(f"latency {latency_ms:4.0f} ms")
+        for k, line in enumerate(lines):
+            cv2.putText(rgb, line, (4, h - 6 - k * int(bh * 0.8)), cv2.FONT_HERSHEY_SIMPLEX,
+                        scale, (255, 255, 255), 1, cv2.LINE_AA)
+        if stale:
+            # An unmistakable frame around the whole view when nothing current is shown.
+            cv2.rectangle(rgb, (0, 0), (w - 1, h - 1), colour, max(3, w // 100))
