@@ -25,6 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--fps", type=positive_float, default=15.0)
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--start-s", type=float, default=5.0,
+                   help="simulation time of the first frame (default 5 s: needle at the skin)")
     p.set_defaults(func=run)
 
 
@@ -39,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
     client.wait_connected(5.0)
     stop = threading.Event()
     print(f"demo: streaming {args.seconds:.0f} s at {args.fps:.0f} fps ...", flush=True)
-    n = stream_scanner(scanner, lambda m: client.send(m), args.fps, args.seconds, stop)
+    n = stream_scanner(scanner, lambda m: client.send(m), args.fps, args.seconds, stop,
+                       start_s=args.start_s)
     stop.wait(0.3)
     client.stop()
     summary = session.stop({"modality": args.modality, "frames_sent": n})

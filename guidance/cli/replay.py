@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import socket
 import threading
@@ -50,6 +51,10 @@ def replay(path: Path, host: str, port: int, speed: float,
     """
     stop = stop or threading.Event()
     records = read_recording(path)
+    first = next(records, None)  # a bad file fails here, before connecting
+    if first is None:
+        return 0
+    records = itertools.chain([first], records)
     deadline = time.monotonic() + connect_timeout_s
     delay = 0.1
     while True:

@@ -73,6 +73,8 @@ class LiveSession:
         if out_dir is not None:
             try:
                 out_dir.mkdir(parents=True, exist_ok=True)
+                for old in out_dir.glob("frame_*.png"):  # ours, from an earlier run
+                    old.unlink()
             except OSError as e:
                 raise UsageError(f"cannot create output folder {out_dir}: {e}") from e
             self.writer = FrameWriter(out_dir, every_s=png_every_s)

@@ -37,7 +37,7 @@ def make_scanner_or_fail(modality: str, size: int, seed: int) -> object:
 
     try:
         return make_scanner(modality, size=size, seed=seed)
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, RuntimeError) as e:  # RuntimeError: RealDataMissing
         raise UsageError(f"cannot build the {modality} simulator: {e}") from e
 
 

@@ -34,6 +34,7 @@ def stream_scanner(
     stop: threading.Event,
     on_frame: Callable[[Any], None] | None = None,
     coordinate_system: str = "lps",
+    start_s: float = 0.0,
 ) -> int:
     """Send frames until ``seconds`` pass (``None``: until ``stop`` is set).
 
@@ -45,6 +46,7 @@ def stream_scanner(
         stop: set it to stop early.
         on_frame: called with each SimFrame after it is sent (ground truth consumers).
         coordinate_system: of the IMAGE matrix, ``lps`` or ``ras``.
+        start_s: simulation time of the first frame (skip the approach to the skin).
 
     Returns:
         Number of frames sent.
@@ -58,7 +60,7 @@ def stream_scanner(
         t_sim = n * period
         if seconds is not None and t_sim >= seconds:
             break
-        frame = scanner.frame(n, t_sim)
+        frame = scanner.frame(n, start_s + t_sim)
         ts = time.time()
         send(image_message_from_volume(frame.image, IMAGE_DEVICE, ts, coordinate_system))
         for name, m in frame.poses.items():

@@ -79,21 +79,22 @@ class SegmentConfig:
     """The classical needle detector.
 
     Attributes:
-        polarity: ``auto`` (bright for 8-bit ultrasound, dark for 16-bit fluoroscopy),
-            ``bright`` or ``dark``.
+        polarity: ``bright`` (the needle is brighter than its surroundings: ultrasound,
+            CT, and X-ray displays where attenuation is shown bright) or ``dark`` (X-ray
+            displays where metal is shown dark).
         sigma_px: ridge scale on the working grid, pixels.
         min_length_px: shortest needle reported, working-grid pixels.
         label_width_px: width of the needle in the label image, frame pixels.
     """
 
-    polarity: str = "auto"
+    polarity: str = "bright"
     sigma_px: float = 1.5
     min_length_px: float = 20.0
     label_width_px: int = 3
 
     def __post_init__(self) -> None:
-        if self.polarity not in ("auto", "bright", "dark"):
-            raise ConfigError(f"segment.polarity must be auto, bright or dark, got {self.polarity!r}")
+        if self.polarity not in ("bright", "dark"):
+            raise ConfigError(f"segment.polarity must be bright or dark, got {self.polarity!r}")
         _positive("segment", self, "sigma_px", "min_length_px", "label_width_px")
 
 

@@ -19,6 +19,7 @@ from guidance.pipeline.frame import NeedleEstimate2D3D, WorkItem
 from guidance.pipeline.plan_check import PlanCheck
 from guidance.records import GuidanceState, WarningLevel
 from trackers.needle_detect import RidgeNeedleDetector
+from trackers.needle_filter import NeedleFilter
 
 __all__ = ["NeedleStage", "PreprocessStage", "SafetyStage", "SegmentStage"]
 
@@ -77,17 +78,10 @@ class SegmentStage:
         self._labels: np.ndarray | None = None
         self.hub_hint_ij: npt.NDArray[np.float64] | None = None  # frame pixels
 
-    def _polarity(self, dtype: np.dtype) -> str:
-        if self.config.polarity != "auto":
-            return self.config.polarity
-        # 8-bit frames are ultrasound B-mode (bright needle); wider ones are X-ray
-        # displays where metal is dark.
-        return "bright" if dtype.itemsize == 1 else "dark"
-
     def process(self, item: WorkItem) -> None:
         assert item.work is not None
         vox = item.frame.image.voxels
-        pol = self._polarity(vox.dtype)
+        pol = self.config.polarity
         det = self._detectors.get(pol)
         if det is None:
             det = self._detectors[pol] = RidgeNeedleDetector(
@@ -113,32 +107,28 @@ class SegmentStage:
 
 
 class NeedleStage:
-    """Image detection -> 3D needle (in-plane frames), fused with the tracked needle pose.
+    """Image detection -> 3D needle (in-plane frames), fused with the tracked needle pose
+    in a constant-velocity Kalman filter (``trackers.needle_filter``).
 
     For a 2D frame whose plane is in LPS (ultrasound: the IMAGE matrix places the scan
     plane), the detected tip and hub map to LPS directly. For a projection (fluoroscopy)
     the image gives no depth, so the 3D needle comes from the tracker
     (``needle_pose``: origin at the tip, +z hub -> tip), and the image detection is shown.
+    A measurement the filter gates out as an outlier makes the frame DEGRADED.
     """
 
     name = "needle"
 
-    def __init__(self, needle_pose: str, pose_stale_after_s: float, in_plane: bool) -> None:
+    def __init__(self, needle_pose: str, pose_stale_after_s: float, in_plane: bool,
+                 tracker_sigma_mm: float = 0.5) -> None:
         self.needle_pose = needle_pose
         self.pose_stale_after_s = pose_stale_after_s
         self.in_plane = in_plane
-        self._last: tuple[float, npt.NDArray[np.float64]] | None = None
+        self.tracker_sigma_mm = tracker_sigma_mm
+        self.filter = NeedleFilter()
 
-    def process(self, item: WorkItem) -> None:
-        det = item.needle
-        tip_lps, axis_lps, source, conf = NAN3, NAN3, "", 0.0
-        if det is not None and self.in_plane:
-            pts = item.frame.image.ijk_to_lps_points(
-                np.array([[det.tip_ij[0], det.tip_ij[1], 0.0], [det.hub_ij[0], det.hub_ij[1], 0.0]]))
-            d = pts[0] - pts[1]
-            if np.linalg.norm(d) > 1e-6:
-                tip_lps, axis_lps = pts[0], d / np.linalg.norm(d)
-                source, conf = "image", det.confidence
+    def _measurements(self, item: WorkItem) -> list[tuple[np.ndarray, np.ndarray, str, float]]:
+        out: list[tuple[np.ndarray, np.ndarray, str, float]] = []
         pose = item.frame.poses.get(self.needle_pose)
         if pose is not None:
             age = (item.frame.received_ns - pose.received_ns) * 1e-9
@@ -147,25 +137,47 @@ class NeedleStage:
             elif abs(age) > self.pose_stale_after_s:
                 item.reasons.append(f"{self.needle_pose} is {abs(age):.2f} s old (STALE)")
                 item.state = GuidanceState.STALE
-            elif not np.all(np.isfinite(tip_lps)):
-                tip_lps, axis_lps = pose.pose[:3, 3].copy(), pose.pose[:3, 2].copy()
-                axis_lps /= max(np.linalg.norm(axis_lps), 1e-12)
-                source, conf = "tracker", 1.0
             else:
-                source = "image+tracker"
-        speed = 0.0
-        if np.all(np.isfinite(tip_lps)):
-            if self._last is not None and item.t_s > self._last[0]:
-                speed = float(np.linalg.norm(tip_lps - self._last[1]) / (item.t_s - self._last[0]))
-            self._last = (item.t_s, tip_lps)
-        if det is None and not source:
-            item.needle = None
+                axis = pose.pose[:3, 2] / max(float(np.linalg.norm(pose.pose[:3, 2])), 1e-12)
+                out.append((pose.pose[:3, 3].copy(), axis, "tracker", self.tracker_sigma_mm))
+        det = item.needle
+        if det is not None and self.in_plane:
+            img = item.frame.image
+            pts = img.ijk_to_lps_points(np.array(
+                [[det.tip_ij[0], det.tip_ij[1], 0.0], [det.hub_ij[0], det.hub_ij[1], 0.0]]))
+            d = pts[0] - pts[1]
+            if np.linalg.norm(d) > 1e-6:
+                # About 1.5 working-grid pixels of localisation noise.
+                sigma = 1.5 * item.work_scale * float(img.spacing_mm[:2].mean())
+                out.append((pts[0], d / np.linalg.norm(d), "image", sigma))
+        return out
+
+    def process(self, item: WorkItem) -> None:
+        det = item.needle
+        est = None
+        sources = []
+        for tip, axis, source, sigma in self._measurements(item):
+            e = self.filter.update(tip, axis, item.t_s, source, sigma)
+            if e is None:
+                continue
+            est = e
+            sources.append(source)
+            if not e.accepted:
+                item.reasons.append(
+                    f"{source} needle measurement rejected as an outlier "
+                    f"({e.innovation_mm:.1f} mm from the track)")
+                if item.state == GuidanceState.OK:
+                    item.state = GuidanceState.DEGRADED
+        if est is None:
+            if det is None:
+                item.needle = None
+                return
+            item.needle = det  # 2D only (projection without a tracked needle)
             return
         item.needle = NeedleEstimate2D3D(
             det.tip_ij if det is not None else NAN2,
             det.hub_ij if det is not None else NAN2,
-            tip_lps, axis_lps, max(conf, det.confidence if det is not None else 0.0),
-            source or "image", speed)
+            est.tip_lps, est.axis_lps, est.confidence, "+".join(sources), est.speed_mm_s)
 
 
 class SafetyStage:
