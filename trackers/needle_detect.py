@@ -184,7 +184,7 @@ class RidgeNeedleDetector:
         c = (p_in * w_in[:, None]).sum(0) / w_in.sum()
         d = p_in - c
         cov = (d * w_in[:, None]).T @ d
-        evals, evecs = np.linalg.eigh(cov)
+        _evals, evecs = np.linalg.eigh(cov)
         u = evecs[:, 1]
         # Re-select inliers against the refined line, then find the longest gap-free run.
         dist = np.abs(d @ np.array([-u[1], u[0]]))

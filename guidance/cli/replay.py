@@ -42,7 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def replay(path: Path, host: str, port: int, speed: float,
-           stop: threading.Event | None = None, connect_timeout_s: float = 10.0) -> int:
+           stop: threading.Event | None = None, connect_timeout_s: float = 10.0,
+           drain_timeout_s: float = 10.0) -> int:
     """Send the recording; returns the number of messages sent.
 
     Every message is sent (no latest-value dropping: a replay must reproduce the
@@ -67,6 +68,11 @@ def replay(path: Path, host: str, port: int, speed: float,
             stop.wait(delay)
             delay = min(delay * 2, 2.0)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.settimeout(None)
+    # Read (and discard) what the server sends back: closing a socket with unread data
+    # resets the connection, and the server would lose the messages it has not read yet.
+    drain = threading.Thread(target=_drain, args=(sock,), daemon=True)
+    drain.start()
     n = 0
     t0_rec: int | None = None
     t0 = time.monotonic()
@@ -83,9 +89,21 @@ def replay(path: Path, host: str, port: int, speed: float,
                     break
             sock.sendall(rec.raw)
             n += 1
+        # Half-close: the server reads everything, sees the end and closes its side.
+        sock.shutdown(socket.SHUT_WR)
+        drain.join(drain_timeout_s)
     finally:
         sock.close()
     return n
+
+
+def _drain(sock: socket.socket) -> None:
+    buf = bytearray(65536)
+    try:
+        while sock.recv_into(buf):
+            pass
+    except OSError:
+        pass
 
 
 def run(args: argparse.Namespace) -> int:

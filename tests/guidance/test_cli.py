@@ -1,0 +1,127 @@
+"""The ``guidance`` command: argument errors, demo output, run + simulate + record."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from guidance.cli.main import main
+from guidance.io.recording import read_recording
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["nonsense"],
+        ["run"],
+        ["run", "--listen", "99999"],
+        ["run", "--listen", "abc"],
+        ["run", "--connect", "nohostport"],
+        ["run", "--listen", "5000", "--connect", "h:1"],
+        ["demo", "--seconds", "-1"],
+        ["demo", "--modality", "mri"],
+        ["simulate", "--modality", "us", "--fps", "0", "--listen", "5000"],
+        ["bench", "--fps", "nan"],
+    ],
+)
+def test_wrong_arguments_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "error" in err and err.strip().count("\n") <= 3
+
+
+def test_run_with_bad_config_and_plan_exit_2(tmp_path, capsys):
+    cfg = tmp_path / "c.json"
+    cfg.write_text('{"safety": {"margin_mm": 2}}')
+    assert main(["run", "--listen", "5999", "--config", str(cfg), "--seconds", "0.1"]) == 2
+    assert "unknown key safety.margin_mm" in capsys.readouterr().err
+    plan = tmp_path / "p.json"
+    plan.write_text('{"entry_lps_mm": [1, 2]}')
+    assert main(["run", "--listen", "5999", "--plan", str(plan), "--seconds", "0.1"]) == 2
+    assert "entry_lps_mm and target_lps_mm" in capsys.readouterr().err
+
+
+def test_simulate_bad_size_exit_2(capsys):
+    assert main(["simulate", "--size", "8", "--listen", "5999", "--seconds", "1"]) == 2
+    assert "--size" in capsys.readouterr().err
+
+
+def test_demo_writes_summary_and_pngs(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--seconds", "3", "--modality", "us", "--size", "256", "--out", str(out)]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    for key in ("frames_received", "frames_processed", "frames_dropped", "latency_ms",
+                "stages_ms", "warnings"):
+        assert key in s, key
+    assert s["frames_received"] >= 30 and s["frames_processed"] >= 30
+    assert set(s["latency_ms"]) >= {"p50", "p95", "p99", "max"}
+    assert s["latency_ms"]["p50"] > 0
+    for stage in ("preprocess", "segment", "needle", "safety", "overlay"):
+        assert set(s["stages_ms"][stage]) == {"p50", "p99"}
+    for w in s["warnings"]:
+        assert set(w) == {"t_s", "level", "structure", "distance_mm", "message"}
+    pngs = sorted(out.glob("frame_*.png"))
+    assert len(pngs) >= 3
+    printed = capsys.readouterr().out
+    assert "end-to-end latency" in printed
+
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def test_run_simulate_record_then_replay(tmp_path):
+    port = free_port()
+    rec = tmp_path / "session.igtlrec"
+    out = tmp_path / "run"
+    run = subprocess.Popen([sys.executable, "-m", "guidance.cli.main", "run", "--listen", str(port),
+                            "--seconds", "6", "--out", str(out), "--record", str(rec)],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert run.stdout is not None
+        assert "listening" in run.stdout.readline()
+        sim = subprocess.run([sys.executable, "-m", "guidance.cli.main", "simulate", "--modality",
+                              "us", "--size", "128", "--fps", "15", "--seconds", "2", "--connect",
+                              f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=60)
+        assert sim.returncode == 0, sim.stderr
+        rest, err = run.communicate(timeout=60)
+    finally:
+        run.kill()
+    assert run.returncode == 0, err
+    s = json.loads((out / "summary.json").read_text())
+    assert s["frames_received"] >= 20
+    recorded = list(read_recording(rec))
+    kinds = {r.header.message_type for r in recorded}
+    assert kinds == {"IMAGE", "TRANSFORM"}
+    n_images = sum(r.header.message_type == "IMAGE" for r in recorded)
+    assert n_images == s["frames_received"]  # every received frame recorded, none lost
+
+    # Replay it into a second run: same number of frames arrive.
+    port2 = free_port()
+    out2 = tmp_path / "run2"
+    run2 = subprocess.Popen([sys.executable, "-m", "guidance.cli.main", "run", "--listen",
+                             str(port2), "--seconds", "5", "--out", str(out2)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert run2.stdout is not None and "listening" in run2.stdout.readline()
+        rp = subprocess.run([sys.executable, "-m", "guidance.cli.main", "replay", str(rec), "--to",
+                             f"127.0.0.1:{port2}", "--speed", "max"], capture_output=True,
+                            text=True, timeout=60)
+        assert rp.returncode == 0, rp.stderr
+        assert f"replayed {len(recorded)} messages" in rp.stdout
+        run2.communicate(timeout=60)
+    finally:
+        run2.kill()
+    s2 = json.loads((out2 / "summary.json").read_text())
+    assert s2["frames_received"] == n_images
