@@ -1,16 +1,20 @@
 """Frame sender for ``guidance bench`` (run as ``python -m guidance.cli.bench_sender``).
 
 A separate process, so that the receiver under test has the interpreter to itself. It
-listens on a loopback port, and once a client connects streams pre-rendered frames
-(IMAGE + TRANSFORM) at a fixed rate. Each message's OpenIGTLink timestamp is the
-sender's ``time.monotonic()`` just before the message is packed and queued: on one
-machine the monotonic clock is shared between processes, so the receiver can measure
-transport latency from it. Whatever the receiver sends back is read and discarded.
+listens on a loopback port, and once a client connects streams pre-rendered, pre-packed
+frames (TRANSFORM + IMAGE) at a fixed rate with plain ``sendall``. Each message's
+OpenIGTLink timestamp is written into its header (the CRC covers only the body) as the
+sender's ``time.monotonic()`` just before the bytes go to the kernel: on one machine the
+monotonic clock is shared between processes, so the receiver measures the latency the
+transport adds, from the first byte handed over to the decoded frame in the consumer's
+hands. Whatever the receiver sends back is read and discarded.
 """
 
 from __future__ import annotations
 
 import argparse
+import socket
+import struct
 import sys
 import threading
 import time
@@ -19,7 +23,6 @@ import numpy as np
 import pyigtl
 
 from guidance.geometry import ImageVolume
-from guidance.io.igtl import IgtlServer
 from guidance.io.messages import image_message_from_volume
 
 
@@ -45,6 +48,21 @@ def frames(size: int, n: int, seed: int) -> list[ImageVolume]:
         return out
 
 
+def _stamp(raw: bytearray, t_s: float) -> None:
+    """Write the OpenIGTLink timestamp (not covered by the CRC) into a packed header."""
+    sec = int(t_s)
+    struct.pack_into(">II", raw, 34, sec, int((t_s - sec) * 2**32) & 0xFFFFFFFF)
+
+
+def _drain(sock: socket.socket) -> None:
+    buf = bytearray(1 << 16)
+    try:
+        while sock.recv_into(buf):
+            pass
+    except OSError:
+        pass
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", type=int, default=512)
@@ -53,30 +71,46 @@ def main() -> int:
     ap.add_argument("--frames", type=int, default=30)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    imgs = frames(args.size, args.frames, args.seed)
-    pose = np.eye(4)
-    server = IgtlServer(0).start()
-    print(f"READY {server.port}", flush=True)
-    # Wait (event-driven) for the first client.
-    while not server.connections():
-        time.sleep(0.01)  # start-up only, not on the measured path
+    # Pack every frame once: the measured path starts when the bytes go to the kernel.
+    packed = [bytearray(image_message_from_volume(v, "Image_Reference", 0.0, "lps").pack())
+              for v in frames(args.size, args.frames, args.seed)]
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    print(f"READY {srv.getsockname()[1]}", flush=True)
+    conn, _ = srv.accept()
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    threading.Thread(target=_drain, args=(conn,), daemon=True).start()
     period = 1.0 / args.fps
     stop = threading.Event()
+    pose = np.eye(4)
     t0 = time.monotonic()
     n = 0
-    while time.monotonic() - t0 < args.seconds and server.connections():
-        vol = imgs[n % len(imgs)]
-        ts = time.monotonic()
-        server.send(image_message_from_volume(vol, "Image_Reference", ts, "lps"))
-        pose[0, 3] = n * 0.1
-        server.send(pyigtl.TransformMessage(pose, timestamp=ts, device_name="NeedleToReference"))
-        n += 1
-        delay = t0 + n * period - time.monotonic()
-        if delay > 0:
-            stop.wait(delay)
+    try:
+        while time.monotonic() - t0 < args.seconds:
+            raw = packed[n % len(packed)]
+            pose[0, 3] = n * 0.1
+            tr = bytearray(pyigtl.TransformMessage(pose, device_name="NeedleToReference").pack())
+            ts = time.monotonic()
+            _stamp(tr, ts)
+            _stamp(raw, ts)
+            conn.sendall(tr)
+            conn.sendall(raw)
+            n += 1
+            delay = t0 + n * period - time.monotonic()
+            if delay > 0:
+                stop.wait(delay)
+    except OSError as e:
+        print(f"bench_sender: receiver went away: {e}", file=sys.stderr)
     print(f"SENT {n}", flush=True)
-    time.sleep(0.2)
-    server.stop()
+    try:
+        conn.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+    stop.wait(0.2)
+    conn.close()
+    srv.close()
     return 0
 
 

@@ -52,9 +52,23 @@ _TRANSFORM_BODY = 48
 _IMAGE_HEADER = struct.Struct(">HBBBBHHH12f6H")  # 72 bytes
 _EXT_HEADER = struct.Struct(">HHII")  # v2 header extended header, 12 bytes
 
-#: CRC-64 (ECMA-182 polynomial) as OpenIGTLink uses it; ``crc64(data, crc)`` continues
-#: a running CRC, so it can be computed chunk by chunk as bytes arrive.
-crc64 = CRC64
+
+def _crc64_fallback(data: bytes | bytearray | memoryview, crc: int = 0) -> int:
+    return int(CRC64(data, crc))
+
+
+try:  # CRC-64/ECMA-182 with carry-less multiply folding: ~100x crcmod's table loop
+    from fastcrc.crc64 import ecma_182 as _fast_crc64
+
+    def _crc64_fast(data: bytes | bytearray | memoryview, crc: int = 0) -> int:
+        return int(_fast_crc64(data, crc))
+
+    crc64 = _crc64_fast
+except ImportError:  # pragma: no cover - fastcrc is a dependency; keep working without it
+    crc64 = _crc64_fallback
+#: CRC-64 (ECMA-182 polynomial: poly 0x42F0E1EBA9EA3693, init 0, no reflection, no xor)
+#: as OpenIGTLink uses it; ``crc64(data, crc)`` continues a running CRC, so it can be
+#: computed chunk by chunk as bytes arrive.
 
 
 class MalformedMessage(ValueError):

@@ -182,3 +182,14 @@ def test_image_decode_is_zero_copy():
     out = decode(parse_header(raw[:HEADER_SIZE], 2**20), memoryview(buf))
     buf[-1] = 7  # the decoded array views the receive buffer
     assert out.image[0, 7, 7] == 7
+
+
+def test_fast_crc_matches_pyigtl_and_is_incremental():
+    from pyigtl.messages import CRC64
+
+    from guidance.io.messages import _crc64_fallback, crc64
+
+    data = np.random.default_rng(5).bytes(70001)
+    view = memoryview(bytearray(data))
+    assert crc64(data) == CRC64(data) == _crc64_fallback(data)
+    assert crc64(view[1234:], crc64(view[:1234])) == CRC64(data)
