@@ -23,6 +23,9 @@ COMMAND_MODULES: list[str] = [
     "guidance.cli.simulate",
     "guidance.cli.replay",
     "guidance.cli.bench",
+    "guidance.cli.calibrate",
+    "guidance.cli.plan",
+    "guidance.cli.verify",
 ]
 
 
@@ -66,4 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run through the package module, so that UsageError raised by the commands is the
+    # class caught here (``python -m`` would otherwise load this file twice).
+    from guidance.cli.main import main as _main
+
+    sys.exit(_main())

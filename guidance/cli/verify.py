@@ -1,0 +1,87 @@
+"""``guidance verify``: check the final needle on a control CT against the plan.
+
+    guidance verify --plan plan.json --ct PATH [--labels PATH|real] --out DIR
+
+Writes ``DIR/verification.json``, ``DIR/report.html`` and two PNG key images. Exit 0:
+PASS, 1: OFF_TARGET / VIOLATION / needle not found, 2: bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from guidance.cli.main import UsageError
+
+__all__ = ["register"]
+
+
+def _run(args: argparse.Namespace) -> int:
+    from guidance.cli.plan import ROI_HALF_MM, load_inputs
+    from guidance.planning.anatomy import build_anatomy
+    from guidance.planning.plan import Plan, PlanError
+    from guidance.planning.report import write_verification_report
+    from guidance.planning.structures import build_structures
+    from guidance.planning.targets import Target, TargetError, parse_target
+    from guidance.planning.verify import NeedleNotFoundError, verify_placement
+
+    try:
+        plan = Plan.load(args.plan)
+    except PlanError as e:
+        raise UsageError(str(e)) from e
+    labels_arg = args.labels or plan.labels_source or "real"
+    ct, labels, names = load_inputs(args.ct, labels_arg, args.label_names, args.series_uid)
+    anatomy = build_anatomy(labels, names)
+    target: Target | None = None
+    if plan.target_spec:
+        try:
+            target = parse_target(plan.target_spec, anatomy, ct)
+        except TargetError:
+            target = None  # the plan's own target point is used below
+    centre = 0.5 * (plan.entry_lps + plan.target_lps)
+    half = np.maximum(np.array(ROI_HALF_MM), np.abs(plan.entry_lps - plan.target_lps) / 2 + 30)
+    structures = build_structures(labels, names, roi_center_lps=centre, roi_half_size_mm=half)
+    out = Path(args.out)
+    try:
+        result = verify_placement(ct, plan, structures, target=target,
+                                  tolerance_mm=args.tolerance_mm)
+    except NeedleNotFoundError as e:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "verification.json").write_text(json.dumps(
+            {"verdict": "NEEDLE_NOT_FOUND", "reasons": [str(e)], "tip_lps_mm": None,
+             "tip_to_target_mm": None, "angle_error_deg": None, "clearance_mm": {}},
+            indent=2) + "\n")
+        print(f"guidance verify: {e}", file=sys.stderr)
+        return 1
+    paths = write_verification_report(out, ct, plan, result, ct_source=args.ct)
+    print(f"tip {np.round(result.detection.tip_lps, 1).tolist()} LPS mm, "
+          f"{result.tip_to_target_mm:.1f} mm from the target, angle "
+          f"{result.angle_error_deg:.1f} deg to the plan")
+    print(f"verdict: {result.verdict}")
+    for r in result.reasons:
+        print(f"  - {r}")
+    print(f"wrote {paths['json']} and {paths['html']}")
+    return 0 if result.verdict == "PASS" else 1
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``verify`` sub-command."""
+    p = subparsers.add_parser(
+        "verify", help="verify the needle on a control CT against a plan",
+        description="Find the needle on a control CT (same frame as the planning CT), "
+                    "compare it with the plan, write verification.json and an HTML report.")
+    p.add_argument("--plan", required=True, help="plan.json from `guidance plan`")
+    p.add_argument("--ct", required=True, help="control CT: DICOM folder/file or NIfTI")
+    p.add_argument("--labels", default=None,
+                   help="planning label map (default: the plan's labels source)")
+    p.add_argument("--label-names", default=None, help="CSV id,structure")
+    p.add_argument("--series-uid", default=None, help="series to load from a DICOM folder")
+    p.add_argument("--tolerance-mm", type=float, default=3.0,
+                   help="largest acceptable tip-to-target distance (mm)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=_run)

@@ -1,0 +1,207 @@
+"""Label maps (NIfTI or NRRD) to :class:`~guidance.geometry.ImageVolume`, and grid checks.
+
+NRRD is read and written by a minimal implementation (no extra dependency): the
+``raw`` and ``gzip`` encodings, 3D scalar data, ``space directions``/``space origin`` in
+a ``left-posterior-superior`` or ``right-anterior-superior`` space (RAS is converted to
+LPS here, once). This covers what 3D Slicer and TotalSegmentator write for segmentations.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from guidance.geometry import RAS_TO_LPS, ImageVolume
+
+__all__ = [
+    "LabelMapError",
+    "check_same_grid",
+    "load_label_map",
+    "read_nrrd",
+    "write_nrrd",
+]
+
+log = logging.getLogger(__name__)
+
+_NRRD_TYPES: dict[str, str] = {
+    "uchar": "u1", "unsigned char": "u1", "uint8": "u1", "uint8_t": "u1",
+    "signed char": "i1", "int8": "i1", "int8_t": "i1", "char": "i1",
+    "short": "i2", "int16": "i2", "int16_t": "i2", "signed short": "i2", "short int": "i2",
+    "ushort": "u2", "unsigned short": "u2", "uint16": "u2", "uint16_t": "u2",
+    "int": "i4", "int32": "i4", "int32_t": "i4", "signed int": "i4",
+    "uint": "u4", "unsigned int": "u4", "uint32": "u4", "uint32_t": "u4",
+    "float": "f4", "double": "f8",
+}
+
+
+class LabelMapError(ValueError):
+    """A label map that cannot be read or does not fit the CT; the message names the file."""
+
+
+def _parse_vector(text: str, where: Path) -> npt.NDArray[np.float64]:
+    text = text.strip()
+    if not (text.startswith("(") and text.endswith(")")):
+        raise LabelMapError(f"{where}: bad NRRD vector {text!r}")
+    return np.array([float(v) for v in text[1:-1].split(",")], dtype=np.float64)
+
+
+def read_nrrd(path: str | Path) -> ImageVolume:
+    """Read a 3D scalar NRRD file (attached or detached data, raw or gzip).
+
+    Returns:
+        ImageVolume with ``voxels[k, j, i]`` and ``ijk_to_lps`` (LPS mm).
+
+    Raises:
+        LabelMapError: unsupported or malformed file.
+    """
+    p = Path(path)
+    raw = p.read_bytes()
+    if not raw.startswith(b"NRRD000"):
+        raise LabelMapError(f"{p}: not a NRRD file (no NRRD000x magic)")
+    end = raw.find(b"\n\n")
+    if end < 0:
+        raise LabelMapError(f"{p}: NRRD header not terminated by an empty line")
+    fields: dict[str, str] = {}
+    for line in raw[:end].decode("ascii", errors="replace").splitlines()[1:]:
+        if line.startswith("#") or ":=" in line or not line.strip():
+            continue
+        key, sep, value = line.partition(":")
+        if not sep:
+            raise LabelMapError(f"{p}: malformed NRRD header line {line!r}")
+        fields[key.strip().lower()] = value.strip()
+    try:
+        dtype = np.dtype(_NRRD_TYPES[fields["type"].lower()])
+        dim = int(fields["dimension"])
+        sizes = [int(v) for v in fields["sizes"].split()]
+    except KeyError as e:
+        raise LabelMapError(f"{p}: NRRD header lacks or has unsupported field {e}") from e
+    if dim != 3 or len(sizes) != 3:
+        raise LabelMapError(f"{p}: expected a 3D NRRD, got dimension {dim} sizes {sizes}")
+    encoding = fields.get("encoding", "raw").lower()
+    if fields.get("endian", "little").lower() == "big":
+        dtype = dtype.newbyteorder(">")
+    else:
+        dtype = dtype.newbyteorder("<")
+    if "data file" in fields or "datafile" in fields:
+        data = (p.parent / fields.get("data file", fields.get("datafile", ""))).read_bytes()
+    else:
+        data = raw[end + 2:]
+    if encoding in ("gzip", "gz"):
+        data = gzip.decompress(data)
+    elif encoding != "raw":
+        raise LabelMapError(f"{p}: NRRD encoding {encoding!r} not supported (raw, gzip)")
+    count = sizes[0] * sizes[1] * sizes[2]
+    if len(data) < count * dtype.itemsize:
+        raise LabelMapError(f"{p}: NRRD data truncated ({len(data)} bytes for {sizes} {dtype})")
+    # NRRD's first axis is fastest: that is i, so the C-order array is [k, j, i].
+    voxels = np.frombuffer(data[-count * dtype.itemsize:], dtype=dtype).reshape(sizes[::-1])
+    space = fields.get("space", "left-posterior-superior").lower()
+    m = np.eye(4)
+    if "space directions" in fields:
+        dirs = [d for d in fields["space directions"].split() if d.lower() != "none"]
+        if len(dirs) != 3:
+            raise LabelMapError(f"{p}: expected 3 space directions, got {dirs}")
+        for a, d in enumerate(dirs):
+            m[:3, a] = _parse_vector(d, p)
+    elif "spacings" in fields:
+        m[:3, :3] = np.diag([float(v) for v in fields["spacings"].split()])
+    if "space origin" in fields:
+        m[:3, 3] = _parse_vector(fields["space origin"], p)
+    if space in ("right-anterior-superior", "ras"):
+        m = RAS_TO_LPS @ m
+    elif space not in ("left-posterior-superior", "lps"):
+        raise LabelMapError(f"{p}: NRRD space {space!r} not supported (LPS or RAS)")
+    try:
+        return ImageVolume(np.ascontiguousarray(voxels.astype(dtype.newbyteorder("="))), m)
+    except ValueError as e:
+        raise LabelMapError(f"{p}: {e}") from e
+
+
+def write_nrrd(volume: ImageVolume, path: str | Path, *, compress: bool = True) -> None:
+    """Write a 3D ImageVolume as NRRD in LPS space (gzip encoding by default)."""
+    v = volume.voxels
+    if v.ndim != 3:
+        raise ValueError(f"volume must be 3D, got shape {v.shape}")
+    inverse = {"u1": "uint8", "i1": "int8", "i2": "int16", "u2": "uint16", "i4": "int32",
+               "u4": "uint32", "f4": "float", "f8": "double"}
+    code = v.dtype.str[1:]
+    if code not in inverse:
+        raise ValueError(f"dtype {v.dtype} not writable as NRRD")
+    m = volume.ijk_to_lps
+    dirs = " ".join("(" + ",".join(f"{x:.10g}" for x in m[:3, a]) + ")" for a in range(3))
+    header = (
+        "NRRD0004\n"
+        f"type: {inverse[code]}\n"
+        "dimension: 3\n"
+        "space: left-posterior-superior\n"
+        f"sizes: {v.shape[2]} {v.shape[1]} {v.shape[0]}\n"
+        f"space directions: {dirs}\n"
+        "kinds: domain domain domain\n"
+        "endian: little\n"
+        f"encoding: {'gzip' if compress else 'raw'}\n"
+        "space origin: (" + ",".join(f"{x:.10g}" for x in m[:3, 3]) + ")\n\n"
+    )
+    body = np.ascontiguousarray(v, dtype=v.dtype.newbyteorder("<")).tobytes()
+    if compress:
+        body = gzip.compress(body, compresslevel=1)
+    Path(path).write_bytes(header.encode("ascii") + body)
+
+
+def load_label_map(path: str | Path) -> ImageVolume:
+    """Load an integer label map from NIfTI (``.nii``, ``.nii.gz``) or NRRD (``.nrrd``).
+
+    Raises:
+        LabelMapError: missing file, unknown extension, non-integer labels.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise LabelMapError(f"{p}: no such label map file")
+    if p.name.endswith((".nii", ".nii.gz")):
+        from guidance.io.nifti import NiftiError, load_nifti
+
+        try:
+            vol = load_nifti(p)
+        except NiftiError as e:
+            raise LabelMapError(str(e)) from e
+    elif p.name.endswith((".nrrd", ".seg.nrrd")):
+        vol = read_nrrd(p)
+    else:
+        raise LabelMapError(f"{p}: unknown label map format (expected .nii, .nii.gz, .nrrd)")
+    v = vol.voxels
+    if v.dtype.kind == "f":
+        if not np.all(v == np.round(v)):
+            raise LabelMapError(f"{p}: label map has non-integer values (is it an image?)")
+        vol = ImageVolume(v.astype(np.int32), vol.ijk_to_lps)
+    elif v.dtype.kind not in "iu":
+        raise LabelMapError(f"{p}: label map dtype {v.dtype} is not integer")
+    return vol
+
+
+def check_same_grid(
+    ct: ImageVolume, labels: ImageVolume, *, tol_mm: float = 1e-3, what: str = "label map"
+) -> None:
+    """Raise unless ``labels`` has the CT's voxel grid (shape and ``ijk_to_lps``).
+
+    Args:
+        tol_mm: largest allowed difference of any voxel corner position, mm.
+
+    Raises:
+        LabelMapError: naming both shapes or the largest geometric difference.
+    """
+    if ct.voxels.shape[:3] != labels.voxels.shape[:3]:
+        raise LabelMapError(
+            f"{what} is on another grid: shape {labels.voxels.shape[:3]} vs CT "
+            f"{ct.voxels.shape[:3]} (resample it onto the CT first)"
+        )
+    k, j, i = ct.voxels.shape[:3]
+    corners = np.array([[a, b, c] for a in (0, i - 1) for b in (0, j - 1) for c in (0, k - 1)])
+    diff = np.abs(ct.ijk_to_lps_points(corners) - labels.ijk_to_lps_points(corners)).max()
+    if diff > tol_mm:
+        raise LabelMapError(
+            f"{what} is on another grid: voxel positions differ from the CT by up to "
+            f"{diff:.3f} mm (resample it onto the CT first)"
+        )
