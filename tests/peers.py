@@ -31,14 +31,21 @@ def igtl_examples() -> Path:
     if marker.exists():
         return BUILD
     if not EXAMPLES_SRC.is_dir() or shutil.which("cmake") is None:
-        missing("openigtlink-examples (apt-get install libopenigtlink-dev openigtlink-examples cmake g++)")
+        missing(
+            "openigtlink-examples (apt-get install libopenigtlink-dev "
+            "openigtlink-examples cmake g++)"
+        )
     src = BUILD.parent / "openigtlink-src"
     if src.exists():
         shutil.rmtree(src)
     shutil.copytree(EXAMPLES_SRC, src)
     BUILD.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["cmake", str(src), "-DOpenIGTLink_DIR=/usr/lib/openigtlink"], cwd=BUILD,
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["cmake", str(src), "-DOpenIGTLink_DIR=/usr/lib/openigtlink"],
+        cwd=BUILD,
+        check=True,
+        capture_output=True,
+    )
     subprocess.run(["make", "-j2"], cwd=BUILD, check=True, capture_output=True)
     assert marker.exists()
     return BUILD

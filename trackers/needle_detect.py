@@ -134,7 +134,7 @@ class RidgeNeedleDetector:
             np.add(r, self._ixx, out=r)  # tr + sqrt = 2 * lambda_max
         np.maximum(r, 0.0, out=r)
         # Image borders (detector edges, collimation, padding) are not needles.
-        b = max(2, int(round(2 * self.sigma_px)))
+        b = max(2, round(2 * self.sigma_px))
         r[:b, :] = 0.0
         r[-b:, :] = 0.0
         r[:, :b] = 0.0

@@ -40,7 +40,7 @@ __all__ = ["register"]
 DEVICE = "Image_Reference"
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="measure latency (percentiles) of transport and pipeline",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", type=int, default=512, help="frame size, pixels (default 512)")
@@ -180,7 +180,8 @@ def _histogram(path: Path, series: dict[str, list[float]], title: str) -> None:
     for name, vals in series.items():
         if vals:
             v = np.asarray(vals)
-            ax.hist(v, bins=np.logspace(np.log10(max(v.min(), 0.01)), np.log10(v.max() + 1e-3), 60),
+            bins = np.logspace(np.log10(max(v.min(), 0.01)), np.log10(v.max() + 1e-3), 60)
+            ax.hist(v, bins=bins.tolist(),
                     alpha=0.6, label=f"{name} (p99 {np.percentile(v, 99):.2f} ms)")
     ax.set_xscale("log")
     ax.set_xlabel("latency, ms (log scale)")

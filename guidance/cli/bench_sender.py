@@ -33,7 +33,7 @@ def frames(size: int, n: int, seed: int) -> list[ImageVolume]:
         from guidance.sim import make_scanner
 
         sc = make_scanner("fluoro", size=size, seed=seed)
-        return [sc.frame(i, i / 15.0).image for i in range(n)]  # type: ignore[attr-defined]
+        return [sc.frame(i, i / 15.0).image for i in range(n)]
     except Exception as e:  # pragma: no cover - fallback when the data package is absent
         print(f"bench_sender: simulator unavailable ({e}); synthetic frames", file=sys.stderr)
         import cv2

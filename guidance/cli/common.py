@@ -82,7 +82,9 @@ class FrameWriter:
         if not force and result.t_s - self._last_t < self.every_s:
             return
         self._last_t = result.t_s
-        name = f"frame_{self._count:03d}_{result.state.name.lower()}_{result.level.name.lower()}.png"
+        name = (
+            f"frame_{self._count:03d}_{result.state.name.lower()}_{result.level.name.lower()}.png"
+        )
         try:
             self._q.put_nowait((name, rgb.copy()))
             self._count += 1
@@ -107,8 +109,9 @@ class FrameWriter:
         self._thread.join(10.0)
 
 
-def summary_dict(pipeline: Pipeline, frames_received: int, wall_s: float,
-                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def summary_dict(
+    pipeline: Pipeline, frames_received: int, wall_s: float, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The ``summary.json`` content."""
     stats = pipeline.stats
     stages = {}
@@ -138,6 +141,7 @@ def summary_dict(pipeline: Pipeline, frames_received: int, wall_s: float,
 
 def write_summary(path: Path, summary: dict[str, Any]) -> None:
     """Write JSON (NaN as null)."""
+
     def clean(o: Any) -> Any:
         if isinstance(o, float) and not math.isfinite(o):
             return None
@@ -146,27 +150,36 @@ def write_summary(path: Path, summary: dict[str, Any]) -> None:
         if isinstance(o, list):
             return [clean(v) for v in o]
         return o
+
     path.write_text(json.dumps(clean(summary), indent=2) + "\n")
 
 
 def print_summary(summary: dict[str, Any], title: str) -> None:
     """A one-screen summary on stdout."""
     lat = summary["latency_ms"]
+
     def f(v: Any) -> str:
         return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.1f}"
+
     print(f"== {title} ==")
-    print(f"frames: received {summary['frames_received']}, processed "
-          f"{summary['frames_processed']}, dropped {summary['frames_dropped']}, "
-          f"stale reports {summary['stale_reports']}")
-    print(f"end-to-end latency ms: p50 {f(lat['p50'])}  p95 {f(lat['p95'])}  "
-          f"p99 {f(lat['p99'])}  max {f(lat['max'])}")
+    print(
+        f"frames: received {summary['frames_received']}, processed "
+        f"{summary['frames_processed']}, dropped {summary['frames_dropped']}, "
+        f"stale reports {summary['stale_reports']}"
+    )
+    print(
+        f"end-to-end latency ms: p50 {f(lat['p50'])}  p95 {f(lat['p95'])}  "
+        f"p99 {f(lat['p99'])}  max {f(lat['max'])}"
+    )
     stages = "  ".join(f"{k} {f(v['p50'])}/{f(v['p99'])}" for k, v in summary["stages_ms"].items())
     print(f"stages ms (p50/p99): {stages}")
     levels: dict[str, int] = {}
     for w in summary["warnings"]:
         levels[w["level"]] = levels.get(w["level"], 0) + 1
-    print(f"warnings: {len(summary['warnings'])} "
-          + ", ".join(f"{k} {v}" for k, v in sorted(levels.items())))
+    print(
+        f"warnings: {len(summary['warnings'])} "
+        + ", ".join(f"{k} {v}" for k, v in sorted(levels.items()))
+    )
     for w in summary["warnings"][-5:]:
         print(f"  t={w['t_s']:7.2f}s {w['level']:7s} {w['structure']:10s} {w['message']}")
 

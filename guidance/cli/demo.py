@@ -15,7 +15,7 @@ from guidance.io.sim_source import stream_scanner
 __all__ = ["register"]
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="simulated procedure on the real CT, end to end",
                        description="Start the simulated scanner and the live loop over "
                        "loopback OpenIGTLink; write annotated PNGs and summary.json.")

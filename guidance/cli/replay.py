@@ -31,7 +31,7 @@ def _speed(text: str) -> float:
     return v
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("replay", help="send a recording to an OpenIGTLink server",
                        description="Send every recorded message, byte for byte, with the "
                        "original timing scaled by --speed (max: as fast as possible).")

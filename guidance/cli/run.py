@@ -22,7 +22,7 @@ from guidance.pipeline.config import ConfigError, PipelineConfig, load_config
 __all__ = ["register"]
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run the live guidance loop on an OpenIGTLink stream",
                        description="Run the live loop: receive frames and tool poses over "
                        "OpenIGTLink, segment, track, check against the plan, send results back.")

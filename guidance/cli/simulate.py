@@ -13,7 +13,7 @@ from guidance.io.sim_source import stream_scanner
 __all__ = ["make_scanner_or_fail", "register"]
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("simulate", help="stream a simulated ultrasound or fluoroscopy scanner",
                        description="Stream simulated frames (IMAGE Image_Reference) and tool "
                        "poses (TRANSFORM NeedleToReference, ...) over OpenIGTLink.")

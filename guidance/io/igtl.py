@@ -130,7 +130,7 @@ def parse_host_port(text: str, what: str = "address") -> tuple[str, int]:
 
 def _set_keepalive(sock: socket.socket, seconds: float) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    s = max(1, int(round(seconds)))
+    s = max(1, round(seconds))
     for opt, val in (("TCP_KEEPIDLE", s), ("TCP_KEEPINTVL", s), ("TCP_KEEPCNT", 3)):
         if hasattr(socket, opt):
             sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, opt), val)

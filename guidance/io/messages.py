@@ -32,10 +32,10 @@ __all__ = [
     "HEADER_SIZE",
     "MESSAGE_CLASSES",
     "STATUS_CODES",
-    "StartTrackingDataMessage",
     "Header",
     "MalformedMessage",
     "PositionMessage",
+    "StartTrackingDataMessage",
     "StatusMessage",
     "TrackingDataMessage",
     "crc64",
@@ -165,7 +165,7 @@ def _matrix_from_12(v: Sequence[float]) -> npt.NDArray[np.float64]:
     return m
 
 
-class TrackingDataMessage(MessageBase):  # type: ignore[misc]
+class TrackingDataMessage(MessageBase):
     """TDATA: several tracked tools in one message (OpenIGTLink v2).
 
     Body: N elements of 70 bytes: NAME char[20], TYPE uint8 (1 tracker, 2 6D, 3 3D,
@@ -204,11 +204,13 @@ class TrackingDataMessage(MessageBase):  # type: ignore[misc]
         self._valid_message = True
 
     def content_asstring(self) -> str:
-        return "\n".join(f"{n}: {m.tolist()}" for n, m in zip(self.names, self.matrices))
+        return "\n".join(
+            f"{n}: {m.tolist()}" for n, m in zip(self.names, self.matrices, strict=True)
+        )
 
     def _pack_content(self) -> bytes:
         out = bytearray()
-        for name, mtype, m in zip(self.names, self.types, self.matrices):
+        for name, mtype, m in zip(self.names, self.types, self.matrices, strict=True):
             out += self.ELEMENT.pack(name.encode("ascii")[:20], mtype, 0, *_matrix_to_12(m))
         return bytes(out)
 
@@ -222,7 +224,7 @@ class TrackingDataMessage(MessageBase):  # type: ignore[misc]
             self.matrices[i] = _matrix_from_12(vals)
 
 
-class StartTrackingDataMessage(MessageBase):  # type: ignore[misc]
+class StartTrackingDataMessage(MessageBase):
     """STT_TDATA (OpenIGTLink v2): asks a tracking server to start streaming TDATA.
 
     Body: resolution uint32 (ms between messages), coordinate name char[32].
@@ -230,8 +232,13 @@ class StartTrackingDataMessage(MessageBase):  # type: ignore[misc]
 
     BODY = struct.Struct(">I32s")
 
-    def __init__(self, resolution_ms: int = 50, coordinate_name: str = "",
-                 timestamp: float | None = None, device_name: str | None = None) -> None:
+    def __init__(
+        self,
+        resolution_ms: int = 50,
+        coordinate_name: str = "",
+        timestamp: float | None = None,
+        device_name: str | None = None,
+    ) -> None:
         MessageBase.__init__(self, timestamp=timestamp, device_name=device_name)
         self._message_type = "STT_TDATA"
         self.resolution_ms = int(resolution_ms)
@@ -248,15 +255,30 @@ class StartTrackingDataMessage(MessageBase):  # type: ignore[misc]
 
 #: OpenIGTLink v2 STATUS codes.
 STATUS_CODES: dict[int, str] = {
-    0: "INVALID", 1: "OK", 2: "UNKNOWN_ERROR", 3: "PANIC", 4: "NOT_FOUND",
-    5: "ACCESS_DENIED", 6: "BUSY", 7: "TIME_OUT", 8: "OVERFLOW", 9: "CHECKSUM_ERROR",
-    10: "CONFIG_ERROR", 11: "RESOURCE_ERROR", 12: "UNKNOWN_INSTRUCTION",
-    13: "NOT_READY", 14: "MANUAL_MODE", 15: "DISABLED", 16: "NOT_PRESENT",
-    17: "UNKNOWN_VERSION", 18: "HARDWARE_FAILURE", 19: "SHUTTING_DOWN",
+    0: "INVALID",
+    1: "OK",
+    2: "UNKNOWN_ERROR",
+    3: "PANIC",
+    4: "NOT_FOUND",
+    5: "ACCESS_DENIED",
+    6: "BUSY",
+    7: "TIME_OUT",
+    8: "OVERFLOW",
+    9: "CHECKSUM_ERROR",
+    10: "CONFIG_ERROR",
+    11: "RESOURCE_ERROR",
+    12: "UNKNOWN_INSTRUCTION",
+    13: "NOT_READY",
+    14: "MANUAL_MODE",
+    15: "DISABLED",
+    16: "NOT_PRESENT",
+    17: "UNKNOWN_VERSION",
+    18: "HARDWARE_FAILURE",
+    19: "SHUTTING_DOWN",
 }
 
 
-class StatusMessage(MessageBase):  # type: ignore[misc]
+class StatusMessage(MessageBase):
     """STATUS (OpenIGTLink v2): code uint16, subcode int64, error name char[20],
     status string (null-terminated)."""
 
@@ -298,7 +320,7 @@ class StatusMessage(MessageBase):  # type: ignore[misc]
         self.status_string = rest.split(b"\0", 1)[0].decode("utf-8", "replace")
 
 
-class PositionMessage(MessageBase):  # type: ignore[misc]
+class PositionMessage(MessageBase):
     """POSITION (OpenIGTLink v2): X, Y, Z float32 then the quaternion OX, OY, OZ, W.
 
     The body is 12 (position only), 24 (3 quaternion components, W implied) or 28 bytes.
@@ -462,7 +484,8 @@ def decode(header: Header, body: memoryview) -> MessageBase | None:
     # without v2 metadata is decoded in place (its pixels stay a view of the receive
     # buffer); everything else is small and is copied first.
     zero_copy = header.message_type == "IMAGE" and (
-        header.version < 2 or _content_range(header, body)[1] == len(body))
+        header.version < 2 or _content_range(header, body)[1] == len(body)
+    )
     try:
         msg.unpack(header.as_pyigtl(), body if zero_copy else bytes(body))
     except (struct.error, ValueError, UnicodeDecodeError, NotImplementedError) as e:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -44,7 +45,7 @@ def load_nifti(path: str | Path, dtype: np.dtype | type | None = None) -> ImageV
     if not p.is_file():
         raise NiftiError(f"{p}: no such NIfTI file")
     try:
-        img = nib.load(str(p))
+        img: Any = nib.load(str(p))
         proxy = img.dataobj
         slope = float(getattr(proxy, "slope", 1.0))
         inter = float(getattr(proxy, "inter", 0.0))
@@ -52,10 +53,9 @@ def load_nifti(path: str | Path, dtype: np.dtype | type | None = None) -> ImageV
         if raw is not None and raw.dtype.kind in "iu" and slope.is_integer() and inter.is_integer():
             # Integer storage with integer scaling (CT HU): stay integer, no float copy.
             scaled = raw.astype(np.int32) * int(slope) + int(inter)
+            data: np.ndarray = scaled
             if scaled.min() >= -32768 and scaled.max() <= 32767:
                 data = scaled.astype(np.int16)
-            else:
-                data = scaled
             if slope == 1.0 and inter == 0.0:
                 data = raw
         else:

@@ -71,7 +71,9 @@ class PreprocessConfig:
     def __post_init__(self) -> None:
         _positive("preprocess", self, "work_size")
         if not isinstance(self.work_size, int) or self.work_size < 32:
-            raise ConfigError(f"preprocess.work_size must be an integer >= 32, got {self.work_size!r}")
+            raise ConfigError(
+                f"preprocess.work_size must be an integer >= 32, got {self.work_size!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -123,8 +125,16 @@ class SafetyConfig:
     latency_s: float = 0.05
 
     def __post_init__(self) -> None:
-        _positive("safety", self, "caution_offset_mm", "danger_offset_mm", "caution_angle_deg",
-                  "overshoot_danger_mm", "hysteresis_mm", "latency_s")
+        _positive(
+            "safety",
+            self,
+            "caution_offset_mm",
+            "danger_offset_mm",
+            "caution_angle_deg",
+            "overshoot_danger_mm",
+            "hysteresis_mm",
+            "latency_s",
+        )
         if self.uncertainty_mm < 0:
             raise ConfigError(f"safety.uncertainty_mm must be >= 0, got {self.uncertainty_mm}")
         if self.danger_offset_mm <= self.caution_offset_mm:
@@ -181,17 +191,13 @@ def config_from_dict(data: dict[str, Any], where: str = "config") -> PipelineCon
         known = {f.name: f for f in dataclasses.fields(cls)}
         for key, v in value.items():
             if key not in known:
-                raise ConfigError(
-                    f"{where}: unknown key {name}.{key} (known: {', '.join(known)})"
-                )
+                raise ConfigError(f"{where}: unknown key {name}.{key} (known: {', '.join(known)})")
             expected = type(getattr(getattr(defaults, name), key))
             ok = isinstance(v, expected) or (expected is float and isinstance(v, int))
             if isinstance(v, bool) and expected is not bool:
                 ok = False
             if not ok:
-                raise ConfigError(
-                    f"{where}: {name}.{key} must be {expected.__name__}, got {v!r}"
-                )
+                raise ConfigError(f"{where}: {name}.{key} must be {expected.__name__}, got {v!r}")
         try:
             built[name] = cls(**value)
         except ConfigError as e:

@@ -189,7 +189,7 @@ class Pipeline:
                 poses[name] = TrackedPose(name, np.asarray(msg.matrix, np.float64),
                                           it.timestamp_s, it.received_ns, True)
             elif isinstance(msg, TrackingDataMessage):
-                for tool, m in zip(msg.names, msg.matrices):
+                for tool, m in zip(msg.names, msg.matrices, strict=True):
                     poses[tool] = TrackedPose(tool, m, it.timestamp_s, it.received_ns, True)
         return poses
 
@@ -217,8 +217,8 @@ class Pipeline:
         stage_ms["ingest"] = (t - t_start) * 1e-6
         for stage in (self.preprocess, self.segment, self._needle_stage(image), self.safety):
             t_a = time.monotonic_ns()
-            stage.process(item)  # type: ignore[attr-defined]
-            stage_ms[stage.name] = (time.monotonic_ns() - t_a) * 1e-6  # type: ignore[attr-defined]
+            stage.process(item)
+            stage_ms[stage.name] = (time.monotonic_ns() - t_a) * 1e-6
         age_s = (time.monotonic_ns() - rec.received_ns) * 1e-9
         if age_s > self.config.ingest.stale_after_s:
             item.state = GuidanceState.STALE

@@ -87,8 +87,9 @@ class OverlayComposer:
         sample = plane[::8, ::8]
         lo, hi = np.percentile(sample, [1, 99])
         scale = 255.0 / max(float(hi - lo), 1e-6)
-        cv2.convertScaleAbs(plane.astype(np.float32, copy=False), dst=out, alpha=scale,
-                            beta=-float(lo) * scale)
+        cv2.convertScaleAbs(
+            plane.astype(np.float32, copy=False), dst=out, alpha=scale, beta=-float(lo) * scale
+        )
 
     def _plan(self, rgb: np.ndarray, result: FrameResult) -> None:
         if self.plan is None or result.image is None:
@@ -105,7 +106,9 @@ class OverlayComposer:
         h, w = rgb.shape[:2]
         bh = max(18, h // 14)
         stale = result.state in (GuidanceState.STALE, GuidanceState.NO_GUIDANCE)
-        colour = STALE_COLOUR if result.state == GuidanceState.STALE else LEVEL_COLOURS[result.level]
+        colour = (
+            STALE_COLOUR if result.state == GuidanceState.STALE else LEVEL_COLOURS[result.level]
+        )
         cv2.rectangle(rgb, (0, 0), (w - 1, bh), colour, -1)
         worst = max(result.warnings, key=lambda x: x.level, default=None)
         if result.state == GuidanceState.STALE:
@@ -115,8 +118,16 @@ class OverlayComposer:
         else:
             text = result.state.name
         scale = bh / 40.0
-        cv2.putText(rgb, text[:70], (4, int(bh * 0.75)), cv2.FONT_HERSHEY_SIMPLEX, scale,
-                    (255, 255, 255), 1, cv2.LINE_AA)
+        cv2.putText(
+            rgb,
+            text[:70],
+            (4, int(bh * 0.75)),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            scale,
+            (255, 255, 255),
+            1,
+            cv2.LINE_AA,
+        )
         lines = []
         t2t = result.metrics.get("tip_to_target_mm")
         if t2t is not None and math.isfinite(t2t):
@@ -127,8 +138,16 @@ class OverlayComposer:
         if latency_ms is not None:
             lines.append(f"latency {latency_ms:4.0f} ms")
         for k, line in enumerate(lines):
-            cv2.putText(rgb, line, (4, h - 6 - k * int(bh * 0.8)), cv2.FONT_HERSHEY_SIMPLEX,
-                        scale, (255, 255, 255), 1, cv2.LINE_AA)
+            cv2.putText(
+                rgb,
+                line,
+                (4, h - 6 - k * int(bh * 0.8)),
+                cv2.FONT_HERSHEY_SIMPLEX,
+                scale,
+                (255, 255, 255),
+                1,
+                cv2.LINE_AA,
+            )
         if stale:
             # An unmistakable frame around the whole view when nothing current is shown.
             cv2.rectangle(rgb, (0, 0), (w - 1, h - 1), colour, max(3, w // 100))

@@ -55,10 +55,19 @@ def test_simulate_bad_size_exit_2(capsys):
 
 def test_demo_writes_summary_and_pngs(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--seconds", "3", "--modality", "us", "--size", "256", "--out", str(out)]) == 0
+    assert (
+        main(["demo", "--seconds", "3", "--modality", "us", "--size", "256", "--out", str(out)])
+        == 0
+    )
     s = json.loads((out / "summary.json").read_text())
-    for key in ("frames_received", "frames_processed", "frames_dropped", "latency_ms",
-                "stages_ms", "warnings"):
+    for key in (
+        "frames_received",
+        "frames_processed",
+        "frames_dropped",
+        "latency_ms",
+        "stages_ms",
+        "warnings",
+    ):
         assert key in s, key
     assert s["frames_received"] >= 30 and s["frames_processed"] >= 30
     assert set(s["latency_ms"]) >= {"p50", "p95", "p99", "max"}
@@ -85,17 +94,51 @@ def test_run_simulate_record_then_replay(tmp_path):
     port = free_port()
     rec = tmp_path / "session.igtlrec"
     out = tmp_path / "run"
-    run = subprocess.Popen([sys.executable, "-m", "guidance.cli.main", "run", "--listen", str(port),
-                            "--seconds", "6", "--out", str(out), "--record", str(rec)],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "guidance.cli.main",
+            "run",
+            "--listen",
+            str(port),
+            "--seconds",
+            "6",
+            "--out",
+            str(out),
+            "--record",
+            str(rec),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert run.stdout is not None
         assert "listening" in run.stdout.readline()
-        sim = subprocess.run([sys.executable, "-m", "guidance.cli.main", "simulate", "--modality",
-                              "us", "--size", "128", "--fps", "15", "--seconds", "2", "--connect",
-                              f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=60)
+        sim = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "guidance.cli.main",
+                "simulate",
+                "--modality",
+                "us",
+                "--size",
+                "128",
+                "--fps",
+                "15",
+                "--seconds",
+                "2",
+                "--connect",
+                f"127.0.0.1:{port}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert sim.returncode == 0, sim.stderr
-        rest, err = run.communicate(timeout=60)
+        _out, err = run.communicate(timeout=60)
     finally:
         run.kill()
     assert run.returncode == 0, err
@@ -110,14 +153,41 @@ def test_run_simulate_record_then_replay(tmp_path):
     # Replay it into a second run: same number of frames arrive.
     port2 = free_port()
     out2 = tmp_path / "run2"
-    run2 = subprocess.Popen([sys.executable, "-m", "guidance.cli.main", "run", "--listen",
-                             str(port2), "--seconds", "5", "--out", str(out2)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run2 = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "guidance.cli.main",
+            "run",
+            "--listen",
+            str(port2),
+            "--seconds",
+            "5",
+            "--out",
+            str(out2),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert run2.stdout is not None and "listening" in run2.stdout.readline()
-        rp = subprocess.run([sys.executable, "-m", "guidance.cli.main", "replay", str(rec), "--to",
-                             f"127.0.0.1:{port2}", "--speed", "max"], capture_output=True,
-                            text=True, timeout=60)
+        rp = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "guidance.cli.main",
+                "replay",
+                str(rec),
+                "--to",
+                f"127.0.0.1:{port2}",
+                "--speed",
+                "max",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert rp.returncode == 0, rp.stderr
         assert f"replayed {len(recorded)} messages" in rp.stdout
         run2.communicate(timeout=60)

@@ -49,7 +49,16 @@ def test_hysteresis_does_not_flicker():
     h = Hysteresis([(3.0, WarningLevel.CAUTION), (5.0, WarningLevel.DANGER)], margin=0.5)
     seq = [2.9, 3.0, 2.8, 2.6, 2.4, 5.1, 4.8, 4.4, 1.0]
     assert [h.update(v).name for v in seq] == [
-        "NONE", "CAUTION", "CAUTION", "CAUTION", "NONE", "DANGER", "DANGER", "CAUTION", "NONE"]
+        "NONE",
+        "CAUTION",
+        "CAUTION",
+        "CAUTION",
+        "NONE",
+        "DANGER",
+        "DANGER",
+        "CAUTION",
+        "NONE",
+    ]
 
 
 def test_plan_check_geometry():
@@ -67,8 +76,12 @@ def test_plan_check_geometry():
 
 def test_margins_widened_by_speed_and_uncertainty():
     cfg = SafetyConfig(uncertainty_mm=1.0, latency_s=0.1)
-    slow = PlanCheck([0, 0, 0], [0, 0, 100], cfg).check(np.array([1.5, 0, 40]), np.array([0, 0, 1.0]), 0, 0)
-    fast = PlanCheck([0, 0, 0], [0, 0, 100], cfg).check(np.array([1.5, 0, 40]), np.array([0, 0, 1.0]), 0, 10)
+    slow = PlanCheck([0, 0, 0], [0, 0, 100], cfg).check(
+        np.array([1.5, 0, 40]), np.array([0, 0, 1.0]), 0, 0
+    )
+    fast = PlanCheck([0, 0, 0], [0, 0, 100], cfg).check(
+        np.array([1.5, 0, 40]), np.array([0, 0, 1.0]), 0, 10
+    )
     assert slow.level == WarningLevel.NONE and fast.level == WarningLevel.CAUTION
 
 
@@ -98,7 +111,9 @@ def test_config_ok_and_ints_for_floats():
 def test_detects_needle_sends_results_and_overlay():
     slots = LatestSlots()
     sent = []
-    pipe = Pipeline(slots, send=lambda m, cb: (sent.append(m), cb and cb(time.monotonic_ns()), 1)[2])
+    pipe = Pipeline(
+        slots, send=lambda m, cb: (sent.append(m), cb and cb(time.monotonic_ns()), 1)[2]
+    )
     got, ev = collect(pipe, 1)
     pipe.set_plan([10 * 0.2, 20 * 0.2, 0], [150 * 0.2, 130 * 0.2, 0])
     pipe.start()
@@ -112,8 +127,13 @@ def test_detects_needle_sends_results_and_overlay():
     np.testing.assert_allclose(res.needle.tip_lps[:2], [30, 26], atol=1.0)
     assert res.state == GuidanceState.OK, res.reasons
     types = {(m.message_type, m.device_name) for m in sent}
-    assert {("IMAGE", "NeedleLabel"), ("TRANSFORM", "NeedleTipToRAS"), ("STRING", "GuidanceWarning"),
-            ("STATUS", "GuidanceWarning"), ("POINT", "Plan")} <= types
+    assert {
+        ("IMAGE", "NeedleLabel"),
+        ("TRANSFORM", "NeedleTipToRAS"),
+        ("STRING", "GuidanceWarning"),
+        ("STATUS", "GuidanceWarning"),
+        ("POINT", "Plan"),
+    } <= types
     label = next(m for m in sent if m.message_type == "IMAGE")
     assert label.image.dtype == np.uint8 and label.image.shape == (1, 256, 256)
     assert label.image[0, 75, 80] == 1  # on the needle
@@ -163,8 +183,14 @@ def test_stale_needle_pose_reported():
     got, ev = collect(pipe, 1)
     pipe.start()
     m = np.eye(4)
-    slots.put("NeedleToReference", "TRANSFORM", pyigtl.TransformMessage(m, device_name="NeedleToReference"),
-              0.0, time.monotonic_ns() - int(1e9), "test")
+    slots.put(
+        "NeedleToReference",
+        "TRANSFORM",
+        pyigtl.TransformMessage(m, device_name="NeedleToReference"),
+        0.0,
+        time.monotonic_ns() - int(1e9),
+        "test",
+    )
     put(slots, frame_msg())
     assert ev.wait(5)
     pipe.stop()
@@ -238,10 +264,10 @@ def test_load_config_file_errors(tmp_path):
 
     p = tmp_path / "c.json"
     p.write_text("{bad json")
-    with pytest.raises(ConfigError, match="c.json: invalid JSON"):
+    with pytest.raises(ConfigError, match=r"c\.json: invalid JSON"):
         load_config(p)
     p.write_text(json.dumps({"safety": {"margin": 1}}))
-    with pytest.raises(ConfigError, match="unknown key safety.margin"):
+    with pytest.raises(ConfigError, match=r"unknown key safety\.margin"):
         load_config(p)
     with pytest.raises(ConfigError, match="cannot read config"):
         load_config(tmp_path / "missing.json")

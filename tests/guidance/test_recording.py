@@ -21,12 +21,18 @@ def _messages(n: int) -> list[bytes]:
     rng = np.random.default_rng(0)
     out = []
     for i in range(n):
-        out.append(pyigtl.ImageMessage(rng.integers(0, 255, (1, 16, 16), dtype=np.uint8),
-                                       device_name="Image", timestamp=100.0 + i).pack())
+        out.append(
+            pyigtl.ImageMessage(
+                rng.integers(0, 255, (1, 16, 16), dtype=np.uint8),
+                device_name="Image",
+                timestamp=100.0 + i,
+            ).pack()
+        )
         m = np.eye(4)
         m[:3, 3] = [i, 2 * i, 3.5]
-        out.append(pyigtl.TransformMessage(m, device_name="NeedleToReference",
-                                           timestamp=100.0 + i).pack())
+        out.append(
+            pyigtl.TransformMessage(m, device_name="NeedleToReference", timestamp=100.0 + i).pack()
+        )
     return out
 
 
@@ -134,11 +140,13 @@ while True:
         assert g.header.message_type == "IMAGE" and g.raw[-1] == k % 256
 
 
-@pytest.mark.parametrize("content", [b"", b"not a recording at all", b"GIGTLREC\x00\x09" + b"\0" * 20])
+@pytest.mark.parametrize(
+    "content", [b"", b"not a recording at all", b"GIGTLREC\x00\x09" + b"\0" * 20]
+)
 def test_bad_recording_files_rejected(tmp_path, content):
     p = tmp_path / "bad.igtlrec"
     p.write_bytes(content)
-    with pytest.raises(RecordingError, match="bad.igtlrec"):
+    with pytest.raises(RecordingError, match=r"bad\.igtlrec"):
         list(read_recording(p))
 
 

@@ -13,8 +13,9 @@ def speckle(shape=(256, 256), seed=0) -> np.ndarray:
     return np.random.default_rng(seed).rayleigh(30, shape).astype(np.float32)
 
 
-@pytest.mark.parametrize(("a", "b"), [((20, 30), (180, 150)), ((200, 20), (60, 200)),
-                                      ((30, 128), (220, 128))])
+@pytest.mark.parametrize(
+    ("a", "b"), [((20, 30), (180, 150)), ((200, 20), (60, 200)), ((30, 128), (220, 128))]
+)
 def test_finds_a_bright_line_and_its_ends(a, b):
     img = speckle()
     cv2.line(img, a, b, 200, 2)
@@ -27,7 +28,9 @@ def test_finds_a_bright_line_and_its_ends(a, b):
 
 
 def test_dark_polarity():
-    img = np.full((200, 200), 150, np.float32) + np.random.default_rng(1).normal(0, 5, (200, 200)).astype(np.float32)
+    img = np.full((200, 200), 150, np.float32) + np.random.default_rng(1).normal(
+        0, 5, (200, 200)
+    ).astype(np.float32)
     cv2.line(img, (20, 20), (150, 120), 40, 2)
     det = RidgeNeedleDetector(polarity="dark").detect(img, hub_hint_ij=(20, 20))
     assert det is not None and np.linalg.norm(det.tip_ij - (150, 120)) < 4
@@ -51,8 +54,9 @@ def test_without_hint_the_end_near_the_border_is_the_hub():
     assert det is not None and det.hub_ij[0] < det.tip_ij[0]
 
 
-@pytest.mark.parametrize("kwargs", [{"polarity": "grey"}, {"sigma_px": 0}, {"max_points": 3},
-                                    {"inlier_px": -1}])
+@pytest.mark.parametrize(
+    "kwargs", [{"polarity": "grey"}, {"sigma_px": 0}, {"max_points": 3}, {"inlier_px": -1}]
+)
 def test_bad_parameters(kwargs):
     with pytest.raises(ValueError):
         RidgeNeedleDetector(**kwargs)
