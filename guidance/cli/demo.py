@@ -25,8 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fps", type=positive_float, default=15.0)
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--start-s", type=float, default=5.0,
-                   help="simulation time of the first frame (default 5 s: needle at the skin)")
+    p.add_argument("--start-s", type=float, default=None,
+                   help="simulation time of the first frame (default: so that the needle "
+                   "reaches the target three quarters of the way through the demo)")
     p.set_defaults(func=run)
 
 
@@ -35,17 +36,44 @@ def run(args: argparse.Namespace) -> int:
           flush=True)
     scanner = make_scanner_or_fail(args.modality, args.size, args.seed)
     session = LiveSession(listen=0, out_dir=args.out, png_every_s=max(args.seconds / 12, 0.5))
-    session.pipeline.set_plan(scanner.entry_lps, scanner.target_lps)  # type: ignore[attr-defined]
+    entry, target = scanner.entry_lps, scanner.target_lps  # type: ignore[attr-defined]
+    session.pipeline.set_plan(entry, target)
+    planned = None
+    if args.modality == "fluoro":  # the fluoroscopy scene is the real CT: plan on it
+        from guidance.cli.demo_planning import prepare_plan
+
+        print("demo: planning on the real CT (structures, distance fields) ...", flush=True)
+        planned = prepare_plan(entry, target, args.out)
+        session.pipeline.safety.live_checker = planned[2]
     session.start()
     client = IgtlClient("127.0.0.1", session.port).start()
     client.wait_connected(5.0)
     stop = threading.Event()
     print(f"demo: streaming {args.seconds:.0f} s at {args.fps:.0f} fps ...", flush=True)
+    start_s = args.start_s
+    if start_s is None:
+        path = getattr(scanner, "path", None)
+        speed = getattr(getattr(path, "needle", None), "speed_mm_s", None)
+        reach_s = path.plan_length_mm / speed if path is not None and speed else 0.0
+        start_s = max(0.0, reach_s - 0.75 * args.seconds)
+    last: list[object] = [None]  # the newest simulated frame (ground truth)
     n = stream_scanner(scanner, lambda m: client.send(m), args.fps, args.seconds, stop,
-                       start_s=args.start_s)
+                       on_frame=lambda f: last.__setitem__(0, f),
+                       start_s=start_s)
     stop.wait(0.3)
     client.stop()
     summary = session.stop({"modality": args.modality, "frames_sent": n})
     print_summary(summary, f"guidance demo ({args.modality})")
+    if planned is not None and last[0] is not None:
+        from guidance.cli.demo_planning import verify_final_needle
+
+        print("demo: control CT with the final needle -> verification ...", flush=True)
+        tip = last[0].truth.tip_lps  # type: ignore[attr-defined]
+        ver = verify_final_needle(planned[0], planned[1], tip, args.out / "verification",
+                                  args.seed)
+        t2t = ver.get("tip_to_target_mm")
+        t2t_s = f"{t2t:.1f} mm" if isinstance(t2t, float) else "-"
+        print(f"verification: {ver['verdict']} (tip to target {t2t_s}); report "
+              f"{args.out / 'verification' / 'report.html'}")
     print(f"output: {args.out}/summary.json and {len(summary.get('pngs', []))} PNGs")
     return 0

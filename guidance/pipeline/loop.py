@@ -291,9 +291,8 @@ class Pipeline:
         """Keep the warnings log to level changes per structure (not 15 entries/s)."""
         now: dict[str, SafetyWarning] = {}
         for w in warnings:
-            key = f"{w.structure}:{w.message.split(' ')[1] if ' ' in w.message else ''}"
-            if key not in now or w.level > now[key].level:
-                now[key] = w
+            if w.structure not in now or w.level > now[w.structure].level:
+                now[w.structure] = w
         for key, w in now.items():
             if self._active.get(key) != w.level:
                 self.warnings_log.append(w)
