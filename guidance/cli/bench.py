@@ -145,6 +145,9 @@ def _pipeline(args: argparse.Namespace) -> dict[str, Any]:
         return 1 if client.send(m, on_sent) else 0
 
     pipe = Pipeline(client.slots, send=send)
+    # The sender's tracked needle moves along +x from the origin: plan along it, so the
+    # deviation check runs on every frame.
+    pipe.set_plan([0.0, 0.0, 0.0], [100.0, 0.0, 0.0])
     client.start()
     pipe.start()
     sent = sender.wait()
