@@ -7,7 +7,26 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["TrackedPose"]
+__all__ = ["TrackedPose", "pose_from_tip_axis"]
+
+
+def pose_from_tip_axis(tip: npt.ArrayLike, axis: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """The needle frame as a 4x4 ``needle_to_world``: origin at the tip, +z along the
+    axis (hub -> tip); x and y complete a right-handed frame (rotation about the shaft is
+    arbitrary: a needle is symmetric).
+
+    Args:
+        tip: (3,) tip position in the world frame, mm.
+        axis: (3,) direction hub -> tip (normalised here).
+    """
+    z = np.asarray(axis, np.float64).reshape(3)
+    z = z / np.linalg.norm(z)
+    helper = np.array([1.0, 0.0, 0.0]) if abs(z[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
+    x = np.cross(helper, z)
+    x /= np.linalg.norm(x)
+    m = np.eye(4)
+    m[:3, 0], m[:3, 1], m[:3, 2], m[:3, 3] = x, np.cross(z, x), z, np.asarray(tip, float)
+    return m
 
 
 @dataclass(frozen=True, eq=False)

@@ -10,13 +10,11 @@ import math
 import queue
 import resource
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from guidance.cli.main import UsageError
 from guidance.io.igtl import parse_host_port
 from guidance.pipeline.frame import FrameResult
 from guidance.pipeline.loop import Pipeline
@@ -194,27 +192,3 @@ def wait_or_interrupt(seconds: float | None, stop: threading.Event) -> None:
             stop.wait(seconds)
     except KeyboardInterrupt:
         print("\ninterrupted", flush=True)
-
-
-def load_plan_points(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """Entry and target (LPS mm) from a ``plan.json`` (``entry_lps_mm``, ``target_lps_mm``)."""
-    p = Path(path)
-    try:
-        data = json.loads(p.read_text())
-    except OSError as e:
-        raise UsageError(f"cannot read plan {p}: {e}") from e
-    except json.JSONDecodeError as e:
-        raise UsageError(f"{p}: invalid JSON at line {e.lineno}: {e.msg}") from e
-    try:
-        entry = np.asarray(data["entry_lps_mm"], float).reshape(3)
-        target = np.asarray(data["target_lps_mm"], float).reshape(3)
-    except (KeyError, TypeError, ValueError) as e:
-        raise UsageError(f"{p}: needs entry_lps_mm and target_lps_mm as [x, y, z]: {e}") from e
-    if not (np.all(np.isfinite(entry)) and np.all(np.isfinite(target))):
-        raise UsageError(f"{p}: entry/target must be finite")
-    return entry, target
-
-
-def now_s() -> float:
-    """Monotonic seconds."""
-    return time.monotonic()

@@ -8,7 +8,6 @@ from pathlib import Path
 
 from guidance.cli.common import (
     host_port,
-    load_plan_points,
     port_number,
     positive_float,
     print_summary,
@@ -37,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, metavar="DIR", help="write annotated PNGs and summary.json")
     p.add_argument("--record", type=Path, metavar="FILE", help="record every received message")
     p.add_argument("--config", type=Path, metavar="FILE", help="pipeline configuration (JSON)")
-    p.add_argument("--plan", metavar="FILE", help="plan.json with entry_lps_mm and target_lps_mm")
+    p.add_argument("--plan", metavar="FILE", help="plan.json from `guidance plan`")
     p.add_argument("--calibration", type=Path, metavar="FILE",
                    help="calibration result (guidance calibrate ... --out)")
     p.add_argument("--seconds", type=positive_float, help="stop after this long (default: Ctrl-C)")
@@ -70,8 +69,13 @@ def run(args: argparse.Namespace) -> int:
                           out_dir=args.out, record=args.record, transport=transport,
                           bind=args.bind, frame_kind=args.frame_kind)
     if args.plan:
-        entry, target = load_plan_points(args.plan)
-        session.pipeline.set_plan(entry, target)
+        from guidance.planning.plan import Plan, PlanError
+
+        try:
+            plan = Plan.load(args.plan)
+        except PlanError as e:
+            raise UsageError(str(e)) from e
+        session.pipeline.set_plan(plan.entry_lps, plan.target_lps)
     session.start()
     where = (f"listening on {args.bind}:{session.port}" if args.listen is not None
              else f"connecting to {args.connect[0]}:{args.connect[1]}")

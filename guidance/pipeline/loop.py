@@ -36,7 +36,8 @@ from guidance.pipeline.overlay import OverlayComposer
 from guidance.pipeline.stages import NeedleStage, PreprocessStage, SafetyStage, SegmentStage
 from guidance.pipeline.stats import LatencyRecorder
 from guidance.records import GuidanceState, SafetyWarning, WarningLevel
-from trackers.pose import TrackedPose
+from trackers.pose import TrackedPose, pose_from_tip_axis
+from trackers.tool_stream import ToolStreams
 
 __all__ = ["Pipeline", "SendFn"]
 
@@ -96,6 +97,8 @@ class Pipeline:
         self._needle_stages: dict[bool, NeedleStage] = {}
         self.overlay = OverlayComposer()
         self.stats = LatencyRecorder()
+        self.tools = ToolStreams()
+        self._pose_seq: dict[str, int] = {}
         self.frames_processed = 0
         self.stale_reports = 0
         self.warnings_log: list[SafetyWarning] = []
@@ -179,19 +182,22 @@ class Pipeline:
         return (time.monotonic_ns() - self._t0_ns) * 1e-9
 
     def _poses(self) -> dict[str, TrackedPose]:
-        poses: dict[str, TrackedPose] = {}
+        """Newest pose per tool. Each new TRANSFORM/TDATA goes once through
+        :class:`~trackers.tool_stream.ToolStreams`, which refuses non-rigid matrices and
+        marks an identity matrix (a tracker's "out of view") as not valid."""
         for name in self.slots.device_names():
             it = self.slots.latest(name)
-            if it is None or it.message_type not in _POSE_TYPES:
+            if (it is None or it.message_type not in _POSE_TYPES
+                    or it.seq <= self._pose_seq.get(name, 0)):
                 continue
+            self._pose_seq[name] = it.seq
             msg = it.message
-            if it.message_type == "TRANSFORM":
-                poses[name] = TrackedPose(name, np.asarray(msg.matrix, np.float64),
-                                          it.timestamp_s, it.received_ns, True)
-            elif isinstance(msg, TrackingDataMessage):
-                for tool, m in zip(msg.names, msg.matrices, strict=True):
-                    poses[tool] = TrackedPose(tool, m, it.timestamp_s, it.received_ns, True)
-        return poses
+            if isinstance(msg, TrackingDataMessage):
+                self.tools.on_tdata(zip(msg.names, msg.matrices, strict=True),
+                                    it.timestamp_s, it.received_ns)
+            else:
+                self.tools.on_transform(name, msg.matrix, it.timestamp_s, it.received_ns)
+        return {n: p for n in self.tools.names() if (p := self.tools.latest(n)) is not None}
 
     def _needle_stage(self, image: ImageVolume) -> NeedleStage:
         kind = self.frame_kind
@@ -312,12 +318,7 @@ class Pipeline:
             sent = self.send(image_message_from_volume(lab, out.label_device, ts),
                              lambda ns: self._finish(e2e, sent_ns=ns))
         if n is not None and n.has_3d:
-            m = np.eye(4)
-            z = n.axis_lps
-            helper = np.array([1.0, 0.0, 0.0]) if abs(z[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
-            x = np.cross(helper, z)
-            x /= np.linalg.norm(x)
-            m[:3, 0], m[:3, 1], m[:3, 2], m[:3, 3] = x, np.cross(z, x), z, n.tip_lps
+            m = pose_from_tip_axis(n.tip_lps, n.axis_lps)
             self.send(pyigtl.TransformMessage(RAS_TO_LPS @ m, timestamp=ts,
                                               device_name=out.tip_device), None)
         worst = max(result.warnings, key=lambda w: w.level, default=None)

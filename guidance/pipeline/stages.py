@@ -132,11 +132,11 @@ class NeedleStage:
         pose = item.frame.poses.get(self.needle_pose)
         if pose is not None:
             age = (item.frame.received_ns - pose.received_ns) * 1e-9
-            if not pose.valid:
-                item.reasons.append(f"{self.needle_pose} reported invalid by the tracker")
-            elif abs(age) > self.pose_stale_after_s:
+            if abs(age) > self.pose_stale_after_s:
                 item.reasons.append(f"{self.needle_pose} is {abs(age):.2f} s old (STALE)")
                 item.state = GuidanceState.STALE
+            elif not pose.valid:
+                item.reasons.append(f"{self.needle_pose} reported invalid by the tracker")
             else:
                 axis = pose.pose[:3, 2] / max(float(np.linalg.norm(pose.pose[:3, 2])), 1e-12)
                 out.append((pose.pose[:3, 3].copy(), axis, "tracker", self.tracker_sigma_mm))

@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from guidance.sim.params import NeedleParams
+from trackers.pose import pose_from_tip_axis
 
 __all__ = ["NeedlePath", "NeedleState", "needle_pose", "random_perpendicular"]
 
@@ -130,11 +131,4 @@ class NeedlePath:
 
 def needle_pose(state: NeedleState) -> F64:
     """NeedleToReference 4x4: origin at the tip, +z along the axis (hub -> tip)."""
-    z = state.axis_lps
-    helper = np.array([1.0, 0.0, 0.0]) if abs(z[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
-    x = np.cross(helper, z)
-    x /= np.linalg.norm(x)
-    y = np.cross(z, x)
-    m = np.eye(4)
-    m[:3, 0], m[:3, 1], m[:3, 2], m[:3, 3] = x, y, z, state.tip_lps
-    return m
+    return pose_from_tip_axis(state.tip_lps, state.axis_lps)

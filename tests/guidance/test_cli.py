@@ -43,9 +43,9 @@ def test_run_with_bad_config_and_plan_exit_2(tmp_path, capsys):
     assert main(["run", "--listen", "5999", "--config", str(cfg), "--seconds", "0.1"]) == 2
     assert "unknown key safety.margin_mm" in capsys.readouterr().err
     plan = tmp_path / "p.json"
-    plan.write_text('{"entry_lps_mm": [1, 2]}')
+    plan.write_text('{"format": "guidance.plan/1", "entry_lps_mm": [1, 2]}')
     assert main(["run", "--listen", "5999", "--plan", str(plan), "--seconds", "0.1"]) == 2
-    assert "entry_lps_mm and target_lps_mm" in capsys.readouterr().err
+    assert "entry_lps_mm must be 3 finite numbers" in capsys.readouterr().err
 
 
 def test_simulate_bad_size_exit_2(capsys):

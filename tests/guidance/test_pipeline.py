@@ -272,3 +272,24 @@ def test_load_config_file_errors(tmp_path):
     with pytest.raises(ConfigError, match="cannot read config"):
         load_config(tmp_path / "missing.json")
     assert PipelineConfig().safety.danger_offset_mm > PipelineConfig().safety.caution_offset_mm
+
+
+def test_identity_and_non_rigid_needle_poses_are_not_trusted():
+    """A tracker's identity matrix ("out of view") and a non-rigid matrix are not used
+    as the needle, however fresh."""
+    for matrix, reason in ((np.eye(4), "reported invalid"), (np.diag([2.0, 1, 1, 1]), None)):
+        slots = LatestSlots()
+        pipe = Pipeline(slots, frame_kind="projection")
+        got, ev = collect(pipe, 1)
+        pipe.start()
+        msg = pyigtl.TransformMessage(matrix, device_name="NeedleToReference")
+        slots.put("NeedleToReference", "TRANSFORM", msg, 0.0, time.monotonic_ns(), "test")
+        put(slots, frame_msg())
+        assert ev.wait(5)
+        pipe.stop()
+        r = got[0][0]
+        assert r.needle is None or not r.needle.has_3d  # no 3D needle from that pose
+        if reason:
+            assert any(reason in x for x in r.reasons), r.reasons
+        else:
+            assert pipe.tools.rejected == 1
