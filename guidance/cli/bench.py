@@ -47,7 +47,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fps", type=positive_float, default=15.0)
     p.add_argument("--seconds", type=positive_float, default=20.0, help="per phase")
     p.add_argument("--json", type=Path, default=Path("bench.json"), metavar="FILE")
-    p.add_argument("--stage", choices=("all", "transport", "pipeline"), default="all")
+    p.add_argument("--stage", choices=("all", "transport", "pipeline", "segment", "render"),
+                   default="all",
+                   help="all = transport + pipeline; segment = model backends "
+                        "(guidance.cli.bench_segment); render = GUI drawing "
+                        "(guidance.cli.bench_render)")
+    from guidance.cli import bench_render, bench_segment
+
+    bench_segment.add_arguments(p)
+    bench_render.add_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -197,6 +205,14 @@ def _histogram(path: Path, series: dict[str, list[float]], title: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.stage == "segment":
+        from guidance.cli import bench_segment
+
+        return bench_segment.run(args)
+    if args.stage == "render":
+        from guidance.cli import bench_render
+
+        return bench_render.run(args)
     if not 32 <= args.size <= 2048:
         raise UsageError(f"--size must be 32..2048, got {args.size}")
     out: dict[str, Any] = {"size": args.size, "fps": args.fps, "seconds": args.seconds,
