@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from guidance.cli.common import positive_float, print_summary
+from guidance.cli.main import UsageError
 from guidance.cli.session import LiveSession
 from guidance.cli.simulate import make_scanner_or_fail
 from guidance.io.igtl import IgtlClient
@@ -28,10 +30,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--start-s", type=float, default=None,
                    help="simulation time of the first frame (default: so that the needle "
                    "reaches the target three quarters of the way through the demo)")
+    p.add_argument("--gui", action="store_true",
+                   help="show the live view (PyQt5) while the demo runs")
+    p.add_argument("--screenshot", type=Path, metavar="FILE",
+                   help="with --gui: draw offscreen and save a PNG of the live view at the "
+                        "end of the stream")
+    p.add_argument("--sound", action="store_true", help="with --gui: beep on DANGER")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.screenshot is not None and not args.gui:
+        raise UsageError("--screenshot FILE needs --gui")
+    if args.screenshot is not None and args.screenshot.suffix.lower() != ".png":
+        raise UsageError(f"--screenshot {args.screenshot}: the file name must end in .png")
+    if args.gui:  # fail before anything starts when there is no screen
+        from guidance.gui.app import GuiUnavailable, ensure_app
+
+        try:
+            ensure_app(headless=args.screenshot is not None)
+        except GuiUnavailable as e:
+            raise UsageError(str(e)) from e
     print(f"demo: preparing the {args.modality} simulator (real CT, seed {args.seed}) ...",
           flush=True)
     scanner = make_scanner_or_fail(args.modality, args.size, args.seed)
@@ -57,9 +76,15 @@ def run(args: argparse.Namespace) -> int:
         reach_s = path.plan_length_mm / speed if path is not None and speed else 0.0
         start_s = max(0.0, reach_s - 0.75 * args.seconds)
     last: list[object] = [None]  # the newest simulated frame (ground truth)
-    n = stream_scanner(scanner, lambda m: client.send(m), args.fps, args.seconds, stop,
-                       on_frame=lambda f: last.__setitem__(0, f),
-                       start_s=start_s)
+
+    def stream() -> int:
+        return stream_scanner(scanner, lambda m: client.send(m), args.fps, args.seconds, stop,
+                              on_frame=lambda f: last.__setitem__(0, f), start_s=start_s)
+
+    if args.gui:
+        n = _stream_with_gui(stream, session, stop, args)
+    else:
+        n = stream()
     stop.wait(0.3)
     client.stop()
     summary = session.stop({"modality": args.modality, "frames_sent": n})
@@ -77,3 +102,37 @@ def run(args: argparse.Namespace) -> int:
               f"{args.out / 'verification' / 'report.html'}")
     print(f"output: {args.out}/summary.json and {len(summary.get('pngs', []))} PNGs")
     return 0
+
+
+def _stream_with_gui(stream: Callable[[], int], session: LiveSession, stop: threading.Event,
+                     args: argparse.Namespace) -> int:
+    """Stream on a worker thread while the live view runs on this (the main) thread.
+    With ``--screenshot`` the view is grabbed when the stream ends; without, the window
+    stays open (showing STALE once the stream has ended) until it is closed."""
+    from guidance.gui.app import GuiUnavailable
+    from guidance.gui.live_app import run_live_gui
+
+    sent = [0]
+    finished = threading.Event()
+
+    def worker() -> None:
+        try:
+            sent[0] = stream()
+        finally:
+            finished.set()
+
+    t = threading.Thread(target=worker, name="demo-stream", daemon=True)
+    t.start()
+    try:
+        path = run_live_gui(session, screenshot=args.screenshot, finished=finished,
+                            sound=args.sound, out_dir=args.out)
+    except (GuiUnavailable, OSError) as e:
+        stop.set()
+        t.join(10.0)
+        raise UsageError(str(e)) from e
+    finally:
+        stop.set()  # window closed early: end the stream
+        t.join(30.0)
+    if path:
+        print(f"screenshot: {path}", flush=True)
+    return sent[0]

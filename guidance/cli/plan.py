@@ -121,6 +121,12 @@ def _run(args: argparse.Namespace) -> int:
     from guidance.planning.targets import TargetError, parse_target
     from guidance.planning.trajectory import evaluate_trajectory
 
+    if args.screenshot is not None and not args.gui:
+        raise UsageError("--screenshot FILE needs --gui")
+    if args.gui:
+        return _run_gui(args)
+    if args.target is None:
+        raise UsageError("--target SPEC is required (or use --gui)")
     if args.entry is None and not args.auto:
         raise UsageError("give --entry X,Y,Z or --auto")
     raw = _load_config(args.config)
@@ -213,12 +219,79 @@ def register(subparsers: Any) -> None:
     p.add_argument("--label-names", default=None,
                    help="CSV id,structure (default: TotalSegmentator names)")
     p.add_argument("--series-uid", default=None, help="series to load from a DICOM folder")
-    p.add_argument("--target", required=True,
-                   help="disc:L1-L2[:left|right], foramen:L2-L3:left, vertebra:L1, or x,y,z")
+    p.add_argument("--target", default=None,
+                   help="disc:L1-L2[:left|right], foramen:L2-L3:left, vertebra:L1, or x,y,z "
+                        "(required without --gui)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--entry", default=None, help="entry point X,Y,Z (LPS mm)")
     group.add_argument("--auto", action="store_true", help="search entry points automatically")
     p.add_argument("--config", default=None,
                    help="JSON with sections structures / trajectory / auto")
     p.add_argument("--out", default="plan.json", help="output plan JSON")
+    p.add_argument("--gui", action="store_true",
+                   help="planning view: three planes + trajectory reformat, click target and "
+                        "entry, clearance table, auto plan, save/load (--out, --load)")
+    p.add_argument("--load", default=None, metavar="FILE",
+                   help="with --gui: start from this plan.json")
+    p.add_argument("--screenshot", type=Path, default=None, metavar="FILE",
+                   help="with --gui: draw offscreen, save a PNG (after --auto if given), stop")
     p.set_defaults(func=_run)
+
+
+def _run_gui(args: argparse.Namespace) -> int:
+    """``guidance plan --gui``: the planning view on the main thread."""
+    from guidance.gui.app import GuiUnavailable, MainWindow, ensure_app, grab_to_file
+    from guidance.gui.planning_view import PlanningView
+    from guidance.planning.anatomy import build_anatomy
+    from guidance.planning.plan import Plan, PlanError
+    from guidance.planning.structures import build_structures
+    from guidance.planning.targets import TargetError, parse_target
+
+    try:
+        app = ensure_app(headless=args.screenshot is not None)
+    except GuiUnavailable as e:
+        raise UsageError(str(e)) from e
+    plan = None
+    if args.load is not None:
+        try:
+            plan = Plan.load(args.load)
+        except PlanError as e:
+            raise UsageError(f"--load: {e}") from e
+    if args.target is None and plan is None:
+        raise UsageError("--gui needs --target SPEC or --load plan.json (the analysed region "
+                         "is built around the target)")
+    ct, labels, names = load_inputs(args.ct, args.labels, args.label_names, args.series_uid)
+    target = None
+    if args.target is not None:
+        try:
+            target = parse_target(args.target, build_anatomy(labels, names), ct)
+        except TargetError as e:
+            raise UsageError(str(e)) from e
+    centre = target.point_lps if target is not None else plan.target_lps  # type: ignore[union-attr]
+    half = np.array(ROI_HALF_MM)
+    if plan is not None:
+        half = np.maximum(half, np.abs(plan.entry_lps - centre) + 20.0)
+    try:
+        structures = build_structures(labels, names, roi_center_lps=centre,
+                                      roi_half_size_mm=half,
+                                      progress=progress_line("distance fields"))
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    view = PlanningView(ct, structures, target, plan, Path(args.out), args.ct, args.labels)
+    win = MainWindow([("Planning", view)])
+    win.show()
+    if args.auto:
+        view.start_auto_plan()
+    if args.screenshot is not None:
+        if args.auto:
+            view.wait_auto_plan(300.0)
+        app.processEvents()
+        try:
+            grab_to_file(win, args.screenshot)
+        except OSError as e:
+            raise UsageError(str(e)) from e
+        print(f"screenshot: {args.screenshot}")
+        win.close()
+        return 0
+    app.exec_()
+    return 0

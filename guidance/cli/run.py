@@ -32,7 +32,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="connect to an OpenIGTLink server (reconnects with backoff)")
     p.add_argument("--bind", default="127.0.0.1", metavar="ADDR",
                    help="interface to listen on (default loopback only)")
-    p.add_argument("--headless", action="store_true", help="no GUI (the default for now)")
+    gui = p.add_mutually_exclusive_group()
+    gui.add_argument("--headless", action="store_true", help="no GUI (the default)")
+    gui.add_argument("--gui", action="store_true",
+                     help="show the live view (PyQt5) on this machine's screen")
+    p.add_argument("--screenshot", type=Path, metavar="FILE",
+                   help="with --gui: draw offscreen, save a PNG after --seconds (default 5) "
+                        "and stop")
+    p.add_argument("--sound", action="store_true", help="with --gui: beep on DANGER")
     p.add_argument("--out", type=Path, metavar="DIR", help="write annotated PNGs and summary.json")
     p.add_argument("--record", type=Path, metavar="FILE", help="record every received message")
     p.add_argument("--config", type=Path, metavar="FILE", help="pipeline configuration (JSON)")
@@ -49,6 +56,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.screenshot is not None and not args.gui:
+        raise UsageError("--screenshot FILE needs --gui")
+    if args.screenshot is not None and args.screenshot.suffix.lower() != ".png":
+        raise UsageError(f"--screenshot {args.screenshot}: the file name must end in .png")
+    if args.gui:  # fail before anything starts when there is no screen
+        from guidance.gui.app import GuiUnavailable, ensure_app
+
+        try:
+            ensure_app(headless=args.screenshot is not None)
+        except GuiUnavailable as e:
+            raise UsageError(str(e)) from e
     try:
         config = load_config(args.config) if args.config else PipelineConfig()
     except ConfigError as e:
@@ -79,8 +97,42 @@ def run(args: argparse.Namespace) -> int:
     session.start()
     where = (f"listening on {args.bind}:{session.port}" if args.listen is not None
              else f"connecting to {args.connect[0]}:{args.connect[1]}")
-    print(f"guidance run: {where}; Ctrl-C to stop", flush=True)
-    wait_or_interrupt(args.seconds, threading.Event())
+    if args.gui:
+        _run_gui(session, args)
+    else:
+        print(f"guidance run: {where}; Ctrl-C to stop", flush=True)
+        wait_or_interrupt(args.seconds, threading.Event())
     summary = session.stop()
     print_summary(summary, "guidance run")
     return 0
+
+
+def _run_gui(session: LiveSession, args: argparse.Namespace) -> None:
+    """The live view on the main thread until its window closes (Ctrl-C closes it too)."""
+    import signal
+
+    from guidance.gui.app import GuiUnavailable
+    from guidance.gui.live_app import run_live_gui
+
+    previous = signal.signal(signal.SIGINT, lambda *_: _quit_app())
+    try:
+        path = run_live_gui(session, seconds=args.seconds, screenshot=args.screenshot,
+                            sound=args.sound, out_dir=args.out or Path("."))
+    except GuiUnavailable as e:
+        session.stop()
+        raise UsageError(str(e)) from e
+    except OSError as e:
+        session.stop()
+        raise UsageError(str(e)) from e
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if path:
+        print(f"screenshot: {path}")
+
+
+def _quit_app() -> None:
+    from PyQt5.QtWidgets import QApplication
+
+    app = QApplication.instance()
+    if app is not None:
+        app.quit()

@@ -30,6 +30,15 @@ def _run(args: argparse.Namespace) -> int:
     from guidance.planning.targets import Target, TargetError, parse_target
     from guidance.planning.verify import NeedleNotFoundError, verify_placement
 
+    if args.screenshot is not None and not args.gui:
+        raise UsageError("--screenshot FILE needs --gui")
+    if args.gui:
+        from guidance.gui.app import GuiUnavailable, ensure_app
+
+        try:
+            ensure_app(headless=args.screenshot is not None)
+        except GuiUnavailable as e:
+            raise UsageError(str(e)) from e
     try:
         plan = Plan.load(args.plan)
     except PlanError as e:
@@ -57,6 +66,8 @@ def _run(args: argparse.Namespace) -> int:
              "tip_to_target_mm": None, "angle_error_deg": None, "clearance_mm": {}},
             indent=2) + "\n")
         print(f"guidance verify: {e}", file=sys.stderr)
+        if args.gui:
+            _show(args, ct, plan, None, str(e), structures)
         return 1
     paths = write_verification_report(out, ct, plan, result, ct_source=args.ct)
     print(f"tip {np.round(result.detection.tip_lps, 1).tolist()} LPS mm, "
@@ -66,7 +77,36 @@ def _run(args: argparse.Namespace) -> int:
     for r in result.reasons:
         print(f"  - {r}")
     print(f"wrote {paths['json']} and {paths['html']}")
+    if args.gui:
+        _show(args, ct, plan, result, "", structures)
     return 0 if result.verdict == "PASS" else 1
+
+
+def _show(args: argparse.Namespace, ct: Any, plan: Any, result: Any, error: str,
+          structures: Any) -> None:
+    """The verification view (until closed, or a screenshot with ``--screenshot``)."""
+    from guidance.gui.app import MainWindow, ensure_app, grab_to_file
+    from guidance.gui.verification_view import VerificationView
+    from guidance.planning.report import write_verification_report
+
+    app = ensure_app(headless=args.screenshot is not None)
+
+    def export(out: Path) -> dict[str, Path]:
+        return write_verification_report(out, ct, plan, result, ct_source=args.ct)
+
+    view = VerificationView(ct, plan, result, error, structures, export, Path(args.out))
+    win = MainWindow([("Verification", view)])
+    win.show()
+    if args.screenshot is not None:
+        app.processEvents()
+        try:
+            grab_to_file(win, args.screenshot)
+        except OSError as e:
+            raise UsageError(str(e)) from e
+        print(f"screenshot: {args.screenshot}")
+        win.close()
+        return
+    app.exec_()
 
 
 def register(subparsers: Any) -> None:
@@ -84,4 +124,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--tolerance-mm", type=float, default=3.0,
                    help="largest acceptable tip-to-target distance (mm)")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--gui", action="store_true",
+                   help="verification view: control scan with needle and target, errors, "
+                        "verdict, report export")
+    p.add_argument("--screenshot", type=Path, default=None, metavar="FILE",
+                   help="with --gui: draw offscreen, save a PNG and stop")
     p.set_defaults(func=_run)
