@@ -20,16 +20,15 @@ __all__ = ["SOURCE_POSE_NAME", "FrameProjection", "source_lps_of"]
 
 F64 = npt.NDArray[np.float64]
 
-#: The tracked pose whose origin is the X-ray focal spot (``guidance.sim`` streams it).
-SOURCE_POSE_NAME = "XRaySourceToReference"
-#: OpenIGTLink device names are at most 20 bytes: the name as it arrives over the wire.
-_SOURCE_POSE_WIRE = SOURCE_POSE_NAME[:20]
+#: The tracked pose whose origin is the X-ray focal spot (``guidance.sim`` streams it;
+#: 20 characters, the most an OpenIGTLink device name holds).
+SOURCE_POSE_NAME = "FocalSpotToReference"
 
 
 def source_lps_of(poses: Mapping[str, Any]) -> F64 | None:
     """(3,) X-ray focal spot, LPS mm, from the tool poses (``TrackedPose`` by name), or
     ``None`` when there is no valid source pose (the frame is then a slice)."""
-    pose = poses.get(SOURCE_POSE_NAME) or poses.get(_SOURCE_POSE_WIRE)
+    pose = poses.get(SOURCE_POSE_NAME)
     if pose is None or not getattr(pose, "valid", False):
         return None
     out: F64 = np.asarray(pose.pose, np.float64)[:3, 3].copy()

@@ -214,7 +214,7 @@ class FluoroScanner:
             poses={
                 "NeedleToReference": needle_pose(state),
                 "CArmToReference": g.carm_to_lps.copy(),
-                "XRaySourceToReference": self._source_pose.copy(),
+                "FocalSpotToReference": self._source_pose.copy(),
             },
             truth=truth,
         )

@@ -153,7 +153,7 @@ def test_sample_params_deterministic_and_valid() -> None:
 # ----------------------------------------------------------------- ground truth
 def _project_fluoro(f, tip_lps: np.ndarray) -> np.ndarray:
     """Independent projection: source -> tip ray meets the detector plane."""
-    src = f.poses["XRaySourceToReference"][:3, 3]
+    src = f.poses["FocalSpotToReference"][:3, 3]
     m = f.image.ijk_to_lps
     normal = np.cross(m[:3, 0], m[:3, 1])
     d = tip_lps - src

@@ -65,8 +65,7 @@ def test_projection_slice_and_central():
     assert np.all(np.isnan(ij))
     pose = np.eye(4)
     pose[:3, 3] = src
-    # The sender's 21-character name arrives cut to OpenIGTLink's 20 bytes.
-    got = source_lps_of({"XRaySourceToReferenc": TrackedPose("XRaySourceToReferenc", pose, 0, 1)})
+    got = source_lps_of({"FocalSpotToReference": TrackedPose("FocalSpotToReference", pose, 0, 1)})
     assert got is not None and got.tolist() == src.tolist()
     assert source_lps_of({}) is None
 
