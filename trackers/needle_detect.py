@@ -20,9 +20,31 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["NeedleDetection", "RidgeNeedleDetector"]
+__all__ = ["NeedleDetection", "RidgeNeedleDetector", "orient_ends"]
 
 F64 = npt.NDArray[np.float64]
+
+
+def orient_ends(a: F64, b: F64, shape: tuple[int, ...],
+                hub_hint_ij: npt.ArrayLike | None = None) -> tuple[F64, F64]:
+    """Which end of a needle line is the hub: ``(hub, tip)``.
+
+    Args:
+        a, b: (2,) (col, row) ends of the visible needle, pixels.
+        shape: (rows, cols) of the image.
+        hub_hint_ij: (2,) a point on the hub side (the planned entry projected into the
+            frame, or the previous hub); without it the end nearer the image border is
+            the hub (needles enter from outside the picture).
+    """
+    if hub_hint_ij is not None:
+        hint = np.asarray(hub_hint_ij, np.float64)
+        return (a, b) if np.linalg.norm(a - hint) <= np.linalg.norm(b - hint) else (b, a)
+    h, wdt = shape[0], shape[1]
+
+    def border(p: F64) -> float:
+        return float(min(p[0], p[1], wdt - 1 - p[0], h - 1 - p[1]))
+
+    return (a, b) if border(a) <= border(b) else (b, a)
 
 
 @dataclass(frozen=True, eq=False)
@@ -203,14 +225,7 @@ class RidgeNeedleDetector:
             return None
         a, b = c + t0 * u, c + t1 * u
         n_run = int(ends[k] - starts[k] + 1)
-        if hub_hint_ij is not None:
-            hint = np.asarray(hub_hint_ij, np.float64)
-            hub, tip = (a, b) if np.linalg.norm(a - hint) <= np.linalg.norm(b - hint) else (b, a)
-        else:
-            h, wdt = resp.shape
-            def border(p: F64) -> float:
-                return float(min(p[0], p[1], wdt - 1 - p[0], h - 1 - p[1]))
-            hub, tip = (a, b) if border(a) <= border(b) else (b, a)
+        hub, tip = orient_ends(a, b, resp.shape, hub_hint_ij)
         axis = (tip - hub) / max(length, 1e-9)
         score = float(w[inl].mean() / (thr + 1e-6))
         support = min(1.0, n_run / max(length, 1.0))  # fraction of the run covered
