@@ -26,6 +26,8 @@ COMMAND_MODULES: list[str] = [
     "guidance.cli.calibrate",
     "guidance.cli.plan",
     "guidance.cli.verify",
+    "guidance.cli.train",
+    "guidance.cli.evaluate",
 ]
 
 

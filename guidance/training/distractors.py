@@ -1,0 +1,137 @@
+"""Ultrasound domain randomisation beyond the simulator's scene: things that are not
+needles.
+
+The B-mode simulator draws one nerve-block scene through a linear probe. Real
+ultrasound also has bright tissue interfaces of every shape (fascia, tendon, bone
+surfaces with their shadows, heart walls), sector-shaped fields of view from curved and
+phased arrays, and on-screen text, rulers and markers. A model that has only seen the
+simulator takes any bright oblique line for a needle. These distractors are drawn into
+the frame *after* simulation and are labelled background (what was under them keeps
+its label), so the network must learn what makes a needle a needle: straight, very
+bright, uniform along its length, with reverberations beneath, entering from the side.
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+__all__ = ["add_us_distractors"]
+
+_TEXTS = ("GAIN 54", "DR 60", "12L-RS", "FR 31", "L12-5", "MI 1.1", "TIS 0.4", "2D", "CF",
+          "C5-1", "DEPTH 4.0", "PWR 100%", "Nerve", "Abd", "ABD", "R", "L", "Freq 8.0")
+
+
+def _bezier(p0: np.ndarray, p1: np.ndarray, p2: np.ndarray, n: int) -> np.ndarray:
+    t = np.linspace(0.0, 1.0, n)[:, None]
+    return (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t ** 2 * p2
+
+
+def _interfaces(img: np.ndarray, rng: np.random.Generator, px_per_mm: float) -> None:
+    """Bright speckled curved bands (tissue interfaces), some with a shadow below."""
+    h, w = img.shape
+    for _ in range(int(rng.integers(1, 5))):
+        length = rng.uniform(8.0, 45.0) * px_per_mm
+        ang = rng.uniform(0, math.pi)
+        c = rng.uniform([0.05 * w, 0.1 * h], [0.95 * w, 0.95 * h])
+        d = np.array([math.cos(ang), math.sin(ang)]) * length / 2
+        bend = rng.choice([-1.0, 1.0]) * rng.uniform(0.06, 0.4) * length  # never straight
+        nrm = np.array([-d[1], d[0]]) / max(float(np.linalg.norm(d)), 1e-9)
+        pts = _bezier(c - d, c + nrm * bend, c + d, 64)
+        thick = max(1, round(rng.uniform(0.5, 3.0) * px_per_mm))
+        mask = np.zeros((h, w), np.uint8)
+        cv2.polylines(mask, [np.round(pts).astype(np.int32)], False, 255, thick)
+        mask = cv2.GaussianBlur(mask, (0, 0), max(0.6, thick / 3)).astype(np.float32) / 255
+        speckle = rng.uniform(0.4, 1.0, (h, w)).astype(np.float32)
+        level = rng.uniform(140, 255)
+        out = img.astype(np.float32) * (1 - mask) + mask * level * speckle
+        if rng.random() < 0.4:  # acoustic shadow below a strong reflector (bone)
+            below = np.cumsum(mask > 0.5, axis=0) > 0
+            out[below & (mask < 0.5)] *= rng.uniform(0.15, 0.6)
+        img[...] = np.clip(out, 0, 255).astype(np.uint8)
+
+
+def _sector(img: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> bool:
+    """Black out everything outside a fan (curved/phased array), unless that would cut
+    the needle (its label must stay whole). Returns True when applied."""
+    h, w = img.shape
+    apex = np.array([w / 2 + rng.uniform(-0.1, 0.1) * w, -rng.uniform(0.0, 0.6) * h])
+    half = math.radians(rng.uniform(30.0, 50.0))
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    ang = np.arctan2(xx - apex[0], yy - apex[1])
+    r = np.hypot(xx - apex[0], yy - apex[1])
+    r0 = -apex[1] + rng.uniform(0.0, 0.08) * h
+    inside = (np.abs(ang) <= half) & (r >= r0)
+    if np.any((labels == 1) & ~inside):
+        return False
+    img[~inside] = 0
+    labels[~inside] = 0
+    return True
+
+
+def _overlays(img: np.ndarray, rng: np.random.Generator) -> None:
+    """On-screen text, a depth ruler and focus markers along the edges."""
+    h, w = img.shape
+    for _ in range(int(rng.integers(1, 6))):
+        txt = str(rng.choice(_TEXTS))
+        x = int(rng.choice([rng.integers(0, max(1, w // 8)), rng.integers(w * 3 // 4, w - 10)]))
+        y = int(rng.integers(12, h - 2))
+        cv2.putText(img, txt, (x, y), cv2.FONT_HERSHEY_SIMPLEX, rng.uniform(0.25, 0.5) * w / 256,
+                    int(rng.integers(150, 256)), 1, cv2.LINE_AA)
+    if rng.random() < 0.6:  # depth ruler with ticks
+        x = int(rng.choice([rng.integers(1, 6), w - int(rng.integers(2, 8))]))
+        step = max(4, int(rng.uniform(0.04, 0.1) * h))
+        for y in range(step, h, step):
+            cv2.line(img, (x, y), (x + int(rng.integers(2, 6)) * (1 if x < w // 2 else -1), y),
+                     int(rng.integers(150, 256)), 1)
+    if rng.random() < 0.4:  # focus marker triangle
+        y = int(rng.integers(h // 5, 4 * h // 5))
+        x = w - 6
+        cv2.fillPoly(img, [np.array([[x, y], [x + 5, y - 4], [x + 5, y + 4]], np.int32)], 220)
+
+
+def _blobs(img: np.ndarray, rng: np.random.Generator, px_per_mm: float) -> None:
+    """Bright calcification-like spots and dark cysts/vessels in cross-section."""
+    h, w = img.shape
+    for _ in range(int(rng.integers(0, 4))):
+        c = (int(rng.integers(0, w)), int(rng.integers(0, h)))
+        ax = (max(1, round(rng.uniform(0.5, 6.0) * px_per_mm)),
+              max(1, round(rng.uniform(0.5, 6.0) * px_per_mm)))
+        val = int(rng.choice([int(rng.integers(200, 256)), int(rng.integers(0, 25))]))
+        cv2.ellipse(img, c, ax, float(rng.uniform(0, 180)), 0, 360, val, -1)
+
+
+def add_us_distractors(image: np.ndarray, labels: np.ndarray, spacing_mm: float,
+                       rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Draw non-needle structures into an ultrasound frame.
+
+    Args:
+        image: (rows, cols) uint8 B-mode frame.
+        labels: (rows, cols) uint8 class ids (1 = needle).
+        spacing_mm: pixel spacing, mm.
+        rng: the only source of randomness.
+
+    Returns:
+        (image, labels): new arrays; labels change only where a sector mask blacks out
+        the frame (set to background there; never applied across the needle).
+    """
+    if image.ndim != 2 or image.dtype != np.uint8 or labels.shape != image.shape:
+        raise ValueError(f"need a 2D uint8 image and labels of its shape, got {image.shape} "
+                         f"{image.dtype} and {labels.shape}")
+    img = image.copy()
+    lab = labels.copy()
+    px_per_mm = 1.0 / max(spacing_mm, 1e-3)
+    needle = lab == 1
+    keep = img[needle].copy()
+    if rng.random() < 0.7:
+        _interfaces(img, rng, px_per_mm)
+    if rng.random() < 0.4:
+        _blobs(img, rng, px_per_mm)
+    img[needle] = np.maximum(img[needle], keep)  # a distractor never hides the needle
+    if rng.random() < 0.35:
+        _sector(img, lab, rng)
+    if rng.random() < 0.5:
+        _overlays(img, rng)
+    return img, lab
