@@ -1,0 +1,70 @@
+"""Locating the shipped models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from models import shipped
+
+
+@pytest.mark.parametrize("modality", shipped.SHIPPED_MODALITIES)
+def test_missing_shipped_card_says_how_to_make_it(monkeypatch: pytest.MonkeyPatch,
+                                                  tmp_path: Path, modality: str) -> None:
+    monkeypatch.setattr(shipped, "WEIGHTS_DIR", tmp_path)
+    with pytest.raises(FileNotFoundError) as ei:
+        shipped.shipped_card(modality)
+    msg = str(ei.value)
+    assert str(tmp_path / f"{modality}-seg.json") in msg
+    assert f"guidance train --modality {modality}" in msg
+
+
+def test_shipped_card_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(shipped, "WEIGHTS_DIR", tmp_path)
+    (tmp_path / "us-seg.json").write_text("{}")
+    assert shipped.shipped_card("us") == tmp_path / "us-seg.json"
+
+
+@pytest.mark.parametrize("modality", ["mri", "US", ""])
+def test_unknown_modality(modality: str) -> None:
+    with pytest.raises(ValueError, match="modality must be one of"):
+        shipped.shipped_card(modality)
+
+
+def test_weights_dir_is_in_the_package() -> None:
+    assert shipped.WEIGHTS_DIR == Path(shipped.__file__).parent / "weights"
+
+
+@pytest.mark.parametrize("modality", shipped.SHIPPED_MODALITIES)
+def test_shipped_model_loads_and_backends_agree(modality: str) -> None:
+    """Each shipped model: card valid (hash), ONNX <= 5 MB, ONNX Runtime and torch give
+    the same masks on simulated frames."""
+    import numpy as np
+
+    from models.card import load_card
+    from models.segmenter import Segmenter
+    from tests.models.conftest import dice, require
+
+    try:
+        path = shipped.shipped_card(modality)
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    card, onnx_path = load_card(path)
+    assert card.modality == modality
+    assert onnx_path.stat().st_size <= 5 * 2**20
+    ort_seg = Segmenter(path, ["onnxruntime-cpu"], threads=1)
+    require("torch")
+    torch_seg = Segmenter(path, ["torch-cpu"], threads=1)
+    from guidance.sim import make_scanner
+
+    scanner = make_scanner("us", size=card.input_shape[0], seed=5)
+    for i in range(2):
+        frame = scanner.frame(i, i / 15.0).image.voxels[0]
+        a = ort_seg.segment(frame)
+        la, pa = a.labels.copy(), a.probs.copy()
+        b = torch_seg.segment(frame)
+        assert np.abs(pa - b.probs).max() < 1e-4
+        for c in range(card.n_classes):
+            if (la == c).any() or (b.labels == c).any():
+                assert dice(la == c, b.labels == c) >= 0.99, (modality, c)
