@@ -3,10 +3,10 @@
 A network gives per-pixel needle probabilities; the needle estimate is the straight line
 through its most supported connected piece: weighted principal axis of the pixels at or
 above ``threshold`` in the component with the largest probability mass, ends at the
-extreme projections of its pixel centres on that axis. Which end is the tip follows the same rule as the
-classical detector (:mod:`trackers.needle_detect`): the end away from ``hub_hint_ij``,
-or, without a hint, the end farther from the image border (needles enter from outside
-the picture).
+extreme projections of its pixel centres on that axis. Which end is the tip follows the
+same rule as the classical detector (:mod:`trackers.needle_detect`): the end away from
+``hub_hint_ij``, or, without a hint, the end farther from the image border (needles
+enter from outside the picture).
 """
 
 from __future__ import annotations

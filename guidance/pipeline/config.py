@@ -78,17 +78,40 @@ class PreprocessConfig:
 
 @dataclass(frozen=True)
 class SegmentConfig:
-    """The classical needle detector.
+    """Segmentation: the model (primary) and the classical detector beside it.
 
     Attributes:
-        polarity: ``bright`` (the needle is brighter than its surroundings: ultrasound,
-            CT, and X-ray displays where attenuation is shown bright) or ``dark`` (X-ray
-            displays where metal is shown dark).
-        sigma_px: ridge scale on the working grid, pixels.
-        min_length_px: shortest needle reported, working-grid pixels.
-        label_width_px: width of the needle in the label image, frame pixels.
+        model: ``auto`` (the shipped model of the frame's modality, ``models/weights``),
+            ``none`` (classical detector only, by choice), or the path of a model card
+            for every frame. A model that cannot be loaded leaves the classical detector
+            and makes every frame of its modality DEGRADED.
+        modality: ``auto`` (projection frames: fluoro; signed 16-bit slices: ct; other
+            slices: us) or ``us`` / ``fluoro`` / ``ct`` for every frame.
+        backends: backend chain, ``auto`` or comma-separated names
+            (``tensorrt,torch-cuda,onnxruntime-cpu``); see ``models.backends``.
+        threads: CPU threads for the model (ONNX Runtime / torch).
+        needle_threshold: needle probability at or above which a pixel is needle.
+        min_needle_length_mm: shorter needle pieces are not reported, mm.
+        crosscheck: run the classical detector beside the model and compare.
+        disagree_tip_mm: model and classical tips farther apart than this disagree, mm.
+        disagree_angle_deg: needle axes further apart than this disagree, degrees.
+        polarity: classical detector: ``bright`` (the needle is brighter than its
+            surroundings: ultrasound, CT, and X-ray displays where attenuation is shown
+            bright) or ``dark`` (X-ray displays where metal is shown dark).
+        sigma_px: classical ridge scale on the working grid, pixels.
+        min_length_px: classical detector's shortest needle, working-grid pixels.
+        label_width_px: width of the classical needle in the label image, frame pixels.
     """
 
+    model: str = "auto"
+    modality: str = "auto"
+    backends: str = "auto"
+    threads: int = 2
+    needle_threshold: float = 0.5
+    min_needle_length_mm: float = 5.0
+    crosscheck: bool = True
+    disagree_tip_mm: float = 3.0
+    disagree_angle_deg: float = 5.0
     polarity: str = "bright"
     sigma_px: float = 1.5
     min_length_px: float = 20.0
@@ -97,7 +120,18 @@ class SegmentConfig:
     def __post_init__(self) -> None:
         if self.polarity not in ("bright", "dark"):
             raise ConfigError(f"segment.polarity must be bright or dark, got {self.polarity!r}")
-        _positive("segment", self, "sigma_px", "min_length_px", "label_width_px")
+        if self.modality not in ("auto", "us", "fluoro", "ct"):
+            raise ConfigError(f"segment.modality must be auto, us, fluoro or ct, "
+                              f"got {self.modality!r}")
+        if not self.model:
+            raise ConfigError("segment.model must be auto, none or a model card path")
+        if not isinstance(self.threads, int) or self.threads < 1:
+            raise ConfigError(f"segment.threads must be an integer >= 1, got {self.threads!r}")
+        if not 0.0 < self.needle_threshold < 1.0:
+            raise ConfigError(f"segment.needle_threshold must be in (0, 1), "
+                              f"got {self.needle_threshold!r}")
+        _positive("segment", self, "sigma_px", "min_length_px", "label_width_px",
+                  "min_needle_length_mm", "disagree_tip_mm", "disagree_angle_deg")
 
 
 @dataclass(frozen=True)

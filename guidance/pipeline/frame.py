@@ -84,6 +84,8 @@ class WorkItem:
     metrics: dict[str, float] = field(default_factory=dict)
     reasons: list[str] = field(default_factory=list)
     state: GuidanceState = GuidanceState.OK
+    modality: str = ""
+    label_names: tuple[str, ...] = ("background", "needle")
 
 
 @dataclass(frozen=True, eq=False)
@@ -102,6 +104,10 @@ class FrameResult:
         metrics: ``tip_to_target_mm``, ``lateral_offset_mm``, ``angle_deg``, ...
         stage_ms: time spent per stage, ms.
         image: the frame (for display); ``labels`` the label map on its grid.
+        poses: the tool poses the frame was processed with (the overlay projects the
+            plan through ``FocalSpotToReference`` on fluoroscopy frames).
+        label_names: class name per label value of ``labels`` (index = value).
+        modality: ``us``, ``fluoro`` or ``ct`` as the segment stage took the frame.
     """
 
     seq: int
@@ -116,3 +122,6 @@ class FrameResult:
     stage_ms: dict[str, float]
     image: ImageVolume | None
     labels: np.ndarray | None
+    poses: dict[str, TrackedPose] = field(default_factory=dict)
+    label_names: tuple[str, ...] = ("background", "needle")
+    modality: str = ""

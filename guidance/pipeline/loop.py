@@ -33,7 +33,13 @@ from guidance.io.slots import LatestSlots, Received
 from guidance.pipeline.config import PipelineConfig
 from guidance.pipeline.frame import Frame, FrameResult, WorkItem
 from guidance.pipeline.overlay import OverlayComposer
-from guidance.pipeline.stages import NeedleStage, PreprocessStage, SafetyStage, SegmentStage
+from guidance.pipeline.stages import (
+    NeedleStage,
+    PreprocessStage,
+    SafetyStage,
+    SegmentStage,
+    load_segmenters,
+)
 from guidance.pipeline.stats import LatencyRecorder
 from guidance.records import GuidanceState, SafetyWarning, WarningLevel
 from trackers.pose import TrackedPose, pose_from_tip_axis
@@ -92,7 +98,12 @@ class Pipeline:
         self.frame_kind = frame_kind
         self.on_result = on_result
         self.preprocess = PreprocessStage(self.config.preprocess)
-        self.segment = SegmentStage(self.config.segment)
+        modalities = (("us", "fluoro", "ct") if frame_kind == "auto"
+                      else ("fluoro",) if frame_kind == "projection" else ("us", "ct"))
+        if self.config.segment.modality != "auto":
+            modalities = (self.config.segment.modality,)
+        self.segment = SegmentStage(self.config.segment,
+                                    *load_segmenters(self.config.segment, modalities))
         self.safety = SafetyStage(self.config.safety)
         self._needle_stages: dict[bool, NeedleStage] = {}
         self.overlay = OverlayComposer()
@@ -199,12 +210,22 @@ class Pipeline:
                 self.tools.on_transform(name, msg.matrix, it.timestamp_s, it.received_ns)
         return {n: p for n in self.tools.names() if (p := self.tools.latest(n)) is not None}
 
+    def _in_plane(self, image: ImageVolume) -> bool:
+        if self.frame_kind == "auto":
+            return bool(image.voxels.dtype != np.uint16)
+        return self.frame_kind == "slice"
+
+    def _modality(self, image: ImageVolume) -> str:
+        """The frame's modality for the segmenter (``segment.modality`` or from the kind)."""
+        m = self.config.segment.modality
+        if m != "auto":
+            return m
+        if not self._in_plane(image):
+            return "fluoro"
+        return "ct" if image.voxels.dtype == np.int16 else "us"
+
     def _needle_stage(self, image: ImageVolume) -> NeedleStage:
-        kind = self.frame_kind
-        if kind == "auto":
-            in_plane = image.voxels.dtype != np.uint16
-        else:
-            in_plane = kind == "slice"
+        in_plane = self._in_plane(image)
         st = self._needle_stages.get(in_plane)
         if st is None:
             ic = self.config.ingest
@@ -218,7 +239,8 @@ class Pipeline:
         image = volume_from_image_message(rec.message)
         frame = Frame(rec.seq, rec.device_name, image, rec.timestamp_s, rec.received_ns,
                       self._poses())
-        item = WorkItem(frame=frame, t_s=(rec.received_ns - self._t0_ns) * 1e-9)
+        item = WorkItem(frame=frame, t_s=(rec.received_ns - self._t0_ns) * 1e-9,
+                        modality=self._modality(image))
         t = time.monotonic_ns()
         stage_ms["ingest"] = (t - t_start) * 1e-6
         for stage in (self.preprocess, self.segment, self._needle_stage(image), self.safety):
@@ -241,7 +263,8 @@ class Pipeline:
         result = FrameResult(
             rec.seq, item.t_s, rec.received_ns, item.state, tuple(item.reasons), item.needle,
             item.level, tuple(item.warnings), dict(item.metrics), stage_ms, image,
-            item.labels)
+            item.labels, poses=frame.poses, label_names=item.label_names,
+            modality=item.modality)
         t_out = time.monotonic_ns()
         e2e = _E2E(rec.received_ns)
         if self._send_outputs(result, rec, e2e) == 0:

@@ -7,8 +7,10 @@ the first frame of a given shape and reused.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -20,8 +22,12 @@ from guidance.pipeline.plan_check import PlanCheck
 from guidance.records import GuidanceState, WarningLevel
 from trackers.needle_detect import RidgeNeedleDetector
 from trackers.needle_filter import NeedleFilter
+from trackers.needle_fit import needle_from_probs
 
-__all__ = ["NeedleStage", "PreprocessStage", "SafetyStage", "SegmentStage"]
+if TYPE_CHECKING:
+    from models.segmenter import Segmenter
+
+__all__ = ["NeedleStage", "PreprocessStage", "SafetyStage", "SegmentStage", "load_segmenters"]
 
 log = logging.getLogger(__name__)
 NAN2 = np.full(2, np.nan)
@@ -64,23 +70,74 @@ class PreprocessStage:
         item.work_scale = scale
 
 
-class SegmentStage:
-    """Classical needle segmentation: ridge filter + line fit, label map on the frame grid.
+def _angle_deg(u: npt.NDArray[np.float64], v: npt.NDArray[np.float64]) -> float:
+    c = abs(float(u @ v)) / max(float(np.linalg.norm(u) * np.linalg.norm(v)), 1e-12)
+    return math.degrees(math.acos(min(1.0, c)))
 
-    Label values: 0 background, 1 needle.
+
+def load_segmenters(config: SegmentConfig, modalities: tuple[str, ...]
+                    ) -> tuple[dict[str, Segmenter], dict[str, str]]:
+    """Load the model of each modality (at start, never on the frame path).
+
+    Returns:
+        (segmenters, errors): loaded models by modality, and why a modality has none.
+    """
+    from models.card import CardError
+    from models.segmenter import Segmenter
+    from models.shipped import shipped_card
+
+    found: dict[str, Segmenter] = {}
+    errors: dict[str, str] = {}
+    if config.model == "none":
+        return found, errors
+    chain: str | list[str] = (config.backends if config.backends == "auto"
+                              else [b.strip() for b in config.backends.split(",")])
+    for m in modalities:
+        try:
+            card = shipped_card(m) if config.model == "auto" else config.model
+            seg = Segmenter(card, chain=chain, threads=config.threads)
+            if config.model != "auto" and seg.card.modality != m and config.modality != "auto":
+                raise ValueError(f"model {card} is for {seg.card.modality}, not {m}")
+            found[m] = seg
+        except (CardError, FileNotFoundError, ValueError, TypeError, RuntimeError) as e:
+            errors[m] = f"no {m} model: {e}"
+            log.warning("segment: %s", errors[m])
+    return found, errors
+
+
+class SegmentStage:
+    """Segmentation: the model is the primary segmenter, the classical detector (ridge
+    filter + robust line fit) runs beside it as a cross-check.
+
+    With a model the label map is the model's classes (``item.label_names``) resampled
+    to the frame's grid, and the needle is the line fitted to the model's needle mask
+    (:func:`trackers.needle_fit.needle_from_probs`). When the classical detector
+    disagrees (tips more than ``disagree_tip_mm`` apart or axes more than
+    ``disagree_angle_deg``), the needle's confidence is halved, the frame is DEGRADED
+    and the disagreement is reported; when only the classical detector sees a needle the
+    model's "no needle" stands and the disagreement is reported. Without a model
+    (``segment.model = none``, or none loaded) the classical detector alone segments and
+    the frame is DEGRADED with the reason.
+
+    Args:
+        config: the segment section.
+        segmenters: loaded models by modality (see :func:`load_segmenters`).
+        load_errors: why a modality has no model, by modality.
     """
 
     name = "segment"
 
-    def __init__(self, config: SegmentConfig) -> None:
+    def __init__(self, config: SegmentConfig, segmenters: dict[str, Segmenter] | None = None,
+                 load_errors: dict[str, str] | None = None) -> None:
         self.config = config
+        self.segmenters = dict(segmenters or {})
+        self.load_errors = dict(load_errors or {})
         self._detectors: dict[str, RidgeNeedleDetector] = {}
         self._labels: np.ndarray | None = None
         self.hub_hint_ij: npt.NDArray[np.float64] | None = None  # frame pixels
 
-    def process(self, item: WorkItem) -> None:
+    def _classical(self, item: WorkItem) -> NeedleEstimate2D3D | None:
         assert item.work is not None
-        vox = item.frame.image.voxels
         pol = self.config.polarity
         det = self._detectors.get(pol)
         if det is None:
@@ -90,20 +147,103 @@ class SegmentStage:
         s = item.work_scale
         hint = None if self.hub_hint_ij is None else (self.hub_hint_ij + 0.5) / s - 0.5
         found = det.detect(item.work, hub_hint_ij=hint)
-        rows, cols = vox.shape[1], vox.shape[2]
-        if self._labels is None or self._labels.shape != (rows, cols):
-            self._labels = np.zeros((rows, cols), np.uint8)
-        else:
-            self._labels.fill(0)
-        item.labels = self._labels
         if found is None:
-            item.needle = None
-            return
+            return None
         tip = (found.tip_ij + 0.5) * s - 0.5
         hub = (found.hub_ij + 0.5) * s - 0.5
-        cv2.line(self._labels, (round(hub[0]), round(hub[1])), (round(tip[0]), round(tip[1])),
-                 1, self.config.label_width_px)
-        item.needle = NeedleEstimate2D3D(tip, hub, NAN3, NAN3, found.confidence, "image")
+        return NeedleEstimate2D3D(tip, hub, NAN3, NAN3, found.confidence, "image")
+
+    def _label_buffer(self, rows: int, cols: int) -> np.ndarray:
+        if self._labels is None or self._labels.shape != (rows, cols):
+            self._labels = np.zeros((rows, cols), np.uint8)
+        return self._labels
+
+    def process(self, item: WorkItem) -> None:
+        vox = item.frame.image.voxels
+        rows, cols = vox.shape[1], vox.shape[2]
+        labels = self._label_buffer(rows, cols)
+        item.labels = labels
+        seg = self.segmenters.get(item.modality)
+        classical = self._classical(item) if (seg is None or self.config.crosscheck) else None
+        if seg is None:
+            labels.fill(0)
+            item.label_names = ("background", "needle")
+            if self.config.model != "none":  # configured classical-only is not a failure
+                item.reasons.append(self.load_errors.get(
+                    item.modality, f"no model for {item.modality or 'this frame'}")
+                    + ": classical detector only")
+                if item.state == GuidanceState.OK:
+                    item.state = GuidanceState.DEGRADED
+            if classical is not None:
+                cv2.line(labels, (round(classical.hub_ij[0]), round(classical.hub_ij[1])),
+                         (round(classical.tip_ij[0]), round(classical.tip_ij[1])), 1,
+                         self.config.label_width_px)
+            item.needle = classical
+            return
+        self._model(item, seg, classical, labels)
+
+    def _model(self, item: WorkItem, seg: Segmenter, classical: NeedleEstimate2D3D | None,
+               labels: np.ndarray) -> None:
+        img = item.frame.image
+        plane = img.voxels[img.voxels.shape[0] // 2]
+        spacing = float(img.spacing_mm[0])
+        res = seg.segment(plane, spacing)
+        res.grid.labels_to_frame(res.labels, out=labels)
+        item.label_names = seg.card.labels
+        item.metrics["segment_infer_ms"] = res.infer_ms
+        if seg.degraded:
+            item.reasons.append(f"segmentation backend: {seg.degraded_reason}")
+            if item.state == GuidanceState.OK:
+                item.state = GuidanceState.DEGRADED
+        if not res.spacing_ok:
+            lo, hi = seg.card.spacing_range_mm
+            item.reasons.append(
+                f"frame spacing {res.grid.model_spacing_mm:.3f} mm/px on the model grid is "
+                f"outside the {seg.card.name} training range {lo:.3f}-{hi:.3f}")
+            if item.state == GuidanceState.OK:
+                item.state = GuidanceState.DEGRADED
+        hint = None if self.hub_hint_ij is None else res.grid.to_model_ij(self.hub_hint_ij)
+        found = needle_from_probs(
+            res.probs[1], res.grid.model_spacing_mm, seg.card.pixel_spacing_mm,
+            self.config.min_needle_length_mm, self.config.needle_threshold, hint)
+        model = None
+        if found is not None:
+            model = NeedleEstimate2D3D(res.grid.to_frame_ij(found.tip_ij),
+                                       res.grid.to_frame_ij(found.hub_ij), NAN3, NAN3,
+                                       found.confidence, "image")
+        item.needle = self._crosscheck(item, model, classical, spacing)
+
+    def _crosscheck(self, item: WorkItem, model: NeedleEstimate2D3D | None,
+                    classical: NeedleEstimate2D3D | None,
+                    spacing_mm: float) -> NeedleEstimate2D3D | None:
+        if not self.config.crosscheck:
+            return model
+        if model is None:
+            if classical is not None:
+                t = classical.tip_ij
+                item.reasons.append(
+                    f"cross-check: the classical detector sees a needle (tip at pixel "
+                    f"{t[0]:.0f}, {t[1]:.0f}) that the model does not")
+                item.metrics["crosscheck_agree"] = 0.0
+            return None
+        if classical is None:
+            item.metrics["crosscheck_agree"] = 0.5  # not confirmed
+            return dataclasses.replace(model, confidence=model.confidence * 0.8)
+        sp = spacing_mm if math.isfinite(spacing_mm) and spacing_mm > 0 else 1.0
+        d_mm = float(np.linalg.norm(model.tip_ij - classical.tip_ij)) * sp
+        ang = _angle_deg(model.tip_ij - model.hub_ij, classical.tip_ij - classical.hub_ij)
+        item.metrics["crosscheck_tip_mm"] = d_mm
+        item.metrics["crosscheck_angle_deg"] = ang
+        if d_mm > self.config.disagree_tip_mm or ang > self.config.disagree_angle_deg:
+            item.metrics["crosscheck_agree"] = 0.0
+            item.reasons.append(
+                f"cross-check: model and classical detector disagree (tips {d_mm:.1f} mm "
+                f"apart, axes {ang:.1f} deg)")
+            if item.state == GuidanceState.OK:
+                item.state = GuidanceState.DEGRADED
+            return dataclasses.replace(model, confidence=model.confidence * 0.5)
+        item.metrics["crosscheck_agree"] = 1.0
+        return model
 
 
 class NeedleStage:

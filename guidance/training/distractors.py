@@ -41,9 +41,9 @@ def _interfaces(img: np.ndarray, rng: np.random.Generator, px_per_mm: float) -> 
         nrm = np.array([-d[1], d[0]]) / max(float(np.linalg.norm(d)), 1e-9)
         pts = _bezier(c - d, c + nrm * bend, c + d, 64)
         thick = max(1, round(rng.uniform(0.5, 3.0) * px_per_mm))
-        mask = np.zeros((h, w), np.uint8)
-        cv2.polylines(mask, [np.round(pts).astype(np.int32)], False, 255, thick)
-        mask = cv2.GaussianBlur(mask, (0, 0), max(0.6, thick / 3)).astype(np.float32) / 255
+        line = np.zeros((h, w), np.uint8)
+        cv2.polylines(line, [np.round(pts).astype(np.int32)], False, 255, thick)
+        mask = cv2.GaussianBlur(line, (0, 0), max(0.6, thick / 3)).astype(np.float32) / 255
         speckle = rng.uniform(0.4, 1.0, (h, w)).astype(np.float32)
         level = rng.uniform(140, 255)
         out = img.astype(np.float32) * (1 - mask) + mask * level * speckle

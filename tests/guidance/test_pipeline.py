@@ -19,6 +19,14 @@ from guidance.pipeline.loop import Pipeline
 from guidance.pipeline.plan_check import Hysteresis, PlanCheck
 from guidance.records import GuidanceState, WarningLevel
 
+#: These tests exercise the loop's machinery on painted frames with the classical
+#: detector; the model path is tested in test_segment_stage.py.
+CLASSICAL = config_from_dict({"segment": {"model": "none"}})
+
+
+def classical(**sections):
+    return config_from_dict({"segment": {"model": "none"}, **sections})
+
 
 def frame_msg(seed=0, with_needle=True, size=256, ts=None):
     img = np.random.default_rng(seed).rayleigh(30, (size, size)).clip(0, 255).astype(np.uint8)
@@ -112,7 +120,8 @@ def test_detects_needle_sends_results_and_overlay():
     slots = LatestSlots()
     sent = []
     pipe = Pipeline(
-        slots, send=lambda m, cb: (sent.append(m), cb and cb(time.monotonic_ns()), 1)[2]
+        slots, CLASSICAL,
+        send=lambda m, cb: (sent.append(m), cb and cb(time.monotonic_ns()), 1)[2]
     )
     got, ev = collect(pipe, 1)
     pipe.set_plan([10 * 0.2, 20 * 0.2, 0], [150 * 0.2, 130 * 0.2, 0])
@@ -144,7 +153,7 @@ def test_detects_needle_sends_results_and_overlay():
 
 def test_stale_when_frames_stop():
     slots = LatestSlots()
-    pipe = Pipeline(slots, config=config_from_dict({"ingest": {"stale_after_s": 0.2}}))
+    pipe = Pipeline(slots, config=classical(ingest={"stale_after_s": 0.2}))
     states = []
     ev = threading.Event()
 
@@ -166,7 +175,7 @@ def test_stale_when_frames_stop():
 
 def test_old_frame_is_stale_not_ok():
     slots = LatestSlots()
-    pipe = Pipeline(slots, config=config_from_dict({"ingest": {"stale_after_s": 0.3}}))
+    pipe = Pipeline(slots, config=classical(ingest={"stale_after_s": 0.3}))
     got, ev = collect(pipe, 1)
     pipe.start()
     msg = frame_msg()
@@ -179,7 +188,7 @@ def test_old_frame_is_stale_not_ok():
 
 def test_stale_needle_pose_reported():
     slots = LatestSlots()
-    pipe = Pipeline(slots, frame_kind="projection")
+    pipe = Pipeline(slots, CLASSICAL, frame_kind="projection")
     got, ev = collect(pipe, 1)
     pipe.start()
     m = np.eye(4)
@@ -200,7 +209,7 @@ def test_stale_needle_pose_reported():
 
 def test_no_needle_means_no_guidance():
     slots = LatestSlots()
-    pipe = Pipeline(slots)
+    pipe = Pipeline(slots, CLASSICAL)
     got, ev = collect(pipe, 1)
     pipe.start()
     put(slots, frame_msg(with_needle=False))
@@ -211,7 +220,7 @@ def test_no_needle_means_no_guidance():
 
 def test_slow_pipeline_skips_to_newest_frame():
     slots = LatestSlots()
-    pipe = Pipeline(slots)
+    pipe = Pipeline(slots, CLASSICAL)
     orig = pipe.segment.process
 
     def slow(item):
@@ -234,7 +243,7 @@ def test_slow_pipeline_skips_to_newest_frame():
 
 def test_a_failing_stage_does_not_stop_the_loop():
     slots = LatestSlots()
-    pipe = Pipeline(slots)
+    pipe = Pipeline(slots, CLASSICAL)
     calls = {"n": 0}
     orig = pipe.preprocess.process
 
@@ -279,7 +288,7 @@ def test_identity_and_non_rigid_needle_poses_are_not_trusted():
     as the needle, however fresh."""
     for matrix, reason in ((np.eye(4), "reported invalid"), (np.diag([2.0, 1, 1, 1]), None)):
         slots = LatestSlots()
-        pipe = Pipeline(slots, frame_kind="projection")
+        pipe = Pipeline(slots, CLASSICAL, frame_kind="projection")
         got, ev = collect(pipe, 1)
         pipe.start()
         msg = pyigtl.TransformMessage(matrix, device_name="NeedleToReference")
