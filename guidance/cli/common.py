@@ -192,3 +192,34 @@ def wait_or_interrupt(seconds: float | None, stop: threading.Event) -> None:
             stop.wait(seconds)
     except KeyboardInterrupt:
         print("\ninterrupted", flush=True)
+
+
+def start_gui_or_fail(args: argparse.Namespace, *, require_png: bool) -> Any:
+    """Check ``--gui`` / ``--screenshot`` and, with ``--gui``, create the Qt application
+    before anything else starts (no screen fails fast, offscreen for screenshots).
+
+    Args:
+        args: parsed arguments with ``gui`` and ``screenshot`` (a Path or None).
+        require_png: the screenshot file name must end in ``.png``.
+
+    Returns:
+        The ``QApplication`` with ``--gui``, else None.
+
+    Raises:
+        guidance.cli.main.UsageError: ``--screenshot`` without ``--gui``, a screenshot
+            name that is not ``.png`` (when required), or no screen for ``--gui``.
+    """
+    from guidance.cli.main import UsageError
+
+    if args.screenshot is not None and not args.gui:
+        raise UsageError("--screenshot FILE needs --gui")
+    if require_png and args.screenshot is not None and args.screenshot.suffix.lower() != ".png":
+        raise UsageError(f"--screenshot {args.screenshot}: the file name must end in .png")
+    if not args.gui:
+        return None
+    from guidance.gui.app import GuiUnavailable, ensure_app
+
+    try:
+        return ensure_app(headless=args.screenshot is not None)
+    except GuiUnavailable as e:
+        raise UsageError(str(e)) from e

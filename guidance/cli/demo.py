@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from guidance.cli.common import positive_float, print_summary
+from guidance.cli.common import positive_float, print_summary, start_gui_or_fail
 from guidance.cli.main import UsageError
 from guidance.cli.session import LiveSession
 from guidance.cli.simulate import make_scanner_or_fail
@@ -40,17 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.screenshot is not None and not args.gui:
-        raise UsageError("--screenshot FILE needs --gui")
-    if args.screenshot is not None and args.screenshot.suffix.lower() != ".png":
-        raise UsageError(f"--screenshot {args.screenshot}: the file name must end in .png")
-    if args.gui:  # fail before anything starts when there is no screen
-        from guidance.gui.app import GuiUnavailable, ensure_app
-
-        try:
-            ensure_app(headless=args.screenshot is not None)
-        except GuiUnavailable as e:
-            raise UsageError(str(e)) from e
+    start_gui_or_fail(args, require_png=True)  # before anything starts
     print(f"demo: preparing the {args.modality} simulator (real CT, seed {args.seed}) ...",
           flush=True)
     scanner = make_scanner_or_fail(args.modality, args.size, args.seed)

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from guidance.cli.common import start_gui_or_fail
 from guidance.cli.main import UsageError
 from guidance.geometry import ImageVolume
 
@@ -121,10 +122,9 @@ def _run(args: argparse.Namespace) -> int:
     from guidance.planning.targets import TargetError, parse_target
     from guidance.planning.trajectory import evaluate_trajectory
 
-    if args.screenshot is not None and not args.gui:
-        raise UsageError("--screenshot FILE needs --gui")
     if args.gui:
         return _run_gui(args)
+    start_gui_or_fail(args, require_png=False)  # --screenshot without --gui
     if args.target is None:
         raise UsageError("--target SPEC is required (or use --gui)")
     if args.entry is None and not args.auto:
@@ -240,17 +240,14 @@ def register(subparsers: Any) -> None:
 
 def _run_gui(args: argparse.Namespace) -> int:
     """``guidance plan --gui``: the planning view on the main thread."""
-    from guidance.gui.app import GuiUnavailable, MainWindow, ensure_app, grab_to_file
+    from guidance.gui.app import MainWindow, grab_to_file
     from guidance.gui.planning_view import PlanningView
     from guidance.planning.anatomy import build_anatomy
     from guidance.planning.plan import Plan, PlanError
     from guidance.planning.structures import build_structures
     from guidance.planning.targets import TargetError, parse_target
 
-    try:
-        app = ensure_app(headless=args.screenshot is not None)
-    except GuiUnavailable as e:
-        raise UsageError(str(e)) from e
+    app = start_gui_or_fail(args, require_png=False)
     plan = None
     if args.load is not None:
         try:

@@ -11,6 +11,7 @@ from guidance.cli.common import (
     port_number,
     positive_float,
     print_summary,
+    start_gui_or_fail,
     wait_or_interrupt,
 )
 from guidance.cli.main import UsageError
@@ -56,17 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.screenshot is not None and not args.gui:
-        raise UsageError("--screenshot FILE needs --gui")
-    if args.screenshot is not None and args.screenshot.suffix.lower() != ".png":
-        raise UsageError(f"--screenshot {args.screenshot}: the file name must end in .png")
-    if args.gui:  # fail before anything starts when there is no screen
-        from guidance.gui.app import GuiUnavailable, ensure_app
-
-        try:
-            ensure_app(headless=args.screenshot is not None)
-        except GuiUnavailable as e:
-            raise UsageError(str(e)) from e
+    start_gui_or_fail(args, require_png=True)  # before anything starts
     try:
         config = load_config(args.config) if args.config else PipelineConfig()
     except ConfigError as e:

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from guidance.cli.common import start_gui_or_fail
 from guidance.cli.main import UsageError
 
 __all__ = ["register"]
@@ -30,15 +31,7 @@ def _run(args: argparse.Namespace) -> int:
     from guidance.planning.targets import Target, TargetError, parse_target
     from guidance.planning.verify import NeedleNotFoundError, verify_placement
 
-    if args.screenshot is not None and not args.gui:
-        raise UsageError("--screenshot FILE needs --gui")
-    if args.gui:
-        from guidance.gui.app import GuiUnavailable, ensure_app
-
-        try:
-            ensure_app(headless=args.screenshot is not None)
-        except GuiUnavailable as e:
-            raise UsageError(str(e)) from e
+    start_gui_or_fail(args, require_png=False)
     try:
         plan = Plan.load(args.plan)
     except PlanError as e:
