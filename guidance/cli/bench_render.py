@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from guidance.cli.common import int_at_least
 from guidance.cli.main import UsageError
 
 __all__ = ["add_arguments", "run"]
@@ -46,20 +47,10 @@ def _canvas(text: str) -> tuple[int, int]:
     return w, h
 
 
-def _frames_count(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if n < 10:
-        raise argparse.ArgumentTypeError(f"must be >= 10, got {n}")
-    return n
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Add this stage's options to the ``bench`` parser (names must not clash)."""
     g = p.add_argument_group("--stage render")
-    g.add_argument("--render-frames", type=_frames_count, default=1000, metavar="N",
+    g.add_argument("--render-frames", type=int_at_least(10), default=1000, metavar="N",
                    help="frames timed per series (default 1000)")
     g.add_argument("--render-canvas", type=_canvas, default=(1180, 1000), metavar="WxH",
                    help="size of the drawn picture, pixels (default 1180x1000: the live "

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from guidance.cli.common import int_at_least
 from guidance.cli.main import UsageError
 
 __all__ = ["TARGET_ORT_256_P50_MS", "add_arguments", "run"]
@@ -54,16 +55,6 @@ def _sizes(text: str) -> list[int]:
     return sizes
 
 
-def _count(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
-    return v
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Add this stage's options to the ``bench`` parser (names must not clash)."""
     g = p.add_argument_group("--stage segment")
@@ -72,15 +63,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "names from models.backends.BACKENDS")
     g.add_argument("--sizes", type=_sizes, default=[128, 256, 512], metavar="S,S,...",
                    help="model grid sizes, px (default 128,256,512)")
-    g.add_argument("--frames", type=_count, default=300, metavar="N",
+    g.add_argument("--frames", type=int_at_least(0), default=300, metavar="N",
                    help="timed frames per backend and size (default 300)")
-    g.add_argument("--warmup", type=_count, default=20, metavar="N",
+    g.add_argument("--warmup", type=int_at_least(0), default=20, metavar="N",
                    help="untimed frames first (default 20)")
     src = g.add_mutually_exclusive_group()
     src.add_argument("--model", type=Path, metavar="CARD", help="model card (JSON)")
     src.add_argument("--modality", default="us",
                      help="use the shipped model of this modality (default us)")
-    g.add_argument("--threads", type=_count, default=None, metavar="N",
+    g.add_argument("--threads", type=int_at_least(0), default=None, metavar="N",
                    help="CPU threads for ONNX Runtime / torch (default: the CPUs available)")
 
 
