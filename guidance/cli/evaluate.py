@@ -72,6 +72,9 @@ def evaluate_and_record(card_path: Path, modality: str, *, n_test: int = 400, se
         seg = Segmenter(card_path, chain=chain)
     except (CardError, ValueError, FileNotFoundError) as e:
         raise UsageError(str(e)) from e
+    if seg.card.modality != modality:
+        raise UsageError(f"{card_path}: model {seg.card.name} is for {seg.card.modality!r}, "
+                         f"not {modality!r}")
     if png is None:
         base = Path(json_out).parent if json_out not in (None, "-") else card_path.parent
         png = base / f"{seg.card.name}-examples.png"

@@ -13,6 +13,8 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
+
 from guidance.cli.main import UsageError
 
 __all__ = ["register"]
@@ -44,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        import torch  # noqa: F401
+        import torch
     except ImportError as e:
         raise UsageError("guidance train needs torch: pip install -e '.[train]' "
                          "(CPU build: pip install torch==2.13.0)") from e
@@ -78,22 +80,22 @@ def run(args: argparse.Namespace) -> int:
 
     res = train(ds.images, ds.labels, len(ds.label_names), cfg, progress=on_step)
     sp = ds.spacing_mm
+    wall_s_total = round(time.perf_counter() - t0, 1)
     training = {
         "data": ds.description,
         "train": res.summary(),
-        "wall_s_total": round(time.perf_counter() - t0, 1),
+        "wall_s_total": wall_s_total,
         "wall_s_data": round(t_data, 1),
-        "torch": __import__("torch").__version__,
+        "torch": torch.__version__,
     }
     card, card_path = export_model(
         res.net, out_dir, name=f"{m}-seg", modality=m, version="1.0.0",
-        labels=LABELS[m], input_shape=GRID, pixel_spacing_mm=float(round(float(
-            __import__("numpy").median(sp)), 4)),
+        labels=LABELS[m], input_shape=GRID, pixel_spacing_mm=round(float(np.median(sp)), 4),
         spacing_range_mm=(float(sp.min()) * 0.9, float(sp.max()) * 1.1),
         normalisation=NORMALISATION[m], training=training)
     print(f"wrote {card_path} and {out_dir / card.onnx_file} "
           f"({(out_dir / card.onnx_file).stat().st_size / 1e6:.2f} MB); "
-          f"training took {training['wall_s_total'] / 60:.1f} min", flush=True)
+          f"training took {wall_s_total / 60:.1f} min", flush=True)
     if args.no_eval:
         return 0
     from guidance.cli.evaluate import evaluate_and_record

@@ -92,10 +92,12 @@ def load_segmenters(config: SegmentConfig, modalities: tuple[str, ...]
         return found, errors
     chain: str | list[str] = (config.backends if config.backends == "auto"
                               else [b.strip() for b in config.backends.split(",")])
+    by_card: dict[str, Segmenter] = {}  # one explicit card serves every modality: load once
     for m in modalities:
         try:
-            card = shipped_card(m) if config.model == "auto" else config.model
-            seg = Segmenter(card, chain=chain, threads=config.threads)
+            card = str(shipped_card(m)) if config.model == "auto" else config.model
+            seg = by_card.get(card) or Segmenter(card, chain=chain, threads=config.threads)
+            by_card[card] = seg
             if config.model != "auto" and seg.card.modality != m and config.modality != "auto":
                 raise ValueError(f"model {card} is for {seg.card.modality}, not {m}")
             found[m] = seg

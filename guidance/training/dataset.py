@@ -161,8 +161,23 @@ def _scene_seed(split: str, seed: int, scene: int) -> int:
     return (seed * 100_003 + scene + _SPLIT_OFFSET[split]) % (2**31)
 
 
-def _sim_scene(modality: str, split: str, seed: int, scene: int
-               ) -> list[tuple[np.ndarray, np.ndarray, float, np.ndarray, np.ndarray]]:
+_Row = tuple[np.ndarray, np.ndarray, float, np.ndarray, np.ndarray]
+
+
+def _on_grid(inp: ModelInput, plane: np.ndarray, spacing_mm: float, labels: np.ndarray,
+             truth: Any, n_classes: int) -> _Row:
+    """One frame on the model grid: (normalised image, labels, grid spacing mm, tip on the
+    grid (NaN when not in view), axis)."""
+    grid = inp(plane, spacing_mm)
+    img = inp.tensor[0, 0].copy()
+    lab = np.zeros(GRID, np.uint8)
+    ur, uc = grid.used_shape
+    lab[:ur, :uc] = labels_to_grid(labels, grid, n_classes)
+    tip = grid.to_model_ij(truth.tip_ij) if truth.needle_in_view else np.full(2, np.nan)
+    return img, lab, grid.model_spacing_mm, tip, np.asarray(truth.axis_ij, float)
+
+
+def _sim_scene(modality: str, split: str, seed: int, scene: int) -> list[_Row]:
     """One scene's frames: (image on grid, labels on grid, spacing, tip, axis) each."""
     from guidance.sim import make_scanner
     from guidance.sim.params import sample_params
@@ -188,33 +203,22 @@ def _sim_scene(modality: str, split: str, seed: int, scene: int
         if modality == "us" and rng.random() < US_DISTRACTOR_FRACTION:
             plane, frame_labels = add_us_distractors(plane, frame_labels,
                                                      float(f.image.spacing_mm[0]), rng)
-        grid = inp(plane, float(f.image.spacing_mm[0]))
-        img = inp.tensor[0, 0].copy()
-        lab = np.zeros(GRID, np.uint8)
-        ur, uc = grid.used_shape
-        lab[:ur, :uc] = labels_to_grid(frame_labels, grid, n_cls)
-        tip = grid.to_model_ij(f.truth.tip_ij) if f.truth.needle_in_view else np.full(2, np.nan)
-        out.append((img, lab, grid.model_spacing_mm, tip, np.asarray(f.truth.axis_ij, float)))
+        out.append(_on_grid(inp, plane, float(f.image.spacing_mm[0]), frame_labels, f.truth,
+                            n_cls))
     return out
 
 
-def _ct_scene(split: str, seed: int, scene: int
-              ) -> list[tuple[np.ndarray, np.ndarray, float, np.ndarray, np.ndarray]]:
+def _ct_scene(split: str, seed: int, scene: int) -> list[_Row]:
     from guidance.sim.ct_slices import CtSliceParams, CtSliceSimulator
 
     params = CtSliceParams.training() if split == "train" else CtSliceParams.held_out()
     sim = CtSliceSimulator(params, size=GRID[0], seed=_scene_seed(split, seed, scene // 64))
     inp = ModelInput(grid_spec("ct"))
+    per = FRAMES_PER_SCENE["ct"]
     out = []
-    for idx in range(scene * 1, scene * 1 + FRAMES_PER_SCENE["ct"]):
+    for idx in range(scene * per, (scene + 1) * per):
         f = sim.frame(idx)
-        grid = inp(f.image, float(f.spacing_mm))
-        img = inp.tensor[0, 0].copy()
-        lab = np.zeros(GRID, np.uint8)
-        ur, uc = grid.used_shape
-        lab[:ur, :uc] = labels_to_grid(f.truth.labels, grid, 2)
-        tip = grid.to_model_ij(f.truth.tip_ij) if f.truth.needle_in_view else np.full(2, np.nan)
-        out.append((img, lab, grid.model_spacing_mm, tip, np.asarray(f.truth.axis_ij, float)))
+        out.append(_on_grid(inp, f.image, float(f.spacing_mm), f.truth.labels, f.truth, 2))
     return out
 
 

@@ -201,7 +201,7 @@ def _examples_png(path: Path, ds: Any, pred: np.ndarray, found: list[Any], real:
         g = np.clip((img - lo) / max(hi - lo, 1e-6) * 255, 0, 255).astype(np.uint8)
         return np.repeat(g[..., None], 3, axis=2)
 
-    def outline(rgb: np.ndarray, lab: np.ndarray, dashed: bool = False) -> np.ndarray:
+    def outline(rgb: np.ndarray, lab: np.ndarray) -> np.ndarray:
         out = rgb.copy()
         for c in range(1, int(lab.max()) + 1):
             cs, _ = cv2.findContours((lab == c).astype(np.uint8), cv2.RETR_EXTERNAL,

@@ -1,0 +1,61 @@
+"""`guidance train` and `guidance eval` end to end on a tiny run, and their bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from guidance.cli.main import main
+from models.card import load_card
+from tests.models.conftest import require
+
+
+@pytest.fixture(scope="module")
+def tiny_us_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    require("torch")
+    require("onnx")
+    out = tmp_path_factory.mktemp("model")
+    cache = tmp_path_factory.mktemp("cache")
+    assert main(["train", "--modality", "us", "--frames", "16", "--steps", "3", "--out", str(out),
+                 "--cache", str(cache), "--no-eval"]) == 0
+    return out / "us-seg.json"
+
+
+def test_train_writes_a_card_that_loads(tiny_us_model: Path) -> None:
+    card, onnx_path = load_card(tiny_us_model)
+    assert card.modality == "us" and card.labels == ("background", "needle", "nerve", "vessel")
+    assert card.training["train"]["config"]["steps"] == 3
+    assert card.training["data"]["split"] == "train"
+    assert onnx_path.stat().st_size < 5e6
+
+
+def test_eval_reports_metrics_and_updates_the_card(tiny_us_model: Path, tmp_path: Path) -> None:
+    report = tmp_path / "eval.json"
+    png = tmp_path / "ex.png"
+    assert main(["eval", "--modality", "us", "--model", str(tiny_us_model), "--frames", "8",
+                 "--json", str(report), "--png", str(png), "--update-card",
+                 "--cache", str(tmp_path / "c")]) == 0
+    m = json.loads(report.read_text())
+    assert set(m["dice"]) == {"needle", "nerve", "vessel"}
+    assert m["held_out"]["split"] == "test"
+    assert m["real_needle_free"]["frames"] > 100
+    assert 0.0 <= m["real_needle_free"]["rate"] <= 1.0
+    assert "needle_dice" in m["targets"] and isinstance(m["targets"]["all_pass"], bool)
+    assert png.stat().st_size > 10_000
+    card, _ = load_card(tiny_us_model)  # still loads: the hash covers the ONNX file only
+    assert card.metrics["dice"]["needle"]["pooled"] == m["dice"]["needle"]["pooled"]
+
+
+def test_bad_arguments_exit_2(tiny_us_model: Path, tmp_path: Path,
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["eval", "--modality", "ct", "--model", str(tiny_us_model)]) == 2
+    assert "is for 'us', not 'ct'" in capsys.readouterr().err
+    assert main(["eval", "--modality", "us", "--model", str(tmp_path / "absent.json")]) == 2
+    assert "absent.json" in capsys.readouterr().err
+    assert main(["eval", "--modality", "us", "--frames", "0"]) == 2
+    assert main(["train", "--modality", "us", "--frames", "2", "--no-eval"]) == 2
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--modality", "mri"])
+    assert e.value.code == 2
