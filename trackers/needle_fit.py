@@ -7,11 +7,17 @@ extreme projections of its pixel centres on that axis. Which end is the tip foll
 same rule as the classical detector (:mod:`trackers.needle_detect`): the end away from
 ``hub_hint_ij``, or, without a hint, the end farther from the image border (needles
 enter from outside the picture).
+
+Whether a piece is *reported* as a needle is :class:`NeedleRule`: long enough, straight
+(its pixels lie close to its axis, as a needle's do, not spread like a curved wall or a
+blob) and coherent (most of the frame's needle evidence lies along that one line, not
+scattered in many pieces). The live loop and ``guidance eval`` apply the same rule.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -19,12 +25,116 @@ import numpy.typing as npt
 
 from trackers.needle_detect import NeedleDetection, orient_ends
 
-__all__ = ["MIN_NEEDLE_LENGTH_MM", "fit_needle_mask", "needle_from_probs"]
+__all__ = ["MIN_NEEDLE_LENGTH_MM", "NeedleEvidence", "NeedleRule", "fit_needle_mask",
+           "needle_evidence", "needle_from_probs"]
 
 #: A needle piece shorter than this is not reported (live loop and evaluation), mm.
 MIN_NEEDLE_LENGTH_MM = 5.0
 
 F64 = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class NeedleRule:
+    """When the needle evidence of a probability map is reported as a needle.
+
+    The limits were set on the simulated *training* frames of the shipped models (needle
+    in view, piece >= 5 mm): the perpendicular scatter of true needle pieces about their
+    axis stays below 0.33 mm (ultrasound), 0.75 mm = 1.0 px (fluoroscopy) and 0.65 mm =
+    1.25 px (CT) in 99% of frames, and the collinear share is >= 0.5 in 99.5%.
+
+    Attributes:
+        threshold: probability at or above which a pixel is needle.
+        min_length_mm: shorter pieces are not reported, mm.
+        max_scatter_mm: the RMS distance of the piece's pixels from its axis may not
+            exceed ``max(max_scatter_mm, max_scatter_px * nominal spacing)``, mm.
+        max_scatter_px: see ``max_scatter_mm``: a model with a coarse nominal grid
+            draws even a thin needle about a pixel wide, model pixels.
+        band_mm: needle evidence within ``max(band_mm, 3 px)`` of the axis line counts
+            as collinear (a needle broken by dropout stays one needle), mm.
+        min_collinear: share of all needle evidence (probability mass at or above
+            ``threshold``) that must be collinear, in [0, 1].
+    """
+
+    threshold: float = 0.5
+    min_length_mm: float = MIN_NEEDLE_LENGTH_MM
+    max_scatter_mm: float = 0.45
+    max_scatter_px: float = 1.4
+    band_mm: float = 1.5
+    min_collinear: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {self.threshold!r}")
+        if not 0.0 <= self.min_collinear <= 1.0:
+            raise ValueError(f"min_collinear must be in [0, 1], got {self.min_collinear!r}")
+        for name in ("min_length_mm", "max_scatter_mm", "max_scatter_px", "band_mm"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ValueError(f"{name} must be a positive number, got {v!r}")
+
+
+@dataclass(frozen=True)
+class NeedleEvidence:
+    """What a probability map says about the needle, and whether it is reported.
+
+    Attributes:
+        needle: the reported needle (pixel coordinates of the map), or None.
+        candidate: the fitted line of the strongest piece even when not reported
+            (None when there is no piece at all).
+        length_mm: the candidate's visible length, mm (0 without a candidate).
+        scatter_mm: RMS perpendicular distance of its pixels from its axis, mm.
+        collinear: share of all needle evidence within the band around its axis.
+        reason: why nothing is reported (``""`` when a needle is reported).
+    """
+
+    needle: NeedleDetection | None
+    candidate: NeedleDetection | None
+    length_mm: float
+    scatter_mm: float
+    collinear: float
+    reason: str
+
+
+def _strongest_piece(prob: npt.NDArray[np.floating], threshold: float, min_pixels: int,
+                     hub_hint_ij: npt.ArrayLike | None,
+                     band_px: float) -> tuple[NeedleDetection, float, float] | None:
+    """The line of the piece with the most probability mass: (line, scatter px,
+    collinear share), or None when there is no piece of ``min_pixels``."""
+    if prob.ndim != 2:
+        raise ValueError(f"prob must be 2D (rows, cols), got shape {prob.shape}")
+    mask = (prob >= threshold).astype(np.uint8)
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    if n <= 1:
+        return None
+    big = np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] >= min_pixels) + 1
+    if big.size == 0:
+        return None
+    mass = np.bincount(lab.ravel(), weights=prob.ravel().astype(np.float64), minlength=n)
+    k = int(big[np.argmax(mass[big])])
+    rr, cc = np.nonzero(lab == k)
+    w = prob[rr, cc].astype(np.float64)
+    pts = np.stack([cc, rr], axis=1).astype(np.float64)
+    centre = (pts * w[:, None]).sum(0) / w.sum()
+    d = pts - centre
+    cov = (d * w[:, None]).T @ d / w.sum()
+    evals, evecs = np.linalg.eigh(cov)
+    u, normal = evecs[:, 1], evecs[:, 0]
+    t = d @ u
+    t0, t1 = float(t.min()), float(t.max())
+    length = t1 - t0
+    a, b = centre + t0 * u, centre + t1 * u
+    hub, tip = orient_ends(a, b, prob.shape, hub_hint_ij)
+    axis = (tip - hub) / max(length, 1e-9)
+    straight = 1.0 - float(np.sqrt(max(evals[0], 0.0) / max(evals[1], 1e-12)))
+    conf = float(np.clip(w.mean() * straight, 0.0, 1.0))
+    scatter = math.sqrt(max(float(evals[0]), 0.0))
+    ar, ac = np.nonzero(mask)
+    aw = prob[ar, ac].astype(np.float64)
+    dist = np.abs((np.stack([ac, ar], axis=1) - centre) @ normal)
+    collinear = float(aw[dist <= band_px].sum() / max(aw.sum(), 1e-12))
+    det = NeedleDetection(tip, hub, axis, length, int(rr.size), float(w.mean()), conf)
+    return det, scatter, collinear
 
 
 def fit_needle_mask(
@@ -35,7 +145,8 @@ def fit_needle_mask(
     min_pixels: int = 12,
     hub_hint_ij: npt.ArrayLike | None = None,
 ) -> NeedleDetection | None:
-    """Fit the needle line to a probability map.
+    """Fit the needle line to a probability map (geometry only; the reporting rule with
+    straightness and coherence is :func:`needle_evidence`).
 
     Args:
         prob: (rows, cols) needle probability in [0, 1] (or a 0/1 mask).
@@ -51,39 +162,55 @@ def fit_needle_mask(
     Raises:
         ValueError: prob is not 2D.
     """
-    if prob.ndim != 2:
-        raise ValueError(f"prob must be 2D (rows, cols), got shape {prob.shape}")
-    mask = (prob >= threshold).astype(np.uint8)
-    n, lab, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-    if n <= 1:
+    piece = _strongest_piece(prob, threshold, min_pixels, hub_hint_ij, 3.0)
+    if piece is None or piece[0].length_px < min_length_px:
         return None
-    big = np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] >= min_pixels) + 1
-    if big.size == 0:
-        return None
-    if big.size == 1:
-        k = int(big[0])
-    else:  # the piece with the most probability mass
-        mass = np.bincount(lab.ravel(), weights=prob.ravel().astype(np.float64), minlength=n)
-        k = int(big[np.argmax(mass[big])])
-    rr, cc = np.nonzero(lab == k)
-    w = prob[rr, cc].astype(np.float64)
-    pts = np.stack([cc, rr], axis=1).astype(np.float64)
-    centre = (pts * w[:, None]).sum(0) / w.sum()
-    d = pts - centre
-    cov = (d * w[:, None]).T @ d / w.sum()
-    evals, evecs = np.linalg.eigh(cov)
-    u = evecs[:, 1]
-    t = d @ u
-    t0, t1 = float(t.min()), float(t.max())
-    length = t1 - t0
-    if length < min_length_px:
-        return None
-    a, b = centre + t0 * u, centre + t1 * u
-    hub, tip = orient_ends(a, b, prob.shape, hub_hint_ij)
-    axis = (tip - hub) / max(length, 1e-9)
-    straight = 1.0 - float(np.sqrt(max(evals[0], 0.0) / max(evals[1], 1e-12)))
-    conf = float(np.clip(w.mean() * straight, 0.0, 1.0))
-    return NeedleDetection(tip, hub, axis, length, int(rr.size), float(w.mean()), conf)
+    return piece[0]
+
+
+def needle_evidence(
+    needle_prob: npt.NDArray[np.floating],
+    spacing_mm: float,
+    nominal_spacing_mm: float,
+    rule: NeedleRule | None = None,
+    hub_hint_ij: npt.ArrayLike | None = None,
+) -> NeedleEvidence:
+    """Apply :class:`NeedleRule` to a segmentation's needle probability map.
+
+    Args:
+        needle_prob: (R, C) needle probability on the model grid.
+        spacing_mm: model-grid spacing of this frame, mm/pixel (NaN: unknown; then
+            ``nominal_spacing_mm`` is used).
+        nominal_spacing_mm: the model's nominal grid spacing, mm/pixel.
+        rule: the limits (default :class:`NeedleRule`).
+        hub_hint_ij: (2,) (col, row) hub-side point on the model grid, or None.
+
+    Returns:
+        The evidence with the reported needle (model-grid pixels) or the reason for none.
+
+    Raises:
+        ValueError: the map is not 2D.
+    """
+    rule = rule or NeedleRule()
+    sp = spacing_mm if math.isfinite(spacing_mm) and spacing_mm > 0 else nominal_spacing_mm
+    piece = _strongest_piece(needle_prob, rule.threshold, 12, hub_hint_ij,
+                             max(rule.band_mm / sp, 3.0))
+    if piece is None:
+        return NeedleEvidence(None, None, 0.0, 0.0, 0.0, "no needle evidence")
+    det, scatter_px, collinear = piece
+    length_mm, scatter_mm = det.length_px * sp, scatter_px * sp
+    max_scatter = max(rule.max_scatter_mm, rule.max_scatter_px * nominal_spacing_mm)
+    reason = ""
+    if det.length_px < max(4.0, rule.min_length_mm / sp):
+        reason = f"needle piece {length_mm:.1f} mm shorter than {rule.min_length_mm:g} mm"
+    elif scatter_mm > max_scatter:
+        reason = (f"needle evidence not straight (scatter {scatter_mm:.2f} mm about its "
+                  f"axis > {max_scatter:.2f} mm)")
+    elif collinear < rule.min_collinear:
+        reason = (f"needle evidence scattered (only {collinear:.0%} on one line, "
+                  f"< {rule.min_collinear:.0%})")
+    return NeedleEvidence(None if reason else det, det, length_mm, scatter_mm, collinear,
+                          reason)
 
 
 def needle_from_probs(
@@ -94,8 +221,9 @@ def needle_from_probs(
     threshold: float = 0.5,
     hub_hint_ij: npt.ArrayLike | None = None,
 ) -> NeedleDetection | None:
-    """The needle reported from a segmentation's needle probability map: the rule the
-    live loop and the evaluation share.
+    """The needle reported from a segmentation's needle probability map under the
+    default :class:`NeedleRule` with the given length and threshold (shorthand for
+    :func:`needle_evidence`).
 
     Args:
         needle_prob: (R, C) needle probability on the model grid.
@@ -109,6 +237,6 @@ def needle_from_probs(
     Returns:
         The needle in model-grid pixel coordinates, or None.
     """
-    sp = spacing_mm if math.isfinite(spacing_mm) and spacing_mm > 0 else nominal_spacing_mm
-    return fit_needle_mask(needle_prob, threshold=threshold,
-                           min_length_px=max(4.0, min_length_mm / sp), hub_hint_ij=hub_hint_ij)
+    rule = NeedleRule(threshold=threshold, min_length_mm=min_length_mm)
+    return needle_evidence(needle_prob, spacing_mm, nominal_spacing_mm, rule,
+                           hub_hint_ij).needle

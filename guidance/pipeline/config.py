@@ -92,6 +92,12 @@ class SegmentConfig:
         threads: CPU threads for the model (ONNX Runtime / torch).
         needle_threshold: needle probability at or above which a pixel is needle.
         min_needle_length_mm: shorter needle pieces are not reported, mm.
+        needle_max_scatter_mm: a needle piece whose pixels scatter more than
+            ``max(this, needle_max_scatter_px * model spacing)`` (RMS, mm) about its
+            axis is not straight and not reported (``trackers.needle_fit.NeedleRule``).
+        needle_max_scatter_px: see ``needle_max_scatter_mm``, model pixels.
+        needle_min_collinear: share of the model's needle evidence that must lie on the
+            fitted line, in [0, 1]; below it the evidence is scattered, not a needle.
         crosscheck: run the classical detector beside the model and compare.
         disagree_tip_mm: model and classical tips farther apart than this disagree, mm.
         disagree_angle_deg: needle axes further apart than this disagree, degrees.
@@ -109,6 +115,9 @@ class SegmentConfig:
     threads: int = 2
     needle_threshold: float = 0.5
     min_needle_length_mm: float = 5.0
+    needle_max_scatter_mm: float = 0.45
+    needle_max_scatter_px: float = 1.4
+    needle_min_collinear: float = 0.5
     crosscheck: bool = True
     disagree_tip_mm: float = 3.0
     disagree_angle_deg: float = 5.0
@@ -131,7 +140,11 @@ class SegmentConfig:
             raise ConfigError(f"segment.needle_threshold must be in (0, 1), "
                               f"got {self.needle_threshold!r}")
         _positive("segment", self, "sigma_px", "min_length_px", "label_width_px",
-                  "min_needle_length_mm", "disagree_tip_mm", "disagree_angle_deg")
+                  "min_needle_length_mm", "disagree_tip_mm", "disagree_angle_deg",
+                  "needle_max_scatter_mm", "needle_max_scatter_px")
+        c = self.needle_min_collinear
+        if not isinstance(c, (int, float)) or isinstance(c, bool) or not 0.0 <= c <= 1.0:
+            raise ConfigError(f"segment.needle_min_collinear must be in [0, 1], got {c!r}")
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from guidance.pipeline.plan_check import PlanCheck
 from guidance.records import GuidanceState, WarningLevel
 from trackers.needle_detect import RidgeNeedleDetector
 from trackers.needle_filter import NeedleFilter
-from trackers.needle_fit import needle_from_probs
+from trackers.needle_fit import NeedleRule, needle_evidence
 
 if TYPE_CHECKING:
     from models.segmenter import Segmenter
@@ -113,7 +113,9 @@ class SegmentStage:
 
     With a model the label map is the model's classes (``item.label_names``) resampled
     to the frame's grid, and the needle is the line fitted to the model's needle mask
-    (:func:`trackers.needle_fit.needle_from_probs`). When the classical detector
+    when it passes :class:`trackers.needle_fit.NeedleRule` (long enough, straight, most
+    of the needle evidence on one line; the piece's scatter and collinear share are in
+    ``metrics``). When the classical detector
     disagrees (tips more than ``disagree_tip_mm`` apart or axes more than
     ``disagree_angle_deg``), the needle's confidence is halved, the frame is DEGRADED
     and the disagreement is reported; when only the classical detector sees a needle the
@@ -132,6 +134,11 @@ class SegmentStage:
     def __init__(self, config: SegmentConfig, segmenters: dict[str, Segmenter] | None = None,
                  load_errors: dict[str, str] | None = None) -> None:
         self.config = config
+        self._rule = NeedleRule(threshold=config.needle_threshold,
+                                min_length_mm=config.min_needle_length_mm,
+                                max_scatter_mm=config.needle_max_scatter_mm,
+                                max_scatter_px=config.needle_max_scatter_px,
+                                min_collinear=config.needle_min_collinear)
         self.segmenters = dict(segmenters or {})
         self.load_errors = dict(load_errors or {})
         self._detectors: dict[str, RidgeNeedleDetector] = {}
@@ -205,9 +212,12 @@ class SegmentStage:
             if item.state == GuidanceState.OK:
                 item.state = GuidanceState.DEGRADED
         hint = None if self.hub_hint_ij is None else res.grid.to_model_ij(self.hub_hint_ij)
-        found = needle_from_probs(
-            res.probs[1], res.grid.model_spacing_mm, seg.card.pixel_spacing_mm,
-            self.config.min_needle_length_mm, self.config.needle_threshold, hint)
+        ev = needle_evidence(res.probs[1], res.grid.model_spacing_mm,
+                             seg.card.pixel_spacing_mm, self._rule, hint)
+        found = ev.needle
+        if ev.candidate is not None:
+            item.metrics["needle_scatter_mm"] = ev.scatter_mm
+            item.metrics["needle_collinear"] = ev.collinear
         model = None
         if found is not None:
             model = NeedleEstimate2D3D(res.grid.to_frame_ij(found.tip_ij),

@@ -12,12 +12,15 @@ Two kinds of evidence:
 * **Real needle-free images** (:func:`guidance.realimages.needle_free_frames`): the
   fraction of frames on which a needle is reported. A model must not invent needles.
 
-"Needle reported" is the live loop's rule (:func:`trackers.needle_fit.needle_from_probs`):
-a connected needle piece at least ``MIN_NEEDLE_LENGTH_MM`` long.
+"Needle reported" is the live loop's rule (:class:`trackers.needle_fit.NeedleRule`,
+default settings): a connected needle piece at least ``MIN_NEEDLE_LENGTH_MM`` long,
+straight, with most of the frame's needle evidence on its line. Why nothing was
+reported is counted per reason for the real frames (``real_needle_free.reasons``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Callable
@@ -27,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from trackers.needle_detect import NeedleDetection
-from trackers.needle_fit import needle_from_probs
+from trackers.needle_fit import NeedleRule, needle_evidence
 
 __all__ = ["TARGETS", "evaluate_model"]
 
@@ -94,6 +97,7 @@ def evaluate_model(
     if tuple(ds.label_names) != tuple(card.labels):
         raise ValueError(f"model labels {card.labels} differ from the data's {ds.label_names}")
     n = len(ds)
+    rule = NeedleRule()
     pred = np.empty_like(ds.labels)
     needle_found: list[NeedleDetection | None] = []
     x = np.zeros((1, 1, *ds.images.shape[1:]), np.float32)
@@ -101,8 +105,8 @@ def evaluate_model(
         x[0, 0] = ds.images[i]
         probs = segmenter.backend.run(x)[0]
         pred[i] = np.argmax(probs, axis=0)
-        needle_found.append(needle_from_probs(probs[1], float(ds.spacing_mm[i]),
-                                              card.pixel_spacing_mm))
+        needle_found.append(needle_evidence(probs[1], float(ds.spacing_mm[i]),
+                                            card.pixel_spacing_mm, rule).needle)
         if progress and (i + 1) % 50 == 0:
             progress(i + 1, n, f"{modality} held-out frames")
     out: dict[str, Any] = {"model": card.name, "version": card.version,
@@ -145,16 +149,23 @@ def evaluate_model(
     }
     real = needle_free_frames(modality)
     reported = []
+    why: dict[str, int] = {}
     for k, fr in enumerate(real):
         seg = segmenter.segment(fr.image, fr.spacing_mm)
-        det = needle_from_probs(seg.probs[1], seg.grid.model_spacing_mm, card.pixel_spacing_mm)
-        reported.append(det is not None)
+        ev = needle_evidence(seg.probs[1], seg.grid.model_spacing_mm, card.pixel_spacing_mm,
+                             rule)
+        reported.append(ev.needle is not None)
+        key = ev.reason.split(" (")[0] if ev.reason else "needle reported"
+        if key.startswith("needle piece"):
+            key = f"needle piece shorter than {rule.min_length_mm:g} mm"
+        why[key] = why.get(key, 0) + 1
         if progress and (k + 1) % 25 == 0:
             progress(k + 1, len(real), f"{modality} real needle-free frames")
     bad = [fr.source for fr, r in zip(real, reported, strict=True) if r]
     out["real_needle_free"] = {
         "frames": len(real), "needle_reported": int(sum(reported)),
         "rate": float(np.mean(reported)) if reported else math.nan,
+        "reasons": why, "rule": dataclasses.asdict(rule),
         "frames_with_false_needle": bad[:50], "sources": describe_sources(modality)}
     out["targets"] = _check_targets(out, card.labels)
     if png is not None:

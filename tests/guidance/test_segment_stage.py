@@ -10,9 +10,10 @@ import time
 
 import cv2
 import numpy as np
+import pytest
 
 from guidance.geometry import ImageVolume
-from guidance.pipeline.config import PreprocessConfig, SegmentConfig
+from guidance.pipeline.config import ConfigError, PreprocessConfig, SegmentConfig
 from guidance.pipeline.frame import Frame, WorkItem
 from guidance.pipeline.stages import PreprocessStage, SegmentStage, load_segmenters
 from guidance.records import GuidanceState
@@ -96,6 +97,28 @@ def test_classical_only_needle_is_reported_not_used() -> None:
     item = _run(SegmentStage(SegmentConfig(), {"us": ScriptedSegmenter(lab)}), frame)  # type: ignore[dict-item]
     assert item.needle is None
     assert any("classical detector sees a needle" in r for r in item.reasons)
+
+
+def test_curved_model_evidence_is_not_a_needle_and_the_rule_is_configurable() -> None:
+    frame, lab = _frame_and_mask()
+    lab[lab == 1] = 0
+    cv2.ellipse(lab, (64, 10), (40, 40), 0, 20, 160, 1, 2)  # a bright curved wall
+    item = _run(SegmentStage(SegmentConfig(), {"us": ScriptedSegmenter(lab)}), frame)  # type: ignore[dict-item]
+    assert item.needle is None
+    assert item.metrics["needle_scatter_mm"] > 0.45
+    assert any("classical detector sees a needle" in r for r in item.reasons)
+    loose = SegmentConfig(needle_max_scatter_mm=50.0, needle_min_collinear=0.0)
+    item = _run(SegmentStage(loose, {"us": ScriptedSegmenter(lab)}), frame)  # type: ignore[dict-item]
+    assert item.needle is not None
+
+
+@pytest.mark.parametrize(("field", "value"), [("needle_min_collinear", 1.2),
+                                              ("needle_min_collinear", True),
+                                              ("needle_max_scatter_mm", 0.0),
+                                              ("needle_max_scatter_px", "wide")])
+def test_bad_needle_rule_settings_are_refused(field: str, value: object) -> None:
+    with pytest.raises(ConfigError, match=f"segment.{field}"):
+        SegmentConfig(**{field: value})  # type: ignore[arg-type]
 
 
 def test_backend_fallback_and_spacing_out_of_range_degrade() -> None:

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from trackers.needle_fit import fit_needle_mask, needle_from_probs
+from trackers.needle_fit import NeedleRule, fit_needle_mask, needle_evidence, needle_from_probs
 
 
 def _mask(tip: tuple[int, int], hub: tuple[int, int], width: int = 3,
@@ -54,3 +54,55 @@ def test_min_length_in_mm_uses_spacing() -> None:
     assert needle_from_probs(m, 0.3, 0.3) is not None  # 6 mm
     assert needle_from_probs(m, math.nan, 0.3) is not None  # unknown spacing: nominal
     assert needle_from_probs(m, math.nan, 0.2) is None
+
+
+def test_rule_reports_a_straight_needle_even_when_broken_by_dropout() -> None:
+    m = _mask((60, 64), (0, 64), width=3)
+    m[62:67, 70:128] = 0.0
+    cv2.line(m, (72, 64), (127, 64), 1.0, 3)  # the same needle after a 12 px gap
+    ev = needle_evidence(m, 0.2, 0.2)
+    assert ev.needle is not None, ev.reason
+    assert ev.reason == "" and ev.collinear > 0.99 and ev.scatter_mm < 0.3
+    assert ev.length_mm == pytest.approx(ev.needle.length_px * 0.2)
+
+
+def test_rule_rejects_a_curved_wall_and_says_why() -> None:
+    m = np.zeros((128, 128), np.float32)
+    cv2.ellipse(m, (64, 20), (50, 50), 0, 20, 160, 1.0, 3)  # a bright arc, 140 degrees
+    assert fit_needle_mask(m) is not None  # geometry alone would call it a needle
+    ev = needle_evidence(m, 0.2, 0.2)
+    assert ev.needle is None and ev.candidate is not None
+    assert ev.reason.startswith("needle evidence not straight")
+    assert ev.scatter_mm > NeedleRule().max_scatter_mm
+
+
+def test_rule_rejects_scattered_evidence_and_short_pieces() -> None:
+    m = np.zeros((128, 128), np.float32)
+    for k in range(6):  # six parallel, equally strong dashes: no one line holds half
+        cv2.line(m, (10, 10 + 20 * k), (40, 10 + 20 * k), 1.0, 2)
+    ev = needle_evidence(m, 0.3, 0.3)
+    assert ev.needle is None and ev.reason.startswith("needle evidence scattered")
+    assert ev.collinear == pytest.approx(1 / 6, abs=0.05)
+    # the same dashes are a needle if scattered evidence were allowed
+    assert needle_evidence(m, 0.3, 0.3, NeedleRule(min_collinear=0.1)).needle is not None
+    short = needle_evidence(_mask((30, 20), (20, 20), width=3), 0.2, 0.2)
+    assert short.needle is None and "shorter than 5 mm" in short.reason
+    none = needle_evidence(np.zeros((32, 32), np.float32), 0.2, 0.2)
+    assert none.needle is None and none.candidate is None and none.reason
+
+
+def test_scatter_limit_follows_the_models_nominal_grid() -> None:
+    m = np.zeros((128, 128), np.float32)
+    m[62:66, 0:100] = 1.0  # 4 px wide: scatter 1.1 px
+    assert needle_evidence(m, 0.1, 0.1).needle is not None  # 0.14 mm, thin
+    assert needle_evidence(m, 0.5, 0.5).needle is not None  # coarse model: 1.4 px allowed
+    ev = needle_evidence(m, 0.5, 0.2)  # fine model, frame on a coarse grid: 0.7 mm wide
+    assert ev.needle is None and "not straight" in ev.reason
+
+
+@pytest.mark.parametrize("bad", [{"threshold": 1.0}, {"min_collinear": 1.5},
+                                 {"max_scatter_mm": 0.0}, {"band_mm": math.nan},
+                                 {"min_length_mm": -1.0}])
+def test_rule_refuses_bad_limits(bad: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        NeedleRule(**bad)
