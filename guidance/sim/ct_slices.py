@@ -136,7 +136,7 @@ class CtSliceParams:
         blur_px: sigma of the scanner's Gaussian PSF, output pixels.
         negative_fraction: share of frames with no needle.
         distractor_probability: chance, per kind (skin markers, calcifications,
-            contrast vessel), that a frame shows it.
+            contrast vessel, positioning device), that a frame shows it.
     """
 
     z_ranges_mm: tuple[tuple[float, float], ...] = _TRAIN_Z_MM
@@ -809,7 +809,50 @@ class CtSliceGenerator:
         if rng.random() < p.distractor_probability and soft.any():
             self._blob(img, rng, soft, (2.0, 7.0), (150.0, 400.0), spacing)
             names.append("contrast_vessel")
+        air = self._room_air(img)
+        if rng.random() < p.distractor_probability and air.any():
+            self._shell(img, rng, air, spacing)
+            names.append("positioning_device")
         return tuple(names)
+
+    @staticmethod
+    def _room_air(img: F32) -> np.ndarray:
+        """(size, size) bool: the air around the patient: dark regions that reach the
+        image border and are as dark as room air on average (lungs are not)."""
+        lab, n = ndimage.label(img < -500.0)
+        if n == 0:
+            return np.zeros(img.shape, bool)
+        ids = np.arange(1, n + 1)
+        mean = np.asarray(ndimage.mean(img, lab, ids))
+        edge = np.zeros(n + 1, bool)
+        edge[np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]])] = True
+        keep = np.zeros(n + 1, bool)
+        keep[ids] = (mean < -950.0) & edge[ids]
+        return keep[lab]
+
+    def _shell(self, img: F32, rng: np.random.Generator, air: np.ndarray,
+               spacing: float) -> None:
+        """A positioning device outside the patient (head holder, couch top,
+        immobilisation shell): a thin curved plastic or carbon shell, 0.7-3 mm thick,
+        150-1200 HU, radius 60-300 mm, drawn in air only."""
+        jj, ii = np.nonzero(air)
+        k = int(rng.integers(len(ii)))
+        c = (self.size - 1) / 2.0
+        radius = rng.uniform(60.0, 300.0)
+        phi = rng.uniform(0.0, 2.0 * np.pi)
+        cx = ii[k] - c + radius / spacing * math.cos(phi)  # centre, offset pixels
+        cy = jj[k] - c + radius / spacing * math.sin(phi)
+        x = (self._di - np.float32(cx)) * np.float32(spacing)
+        y = (self._dj - np.float32(cy)) * np.float32(spacing)
+        dist = np.abs(np.hypot(x, y) - np.float32(radius))
+        half = np.float32(0.5 * rng.uniform(0.7, 3.0))
+        f = np.clip(half - dist + np.float32(0.5 * spacing), 0.0, spacing) / np.float32(spacing)
+        # Only an arc of it, centred on the chosen air pixel.
+        ang = np.arctan2(-y, -x) - np.float32(phi)
+        ang = np.abs((ang + np.float32(np.pi)) % np.float32(2 * np.pi) - np.float32(np.pi))
+        f[ang > np.float32(math.radians(rng.uniform(20.0, 80.0)))] = 0.0
+        f[~air] = 0.0
+        img += f.astype(np.float32) * (np.float32(rng.uniform(150.0, 1200.0)) - img)
 
     def _blob(
         self,

@@ -47,8 +47,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Bump when the generation changes, so cached sets are rebuilt.
-DATASET_VERSION = 4
+#: Per modality; bump one when its generation changes, so its cached sets are rebuilt
+#: (ct 5: positioning devices outside the patient among the distractors).
+DATASET_VERSION: dict[str, int] = {"us": 4, "fluoro": 4, "ct": 5}
 #: Model grid (rows, cols) of every shipped model.
 GRID: tuple[int, int] = (256, 256)
 #: Class names per modality (index = class id).
@@ -230,7 +231,7 @@ def _scene(args: tuple[str, str, int, int]) -> list[Any]:
 
 
 def _cache_key(modality: str, split: str, n_frames: int, seed: int) -> str:
-    raw = json.dumps([DATASET_VERSION, modality, split, n_frames, seed, GRID])
+    raw = json.dumps([DATASET_VERSION[modality], modality, split, n_frames, seed, GRID])
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
@@ -280,7 +281,7 @@ def build_dataset(
         "frames_per_scene": per, "grid": list(GRID),
         "parameters": ("sample_params (training ranges)" if split == "train"
                        else "heldout_params (other seeds and ranges)"),
-        "dataset_version": DATASET_VERSION,
+        "dataset_version": DATASET_VERSION[modality],
     }
     cache = None
     if cache_dir is not None:

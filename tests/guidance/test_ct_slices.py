@@ -202,3 +202,37 @@ def test_contact_sheet(frames: list[CtSliceFrame], tmp_path: Path) -> None:
     assert cv2.imwrite(str(out), sheet)
     assert out.stat().st_size > 1000
     assert math.isfinite(float(sheet.mean()))
+
+
+def test_positioning_devices_are_drawn_in_room_air_only() -> None:
+    img = np.full((64, 64), -1000.0, np.float32)  # room air
+    yy, xx = np.mgrid[:64, :64]
+    img[(yy - 40) ** 2 + (xx - 32) ** 2 < 26 ** 2] = 40.0  # the body, cut by the border
+    img[(yy - 50) ** 2 + (xx - 32) ** 2 < 10 ** 2] = -850.0  # a lung reaching the border
+    img[30:33, 30:33] = -1000.0  # the trachea, inside
+    air = CtSliceGenerator._room_air(img)
+    assert air[2, 2] and air[5, 60]
+    assert not air[50, 32] and not air[63, 32]  # lung, even where it meets the border
+    assert not air[31, 31] and not air[40, 10]  # trachea, body
+    assert not CtSliceGenerator._room_air(np.full((8, 8), 40.0, np.float32)).any()
+
+
+def test_positioning_device_distractor_is_drawn_and_named(
+        frames: list[CtSliceFrame], monkeypatch: pytest.MonkeyPatch) -> None:
+    original = CtSliceGenerator._shell
+    changed_outside_air: list[int] = []
+
+    def watched(self: CtSliceGenerator, img: np.ndarray, rng: np.random.Generator,
+                air: np.ndarray, spacing: float) -> None:
+        before = img.copy()
+        original(self, img, rng, air, spacing)
+        changed = img != before
+        assert changed.any()
+        changed_outside_air.append(int((changed & ~CtSliceGenerator._room_air(before)).sum()))
+
+    monkeypatch.setattr(CtSliceGenerator, "_shell", watched)
+    p = dataclasses.replace(CtSliceParams.training(), distractor_probability=1.0)
+    fr = list(ct_slice_frames(12, SIZE, seed=5, params=p))  # some frames show no room air
+    named = sum("positioning_device" in f.sample.distractors for f in fr)
+    assert named == len(changed_outside_air) >= 2
+    assert changed_outside_air == [0] * named
