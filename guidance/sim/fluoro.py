@@ -26,7 +26,7 @@ from guidance.sim.needle_path import NeedlePath, needle_pose, random_perpendicul
 from guidance.sim.params import FluoroParams
 from guidance.sim.projector import CArmGeometry, carm_geometry, needle_chord_mm, project_volume
 
-__all__ = ["FluoroScanner", "anatomy_projection"]
+__all__ = ["FluoroScanner", "anatomy_projection", "display_window"]
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +45,37 @@ class AnatomyProjection:
     Attributes:
         attenuation: (size, size) float32 line integral of mu (dimensionless).
         vertebra: (size, size) bool, rays crossing > 2 mm of vertebra.
-        window: (lo, hi) display window on ``log(I0/I)``, from the anatomy alone (the
-            needle does not change it).
     """
 
     attenuation: npt.NDArray[np.float32]
     vertebra: npt.NDArray[np.bool_]
-    window: tuple[float, float]
+
+
+def display_window(attenuation: npt.NDArray[np.float32], i0_photons: float,
+                   scatter_fraction: float) -> tuple[float, float]:
+    """The display window on measured ``log(I0/I)``, as a fluoroscope's automatic
+    brightness control sets it: from the central half of the field of the expected
+    (noise-free, needle-free) image *with* scatter. Scatter lifts every pixel's counts,
+    so with air in the field the measured log attenuation tops out far below the
+    scatter-free line integral; a window from the anatomy alone then leaves the whole
+    picture below it (a black frame, or white when inverted).
+
+    Args:
+        attenuation: (size, size) anatomy line integral of mu (dimensionless).
+        i0_photons: unattenuated counts per pixel.
+        scatter_fraction: scatter as a fraction of the mean primary counts.
+
+    Returns:
+        (lo, hi) with hi - lo >= 0.5.
+    """
+    primary = np.float32(i0_photons) * np.exp(-attenuation)
+    expected = primary + np.float32(scatter_fraction) * np.float32(primary.mean())
+    measured = np.log(np.float32(i0_photons) / expected)
+    q = measured.shape[0] // 4
+    centre = measured[q:-q, q:-q] if q > 0 else measured
+    lo, hi = (float(v) for v in np.percentile(centre, [1.0, 99.9]))
+    lo = lo - 0.15 * (hi - lo)
+    return lo, max(hi, lo + 0.5)
 
 
 @functools.lru_cache(maxsize=2)
@@ -84,15 +108,7 @@ def anatomy_projection(
     vol, ijk_to_lps = _mu_and_vertebra(mu_water_per_mm, bone_contrast)
     proj = project_volume(vol, ijk_to_lps, geometry)
     att = np.ascontiguousarray(proj[..., 0])
-    # Window from the central half of the field, as a fluoroscope's automatic
-    # brightness control measures it; air (edges, beyond the CT) saturates.
-    q = geometry.size // 4
-    centre = att[q:-q, q:-q] if q > 0 else att
-    lo, hi = (float(v) for v in np.percentile(centre, [1.0, 99.9]))
-    lo = lo - 0.15 * (hi - lo)
-    result = AnatomyProjection(
-        attenuation=att, vertebra=proj[..., 1] > _VERTEBRA_CHORD_MM, window=(lo, max(hi, lo + 0.5))
-    )
+    result = AnatomyProjection(attenuation=att, vertebra=proj[..., 1] > _VERTEBRA_CHORD_MM)
     if len(_PROJECTION_CACHE) >= 8:
         _PROJECTION_CACHE.pop(next(iter(_PROJECTION_CACHE)))
     _PROJECTION_CACHE[key] = result
@@ -149,6 +165,8 @@ class FluoroScanner:
         self._anatomy = anatomy_projection(
             self.geometry, params.mu_water_per_mm, params.bone_contrast
         )
+        self._window = display_window(self._anatomy.attenuation, params.i0_photons,
+                                      params.scatter_fraction)
         self._ijk_to_lps = self.geometry.detector_ijk_to_lps
         self._unsharp_sigma_px = max(4.0 / self.geometry.pixel_mm, 1.0)  # ~4 mm kernel
         src_pose = self.geometry.carm_to_lps.copy()
@@ -183,7 +201,7 @@ class FluoroScanner:
         if p.edge_enhance > 0:  # the display processing every fluoroscope applies
             blur = cv2.GaussianBlur(log_att, (0, 0), self._unsharp_sigma_px)
             log_att += np.float32(p.edge_enhance) * (log_att - blur)
-        lo, hi = self._anatomy.window
+        lo, hi = self._window
         disp = np.clip((log_att - lo) / (hi - lo), 0.0, 1.0)
         if p.invert_display:
             disp = 1.0 - disp

@@ -48,8 +48,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Per modality; bump one when its generation changes, so its cached sets are rebuilt
-#: (ct 5: positioning devices outside the patient among the distractors).
-DATASET_VERSION: dict[str, int] = {"us": 4, "fluoro": 4, "ct": 5}
+#: (ct 5: positioning devices outside the patient among the distractors; fluoro 5: the
+#: display window includes scatter, no more blank frames).
+DATASET_VERSION: dict[str, int] = {"us": 4, "fluoro": 5, "ct": 5}
 #: Model grid (rows, cols) of every shipped model.
 GRID: tuple[int, int] = (256, 256)
 #: Class names per modality (index = class id).

@@ -295,3 +295,24 @@ def test_bench_reports_percentiles() -> None:
     r = bench_sim("us", 128, n=5)
     assert set(r) == {"setup_s", "p50_ms", "p95_ms", "max_ms", "fps"}
     assert 0 < r["p50_ms"] <= r["p95_ms"] <= r["max_ms"]
+
+
+def test_fluoro_display_window_includes_scatter() -> None:
+    """Air in the field plus scatter lifts all counts: the window must come from the
+    measured log attenuation, or the whole picture falls below it (a blank frame)."""
+    from guidance.sim.fluoro import display_window
+
+    att = np.zeros((64, 64), np.float32)  # a quarter of the field is air
+    att[:, 16:] = np.linspace(3.5, 5.5, 48, dtype=np.float32)[None, :]
+    i0, sf = 12000.0, 0.22
+    lo, hi = display_window(att, i0, sf)
+    primary = i0 * np.exp(-att)
+    measured = np.log(i0 / (primary + sf * primary.mean()))
+    centre = measured[16:48, 16:48]
+    assert hi - lo >= 0.5
+    inside = (centre > lo) & (centre < hi)
+    assert inside.mean() > 0.9  # the anatomy is shown, not clipped to black
+    lo0, _ = display_window(att, i0, 0.0)  # the window of the line integrals alone
+    a_lo, a_hi = np.percentile(att[16:48, 16:48], [1.0, 99.9])
+    assert lo0 == pytest.approx(a_lo - 0.15 * (a_hi - a_lo), abs=1e-3)
+    assert measured.max() < lo0  # that window would have shown a blank frame
