@@ -68,3 +68,21 @@ def test_shipped_model_loads_and_backends_agree(modality: str) -> None:
         for c in range(card.n_classes):
             if (la == c).any() or (b.labels == c).any():
                 assert dice(la == c, b.labels == c) >= 0.99, (modality, c)
+
+
+@pytest.mark.parametrize("modality", shipped.SHIPPED_MODALITIES)
+def test_shipped_metrics_were_measured_under_the_current_needle_rule(modality: str) -> None:
+    """A card's metrics are stale when the needle-reporting rule changed after they were
+    measured: run ``guidance eval --modality M --update-card`` again."""
+    import dataclasses
+
+    from models.card import load_card
+    from trackers.needle_fit import NeedleRule
+
+    card, _ = load_card(shipped.shipped_card(modality))
+    real = card.metrics["real_needle_free"]
+    assert real["rule"] == dataclasses.asdict(NeedleRule()), modality
+    assert real["needle_reported"] == sum(v for k, v in real["reasons"].items()
+                                          if k == "needle reported")
+    assert card.metrics["held_out"]["dataset_version"] == \
+        card.to_json()["training"]["data"]["dataset_version"]
