@@ -13,7 +13,7 @@ from PyQt5.QtGui import QColor, QImage
 from guidance.geometry import ImageVolume
 from guidance.io.messages import image_message_from_volume
 from guidance.io.slots import LatestSlots
-from guidance.pipeline.config import IngestConfig, PipelineConfig
+from guidance.pipeline.config import IngestConfig, PipelineConfig, SegmentConfig
 from guidance.pipeline.loop import Pipeline
 
 SPACING_MM = 0.2
@@ -35,8 +35,13 @@ def px_to_lps(ij: tuple[float, float]) -> np.ndarray:
 
 
 def make_pipeline(stale_after_s: float = 0.3) -> tuple[Pipeline, LatestSlots]:
+    """The real pipeline with the classical needle detector: the painted needle of
+    :func:`frame_msg` is a plain bright line on Rayleigh noise, not an ultrasound needle
+    (no reverberations), which the shipped ultrasound model, trained on simulated
+    needles, does not take for one."""
     slots = LatestSlots()
-    cfg = PipelineConfig(ingest=IngestConfig(stale_after_s=stale_after_s))
+    cfg = PipelineConfig(ingest=IngestConfig(stale_after_s=stale_after_s),
+                         segment=SegmentConfig(model="none"))
     return Pipeline(slots, cfg), slots
 
 
