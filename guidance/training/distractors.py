@@ -1,5 +1,5 @@
-"""Ultrasound domain randomisation beyond the simulator's scene: things that are not
-needles.
+"""Domain randomisation beyond the simulators' scenes: things that are not needles
+(ultrasound; fluoroscopy: :func:`add_fluoro_distractors`).
 
 The B-mode simulator draws one nerve-block scene through a linear probe. Real
 ultrasound also has bright tissue interfaces of every shape (fascia, tendon, bone
@@ -18,7 +18,7 @@ import math
 import cv2
 import numpy as np
 
-__all__ = ["add_us_distractors"]
+__all__ = ["add_fluoro_distractors", "add_us_distractors"]
 
 _TEXTS = ("GAIN 54", "DR 60", "12L-RS", "FR 31", "L12-5", "MI 1.1", "TIS 0.4", "2D", "CF",
           "C5-1", "DEPTH 4.0", "PWR 100%", "Nerve", "Abd", "ABD", "R", "L", "Freq 8.0")
@@ -134,4 +134,84 @@ def add_us_distractors(image: np.ndarray, labels: np.ndarray, spacing_mm: float,
         _sector(img, lab, rng)
     if rng.random() < 0.5:
         _overlays(img, rng)
+    return img, lab
+
+
+_MARKERS = ("L", "R", "A", "P", "LAO", "RAO", "AP", "LAT", "1", "2")
+
+
+def _shutters(img: np.ndarray, lab: np.ndarray, rng: np.random.Generator) -> None:
+    """Collimator shutters / field padding: from 1-4 sides, a straight edge (tilted up to
+    10 degrees, penumbra 0-3 px) beyond which the frame is one flat level; never across
+    the needle. What lies under a shutter is invisible: labelled background."""
+    h, w = img.shape
+    lo, hi = float(img.min()), float(img.max())
+    needle = lab == 1
+    yy, xx = np.mgrid[:h, :w].astype(np.float32)
+    for side in rng.permutation(4)[: int(rng.integers(1, 5))]:
+        depth = rng.uniform(0.05, 0.25)
+        tilt = math.radians(rng.uniform(-10.0, 10.0))
+        if side in (0, 1):  # top / bottom: signed distance into the shutter, pixels
+            d = (depth * h - yy if side == 0 else yy - (1 - depth) * h) \
+                + (xx - w / 2) * math.tan(tilt)
+        else:  # left / right
+            d = (depth * w - xx if side == 2 else xx - (1 - depth) * w) \
+                + (yy - h / 2) * math.tan(tilt)
+        inside = d > 0
+        level = float(rng.choice([lo, hi, rng.uniform(lo, hi)]))
+        soft = float(rng.uniform(0.0, 3.0))
+        a = np.clip(d / soft + 0.5, 0.0, 1.0) if soft > 0.3 else inside.astype(np.float32)
+        if ((a > 0) & needle).any():  # penumbra included
+            continue
+        img[...] = img * (1 - a) + np.float32(level) * a
+        lab[inside] = 0
+
+
+def _lead_markers(img: np.ndarray, lab: np.ndarray, rng: np.random.Generator,
+                  px_per_mm: float) -> None:
+    """Radiopaque letters and numbers (lead side markers, ruler digits), 8-25 mm high,
+    never over the needle."""
+    h, w = img.shape
+    lo, hi = float(img.min()), float(img.max())
+    for _ in range(int(rng.integers(1, 3))):
+        text = str(rng.choice(_MARKERS))
+        height_px = rng.uniform(8.0, 25.0) * px_per_mm
+        scale = height_px / 22.0  # FONT_HERSHEY_SIMPLEX is about 22 px high at scale 1
+        thick = max(1, round(rng.uniform(0.08, 0.2) * height_px))
+        org = (int(rng.integers(0, max(1, w - 10))), int(rng.integers(int(height_px), h)))
+        m = np.zeros((h, w), np.uint8)
+        cv2.putText(m, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, 1, thick, cv2.LINE_AA)
+        mask = m > 0
+        if (mask & (lab == 1)).any():
+            continue
+        img[mask] = np.float32(hi if rng.random() < 0.7 else lo)
+
+
+def add_fluoro_distractors(image: np.ndarray, labels: np.ndarray, spacing_mm: float,
+                           rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Draw what real fluoroscopy and radiographs show besides anatomy into a simulated
+    frame: collimator shutters and field padding (long straight edges) and lead markers
+    (dense straight strokes). Both are labelled background; neither crosses the needle.
+
+    Args:
+        image: (rows, cols) display frame (any real dtype; returned as float32).
+        labels: (rows, cols) uint8 class ids (1 = needle).
+        spacing_mm: pixel spacing, mm.
+        rng: the only source of randomness.
+
+    Returns:
+        (image float32, labels): new arrays.
+
+    Raises:
+        ValueError: not a 2D image with labels of its shape.
+    """
+    if image.ndim != 2 or labels.shape != image.shape:
+        raise ValueError(f"need a 2D image and labels of its shape, got {image.shape} and "
+                         f"{labels.shape}")
+    img = image.astype(np.float32)
+    lab = labels.copy()
+    if rng.random() < 0.6:
+        _shutters(img, lab, rng)
+    if rng.random() < 0.5:
+        _lead_markers(img, lab, rng, 1.0 / max(spacing_mm, 1e-3))
     return img, lab
