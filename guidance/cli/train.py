@@ -23,7 +23,7 @@ __all__ = ["register"]
 DEFAULT_FRAMES = {"us": 3200, "fluoro": 1920, "ct": 2400}
 #: Optimiser steps per modality (default of --steps): those of the shipped models, each
 #: well inside 30 min on this 2-core machine (about 0.2 s a step with one thread).
-DEFAULT_STEPS = {"us": 4500, "fluoro": 4000, "ct": 3600}
+DEFAULT_STEPS = {"us": 4500, "fluoro": 6000, "ct": 3600}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
