@@ -239,3 +239,28 @@ def start_gui_or_fail(args: argparse.Namespace, *, require_png: bool) -> Any:
         return ensure_app(headless=args.screenshot is not None)
     except GuiUnavailable as e:
         raise UsageError(str(e)) from e
+
+
+def show_or_screenshot(app: Any, win: Any, screenshot: Path | None,
+                       before_grab: Callable[[], object] | None = None) -> None:
+    """Run the shown window ``win`` until it is closed, or, with ``screenshot``, draw it
+    once (after ``before_grab()``), write the PNG and close it.
+
+    Raises:
+        guidance.cli.main.UsageError: the screenshot file cannot be written.
+    """
+    from guidance.cli.main import UsageError
+    from guidance.gui.app import grab_to_file
+
+    if screenshot is None:
+        app.exec_()
+        return
+    if before_grab is not None:
+        before_grab()
+    app.processEvents()
+    try:
+        grab_to_file(win, screenshot)
+    except OSError as e:
+        raise UsageError(str(e)) from e
+    print(f"screenshot: {screenshot}")
+    win.close()

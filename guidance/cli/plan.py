@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from guidance.cli.common import start_gui_or_fail
+from guidance.cli.common import show_or_screenshot, start_gui_or_fail
 from guidance.cli.main import UsageError
 from guidance.geometry import ImageVolume
 
@@ -240,7 +240,7 @@ def register(subparsers: Any) -> None:
 
 def _run_gui(args: argparse.Namespace) -> int:
     """``guidance plan --gui``: the planning view on the main thread."""
-    from guidance.gui.app import MainWindow, grab_to_file
+    from guidance.gui.app import MainWindow
     from guidance.gui.planning_view import PlanningView
     from guidance.planning.anatomy import build_anatomy
     from guidance.planning.plan import Plan, PlanError
@@ -279,16 +279,6 @@ def _run_gui(args: argparse.Namespace) -> int:
     win.show()
     if args.auto:
         view.start_auto_plan()
-    if args.screenshot is not None:
-        if args.auto:
-            view.wait_auto_plan(300.0)
-        app.processEvents()
-        try:
-            grab_to_file(win, args.screenshot)
-        except OSError as e:
-            raise UsageError(str(e)) from e
-        print(f"screenshot: {args.screenshot}")
-        win.close()
-        return 0
-    app.exec_()
+    show_or_screenshot(app, win, args.screenshot,
+                       (lambda: view.wait_auto_plan(300.0)) if args.auto else None)
     return 0

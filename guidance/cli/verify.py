@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from guidance.cli.common import start_gui_or_fail
+from guidance.cli.common import show_or_screenshot, start_gui_or_fail
 from guidance.cli.main import UsageError
 
 __all__ = ["register"]
@@ -78,7 +78,7 @@ def _run(args: argparse.Namespace) -> int:
 def _show(args: argparse.Namespace, ct: Any, plan: Any, result: Any, error: str,
           structures: Any) -> None:
     """The verification view (until closed, or a screenshot with ``--screenshot``)."""
-    from guidance.gui.app import MainWindow, ensure_app, grab_to_file
+    from guidance.gui.app import MainWindow, ensure_app
     from guidance.gui.verification_view import VerificationView
     from guidance.planning.report import write_verification_report
 
@@ -90,16 +90,7 @@ def _show(args: argparse.Namespace, ct: Any, plan: Any, result: Any, error: str,
     view = VerificationView(ct, plan, result, error, structures, export, Path(args.out))
     win = MainWindow([("Verification", view)])
     win.show()
-    if args.screenshot is not None:
-        app.processEvents()
-        try:
-            grab_to_file(win, args.screenshot)
-        except OSError as e:
-            raise UsageError(str(e)) from e
-        print(f"screenshot: {args.screenshot}")
-        win.close()
-        return
-    app.exec_()
+    show_or_screenshot(app, win, args.screenshot)
 
 
 def register(subparsers: Any) -> None:
