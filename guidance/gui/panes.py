@@ -8,12 +8,12 @@ import numpy as np
 import numpy.typing as npt
 from PyQt5.QtCore import QPointF, QRectF, Qt, pyqtSignal
 from PyQt5.QtGui import QColor, QImage, QMouseEvent, QPainter, QPaintEvent, QPen
-from PyQt5.QtWidgets import QSizePolicy, QWidget
+from PyQt5.QtWidgets import QHBoxLayout, QLabel, QLayout, QSizePolicy, QVBoxLayout, QWidget
 
 from guidance.gui import theme
 from guidance.gui.planes import PlaneSpec
 
-__all__ = ["Overlay", "PlanePane"]
+__all__ = ["Overlay", "PlanePane", "attach_side_panel"]
 
 F64 = npt.NDArray[np.float64]
 
@@ -106,3 +106,21 @@ class PlanePane(QWidget):
         col = (pos.x() - r.x()) * k - 0.5
         row = (pos.y() - r.y()) * k - 0.5
         self.clicked.emit(self.spec.to_lps(col, row), int(event.button()))
+
+
+def attach_side_panel(owner: QWidget, panes: QLayout, side: QVBoxLayout, message: str) -> QLabel:
+    """Lay ``owner`` out as its image panes (stretching) beside a fixed 520 px side panel
+    that ends in a word-wrapped message line, which is returned (planning and
+    verification views)."""
+    label = QLabel(message)
+    label.setWordWrap(True)
+    label.setFont(theme.font(16))
+    label.setMinimumHeight(44)
+    side.addWidget(label)
+    panel = QWidget()
+    panel.setLayout(side)
+    panel.setFixedWidth(520)
+    h = QHBoxLayout(owner)
+    h.addLayout(panes, 1)
+    h.addWidget(panel)
+    return label

@@ -37,7 +37,7 @@ from PyQt5.QtWidgets import (
 
 from guidance.geometry import ImageVolume
 from guidance.gui import theme
-from guidance.gui.panes import Overlay, PlanePane
+from guidance.gui.panes import Overlay, PlanePane, attach_side_panel
 from guidance.gui.planes import orthogonal_planes, render_plane, trajectory_plane
 from guidance.planning.plan import Plan, PlanError
 from guidance.planning.structures import StructureSet
@@ -134,17 +134,8 @@ class PlanningView(QWidget):
         io.addWidget(self.save_button)
         io.addWidget(self.load_button)
         side.addLayout(io)
-        self.message = QLabel("left click: set the point; W: soft tissue / bone window")
-        self.message.setWordWrap(True)
-        self.message.setFont(theme.font(16))
-        self.message.setMinimumHeight(44)
-        side.addWidget(self.message)
-        panel = QWidget()
-        panel.setLayout(side)
-        panel.setFixedWidth(520)
-        h = QHBoxLayout(self)
-        h.addLayout(grid, 1)
-        h.addWidget(panel)
+        self.message = attach_side_panel(
+            self, grid, side, "left click: set the point; W: soft tissue / bone window")
         keys: dict[str, Callable[[], None]] = {
             "T": lambda: self.set_target.setChecked(True),
             "E": lambda: self.set_entry.setChecked(True),

@@ -24,7 +24,7 @@ from PyQt5.QtWidgets import (
 
 from guidance.geometry import ImageVolume
 from guidance.gui import theme
-from guidance.gui.panes import Overlay, PlanePane
+from guidance.gui.panes import Overlay, PlanePane, attach_side_panel
 from guidance.gui.planes import orthogonal_planes, render_plane, trajectory_plane
 from guidance.planning.plan import Plan
 from guidance.planning.structures import StructureSet
@@ -88,17 +88,7 @@ class VerificationView(QWidget):
         row.addWidget(self.out_edit, 1)
         row.addWidget(self.export_button)
         side.addLayout(row)
-        self.message = QLabel("")
-        self.message.setWordWrap(True)
-        self.message.setFont(theme.font(16))
-        self.message.setMinimumHeight(44)
-        side.addWidget(self.message)
-        panel = QWidget()
-        panel.setLayout(side)
-        panel.setFixedWidth(520)
-        h = QHBoxLayout(self)
-        h.addLayout(grid, 1)
-        h.addWidget(panel)
+        self.message = attach_side_panel(self, grid, side, "")
         sc = QShortcut(QKeySequence("Ctrl+E"), self)
         sc.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
         sc.activated.connect(self._export_key)
