@@ -25,8 +25,7 @@ import numpy.typing as npt
 
 from trackers.needle_detect import NeedleDetection, orient_ends
 
-__all__ = ["MIN_NEEDLE_LENGTH_MM", "NeedleEvidence", "NeedleRule", "fit_needle_mask",
-           "needle_evidence", "needle_from_probs"]
+__all__ = ["MIN_NEEDLE_LENGTH_MM", "NeedleEvidence", "NeedleRule", "needle_evidence"]
 
 #: A needle piece shorter than this is not reported (live loop and evaluation), mm.
 MIN_NEEDLE_LENGTH_MM = 5.0
@@ -137,37 +136,6 @@ def _strongest_piece(prob: npt.NDArray[np.floating], threshold: float, min_pixel
     return det, scatter, collinear
 
 
-def fit_needle_mask(
-    prob: npt.NDArray[np.floating],
-    *,
-    threshold: float = 0.5,
-    min_length_px: float = 8.0,
-    min_pixels: int = 12,
-    hub_hint_ij: npt.ArrayLike | None = None,
-) -> NeedleDetection | None:
-    """Fit the needle line to a probability map (geometry only; the reporting rule with
-    straightness and coherence is :func:`needle_evidence`).
-
-    Args:
-        prob: (rows, cols) needle probability in [0, 1] (or a 0/1 mask).
-        threshold: pixels at or above it are needle.
-        min_length_px: shorter pieces are not reported, pixels.
-        min_pixels: smaller pieces are not reported.
-        hub_hint_ij: (2,) (col, row) of a point on the hub side, pixels.
-
-    Returns:
-        The needle (pixel coordinates of ``prob``) with ``confidence`` = mean probability
-        of the piece times its straightness (1 - minor/major axis ratio), or None.
-
-    Raises:
-        ValueError: prob is not 2D.
-    """
-    piece = _strongest_piece(prob, threshold, min_pixels, hub_hint_ij, 3.0)
-    if piece is None or piece[0].length_px < min_length_px:
-        return None
-    return piece[0]
-
-
 def needle_evidence(
     needle_prob: npt.NDArray[np.floating],
     spacing_mm: float,
@@ -211,32 +179,3 @@ def needle_evidence(
                   f"< {rule.min_collinear:.0%})")
     return NeedleEvidence(None if reason else det, det, length_mm, scatter_mm, collinear,
                           reason)
-
-
-def needle_from_probs(
-    needle_prob: npt.NDArray[np.floating],
-    spacing_mm: float,
-    nominal_spacing_mm: float,
-    min_length_mm: float = MIN_NEEDLE_LENGTH_MM,
-    threshold: float = 0.5,
-    hub_hint_ij: npt.ArrayLike | None = None,
-) -> NeedleDetection | None:
-    """The needle reported from a segmentation's needle probability map under the
-    default :class:`NeedleRule` with the given length and threshold (shorthand for
-    :func:`needle_evidence`).
-
-    Args:
-        needle_prob: (R, C) needle probability on the model grid.
-        spacing_mm: model-grid spacing of this frame, mm/pixel (NaN: unknown; then
-            ``nominal_spacing_mm`` is used).
-        nominal_spacing_mm: the model's nominal grid spacing, mm/pixel.
-        min_length_mm: shorter pieces are not reported, mm.
-        threshold: probability at or above which a pixel is needle.
-        hub_hint_ij: (2,) (col, row) hub-side point on the model grid, or None.
-
-    Returns:
-        The needle in model-grid pixel coordinates, or None.
-    """
-    rule = NeedleRule(threshold=threshold, min_length_mm=min_length_mm)
-    return needle_evidence(needle_prob, spacing_mm, nominal_spacing_mm, rule,
-                           hub_hint_ij).needle

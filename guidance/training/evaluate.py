@@ -6,7 +6,7 @@ Two kinds of evidence:
   ``split="test"``: other seeds and parameter ranges than training): Dice per class
   (pooled over all frames, and the median per frame where the class is present), and,
   after fitting the needle line to the predicted needle mask
-  (:func:`trackers.needle_fit.fit_needle_mask`), the tip error in mm and the angle
+  (:func:`trackers.needle_fit.needle_evidence`), the tip error in mm and the angle
   between the fitted and the true needle axis in degrees (undirected), on frames whose
   needle tip is in view. Also how often a needle is reported on needle-free frames.
 * **Real needle-free images** (:func:`guidance.realimages.needle_free_frames`): the

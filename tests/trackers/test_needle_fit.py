@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from trackers.needle_fit import NeedleRule, fit_needle_mask, needle_evidence, needle_from_probs
+from trackers.needle_fit import NeedleRule, needle_evidence
 
 
 def _mask(tip: tuple[int, int], hub: tuple[int, int], width: int = 3,
@@ -21,7 +21,7 @@ def _mask(tip: tuple[int, int], hub: tuple[int, int], width: int = 3,
 @pytest.mark.parametrize(("tip", "hub"), [((90, 100), (0, 10)), ((64, 120), (64, 0)),
                                           ((20, 70), (127, 20))])
 def test_fit_recovers_tip_and_axis(tip: tuple[int, int], hub: tuple[int, int]) -> None:
-    det = fit_needle_mask(_mask(tip, hub, width=1))
+    det = needle_evidence(_mask(tip, hub, width=1), 1.0, 1.0).needle
     assert det is not None
     assert np.linalg.norm(det.tip_ij - np.array(tip)) < 2.0
     true_axis = np.subtract(tip, hub) / np.linalg.norm(np.subtract(tip, hub))
@@ -31,29 +31,30 @@ def test_fit_recovers_tip_and_axis(tip: tuple[int, int], hub: tuple[int, int]) -
 
 def test_hint_decides_which_end_is_the_tip() -> None:
     m = _mask((100, 64), (28, 64))  # both ends inside the image
-    det = fit_needle_mask(m, hub_hint_ij=(110, 64))
+    det = needle_evidence(m, 0.2, 0.2, hub_hint_ij=(110, 64)).needle
     assert det is not None and det.tip_ij[0] < 40
-    det = fit_needle_mask(m, hub_hint_ij=(10, 64))
+    det = needle_evidence(m, 0.2, 0.2, hub_hint_ij=(10, 64)).needle
     assert det is not None and det.tip_ij[0] > 90
 
 
 def test_largest_piece_wins_and_short_or_empty_is_none() -> None:
     m = _mask((100, 100), (20, 20))
     m[5:9, 110:114] = 1.0  # a blob elsewhere
-    det = fit_needle_mask(m)
+    det = needle_evidence(m, 1.0, 1.0).needle
     assert det is not None and det.length_px > 100
-    assert fit_needle_mask(np.zeros((64, 64), np.float32)) is None
-    assert fit_needle_mask(_mask((20, 20), (25, 22)), min_length_px=20) is None
+    assert needle_evidence(np.zeros((64, 64), np.float32), 1.0, 1.0).needle is None
+    assert needle_evidence(_mask((20, 20), (25, 22)), 1.0, 1.0,
+                           NeedleRule(min_length_mm=20.0)).needle is None
     with pytest.raises(ValueError, match="2D"):
-        fit_needle_mask(np.zeros((2, 8, 8), np.float32))
+        needle_evidence(np.zeros((2, 8, 8), np.float32), 1.0, 1.0)
 
 
 def test_min_length_in_mm_uses_spacing() -> None:
     m = _mask((40, 20), (20, 20), width=1)  # 20 px between pixel centres
-    assert needle_from_probs(m, 0.2, 0.2) is None  # 4 mm < 5 mm
-    assert needle_from_probs(m, 0.3, 0.3) is not None  # 6 mm
-    assert needle_from_probs(m, math.nan, 0.3) is not None  # unknown spacing: nominal
-    assert needle_from_probs(m, math.nan, 0.2) is None
+    assert needle_evidence(m, 0.2, 0.2).needle is None  # 4 mm < 5 mm
+    assert needle_evidence(m, 0.3, 0.3).needle is not None  # 6 mm
+    assert needle_evidence(m, math.nan, 0.3).needle is not None  # unknown spacing: nominal
+    assert needle_evidence(m, math.nan, 0.2).needle is None
 
 
 def test_rule_reports_a_straight_needle_even_when_broken_by_dropout() -> None:
@@ -69,9 +70,9 @@ def test_rule_reports_a_straight_needle_even_when_broken_by_dropout() -> None:
 def test_rule_rejects_a_curved_wall_and_says_why() -> None:
     m = np.zeros((128, 128), np.float32)
     cv2.ellipse(m, (64, 20), (50, 50), 0, 20, 160, 1.0, 3)  # a bright arc, 140 degrees
-    assert fit_needle_mask(m) is not None  # geometry alone would call it a needle
     ev = needle_evidence(m, 0.2, 0.2)
-    assert ev.needle is None and ev.candidate is not None
+    assert ev.needle is None and ev.candidate is not None  # a line fits; it is no needle
+    assert ev.length_mm > 10.0
     assert ev.reason.startswith("needle evidence not straight")
     assert ev.scatter_mm > NeedleRule().max_scatter_mm
 
