@@ -137,6 +137,11 @@ class CtSliceParams:
         negative_fraction: share of frames with no needle.
         distractor_probability: chance, per kind (skin markers, calcifications,
             contrast vessel, positioning device), that a frame shows it.
+        head_fraction: share of frames that are a synthetic axial head slice instead
+            (:meth:`CtSliceGenerator._head_hu`: scalp, a skull of outer table, diploe and
+            inner table, brain), always without a needle. The real CT has no skull; a
+            model that never saw one takes the straight stretches of its tables for
+            needles.
     """
 
     z_ranges_mm: tuple[tuple[float, float], ...] = _TRAIN_Z_MM
@@ -161,6 +166,7 @@ class CtSliceParams:
     blur_px: tuple[float, float] = (0.3, 0.8)
     negative_fraction: float = 0.2
     distractor_probability: float = 0.3
+    head_fraction: float = 0.15
 
     def __post_init__(self) -> None:
         if not isinstance(self.z_ranges_mm, tuple) or not self.z_ranges_mm:
@@ -197,11 +203,13 @@ class CtSliceParams:
         _check_range("blur_px", self.blur_px, 0.0, 3.0)
         _check_number("negative_fraction", self.negative_fraction, 0.0, 1.0)
         _check_number("distractor_probability", self.distractor_probability, 0.0, 1.0)
+        _check_number("head_fraction", self.head_fraction, 0.0, 1.0)
 
     @classmethod
     def training(cls) -> CtSliceParams:
         """Training ranges (the defaults): slices on L3-L1 and T8-T1, gauges 16/18/20/22/25,
-        0.45-0.9 mm/px, 1-5 mm slices, noise 5-25 HU, streaks 60-300 HU."""
+        0.45-0.9 mm/px, 1-5 mm slices, noise 5-25 HU, streaks 60-300 HU, 15 % synthetic
+        head slices (no needle)."""
         return cls()
 
     @classmethod
@@ -214,7 +222,8 @@ class CtSliceParams:
         - pixel spacing 0.4-1.0 mm/px, thickness 1.5-6 mm (wider than training);
         - noise 10-30 HU, streaks 100-450 HU, PSF 0.4-1.0 px (more degraded);
         - approach up to 70 degrees from posterior, tilts up to 30 degrees;
-        - more distractors (probability 0.4).
+        - more distractors (probability 0.4);
+        - no synthetic head slices (the held-out set measures needles on the real CT).
         """
         return cls(
             z_ranges_mm=_HELD_OUT_Z_MM,
@@ -227,6 +236,7 @@ class CtSliceParams:
             noise_hu=(10.0, 30.0),
             blur_px=(0.4, 1.0),
             distractor_probability=0.4,
+            head_fraction=0.0,
         )
 
 
@@ -518,10 +528,15 @@ class CtSliceGenerator:
         ijk_to_lps[:3, 2] = n * thickness
         ijk_to_lps[:3, 3] = origin
 
-        img = self._sample_plane_hu(axes, centre, spacing, thickness)
-        distractors = self._distractors(img, rng, target, u, v, centre, spacing)
+        head = p.head_fraction > 0 and rng.random() < p.head_fraction
+        if head:
+            img = self._head_hu(rng, spacing)
+            distractors = ("head", *self._distractors(img, rng, centre, u, v, centre, spacing))
+        else:
+            img = self._sample_plane_hu(axes, centre, spacing, thickness)
+            distractors = self._distractors(img, rng, target, u, v, centre, spacing)
 
-        has_needle = bool(rng.random() >= p.negative_fraction)
+        has_needle = not head and bool(rng.random() >= p.negative_fraction)
         labels = np.zeros((self.size, self.size), dtype=np.uint8)
         nan2, nan3 = np.full(2, np.nan), np.full(3, np.nan)
         tip_ij, axis_ij, tip_lps, axis_lps = nan2, nan2.copy(), nan3, nan3.copy()
@@ -814,6 +829,74 @@ class CtSliceGenerator:
             self._shell(img, rng, air, spacing)
             names.append("positioning_device")
         return tuple(names)
+
+    def _head_hu(self, rng: np.random.Generator, spacing: float) -> F32:
+        """A synthetic axial head slice, (size, size) float32 HU: an irregular ellipse
+        (semi-axes 60-82 x 72-100 mm, placed anywhere in the field) of scalp (2-7 mm,
+        up to 14 mm more at the temples, 15-65 HU), skull (outer table 0.8-2.5 mm and
+        inner table 0.7-2.2 mm of 900-2000 HU, diploe 0-7 mm of 250-900 HU, all varying
+        around the head, thinning at the temples to one plate without diploe), CSF
+        (0.3-3 mm, 0-15 HU) and textured brain (22-45 HU, often with two ventricles), in
+        air."""
+        x0 = self._di * np.float32(spacing)
+        y0 = self._dj * np.float32(spacing)
+        fov = spacing * self.size
+        cx, cy = rng.uniform(-0.3, 0.3, size=2) * fov
+        ang = rng.uniform(-0.5, 0.5)
+        ca, sa = np.float32(math.cos(ang)), np.float32(math.sin(ang))
+        x = (x0 - np.float32(cx)) * ca + (y0 - np.float32(cy)) * sa
+        y = -(x0 - np.float32(cx)) * sa + (y0 - np.float32(cy)) * ca
+        a, b = rng.uniform(60.0, 82.0), rng.uniform(72.0, 100.0)
+        theta = np.arctan2(y / np.float32(b), x / np.float32(a))
+
+        def harmonics(amp: float) -> F32:
+            out = np.ones_like(theta)
+            for k in range(2, 6):
+                out += np.float32(rng.uniform(-amp, amp) / k) * np.cos(
+                    np.float32(k) * theta + np.float32(rng.uniform(0, 2 * np.pi)))
+            return out
+
+        rho = np.hypot(x / np.float32(a), y / np.float32(b)) / harmonics(0.06)
+        depth = (1.0 - rho) * np.float32(0.5 * (a + b))  # mm inside the skull's outer surface
+        # Temporal squama: the skull thins towards the sides to a single thin plate
+        # without diploe, under the thick temporalis muscle.
+        side = np.abs(np.cos(theta)) ** np.float32(rng.uniform(2.0, 6.0))
+        thin = 1.0 - np.float32(rng.uniform(0.3, 0.85)) * side
+        outer = rng.uniform(0.8, 2.5) * harmonics(0.6) * thin
+        diploe = np.maximum(rng.uniform(0.0, 7.0) * harmonics(1.2), 0.0) * (1.0 - side)
+        inner = rng.uniform(0.7, 2.2) * harmonics(0.6) * thin
+        csf = rng.uniform(0.3, 3.0)
+        scalp = rng.uniform(2.0, 7.0) + np.float32(rng.uniform(0.0, 14.0)) * side
+        bounds = [-scalp, 0.0, outer, outer + diploe,
+                  outer + diploe + inner, outer + diploe + inner + csf]
+        texture = cv2.GaussianBlur(rng.standard_normal(x.shape).astype(np.float32), (0, 0),
+                                   max(2.0 / spacing, 0.5))
+        texture /= max(float(texture.std()), 1e-6)
+        cortex = rng.uniform(900.0, 2000.0)
+        hu_layers = [
+            np.float32(rng.uniform(15.0, 65.0)),  # scalp and temporalis
+            np.float32(cortex) * (1 + 0.05 * texture),  # outer table
+            np.float32(rng.uniform(250.0, 900.0)) + np.float32(120.0) * texture,  # diploe
+            np.float32(cortex * rng.uniform(0.85, 1.15)) * (1 + 0.05 * texture),  # inner
+            np.float32(rng.uniform(0.0, 15.0)),  # CSF
+            np.float32(rng.uniform(22.0, 45.0)) + np.float32(4.0) * texture,  # brain
+        ]
+        img = np.full(x.shape, np.float32(_MIN_HU + 24.0))
+        half_px = np.float32(0.5 * spacing)
+        for edge, hu in zip(bounds, hu_layers, strict=True):
+            # Partial volume: the share of the pixel deeper than this boundary.
+            f = np.clip((depth - np.asarray(edge, np.float32) + half_px) / np.float32(spacing),
+                        0.0, 1.0)
+            img += f * (hu - img)
+        if rng.random() < 0.6:  # lateral ventricles
+            for side in (-1.0, 1.0):
+                vx = x - np.float32(side * rng.uniform(4.0, 10.0))
+                vy = y - np.float32(rng.uniform(-15.0, 5.0))
+                r = np.hypot(vx / np.float32(rng.uniform(3.0, 8.0)),
+                             vy / np.float32(rng.uniform(12.0, 25.0)))
+                f = np.clip((1.0 - r) * np.float32(3.0 / spacing), 0.0, 1.0)
+                img += f * (np.float32(rng.uniform(0.0, 12.0)) - img)
+        return img
 
     @staticmethod
     def _room_air(img: F32) -> np.ndarray:

