@@ -50,10 +50,8 @@ log = logging.getLogger(__name__)
 #: Per modality; bump one when its generation changes, so its cached sets are rebuilt
 #: (ct 5: positioning devices outside the patient among the distractors; fluoro 5: the
 #: display window includes scatter, no more blank frames; fluoro 6: shutters and lead
-#: markers; fluoro 7: a thoracic disc, views aimed away from the target, near-lateral
-#: views, unsharp-mask kernel 2-8 mm; ct 6 was a reverted trial; ct 7: synthetic head
-#: slices among the negatives).
-DATASET_VERSION: dict[str, int] = {"us": 4, "fluoro": 7, "ct": 7}
+#: markers).
+DATASET_VERSION: dict[str, int] = {"us": 4, "fluoro": 6, "ct": 5}
 #: Model grid (rows, cols) of every shipped model.
 GRID: tuple[int, int] = (256, 256)
 #: Class names per modality (index = class id).
@@ -140,13 +138,12 @@ def heldout_params(modality: str, rng: np.random.Generator) -> Any:
 
     Ultrasound: gauges 18 and 23 (training: 20, 21, 22, 25), needle angle 15-55 degrees
     (training 20-50), depth 30-65 mm (training 25-60). Fluoroscopy: the T12-L1 or
-    L2-L3 disc (training T11-T12, L1-L2), gauges 19 and 21 (training 18, 20, 22), LAO
-    +-50 degrees (training +-45, some 60-90), always aimed at the target (training also
-    aims some views away), without the training-only variety of ``sample_params``.
+    L2-L3 disc (training L1-L2), gauges 19 and 21 (training 18, 20, 22), LAO +-50 degrees
+    (training +-45).
     """
     from guidance.sim.params import NeedleParams, sample_params
 
-    base: Any = sample_params(modality, rng, variety=False)
+    base: Any = sample_params(modality, rng)
     gauge_choices = [18, 23] if modality == "us" else [19, 21]
     needle = dataclasses.replace(base.needle, gauge=int(rng.choice(gauge_choices)))
     assert isinstance(needle, NeedleParams)
