@@ -141,7 +141,10 @@ class CtSliceParams:
             (:meth:`CtSliceGenerator._head_hu`: scalp, a skull of outer table, diploe and
             inner table, brain), always without a needle. The real CT has no skull; a
             model that never saw one takes the straight stretches of its tables for
-            needles.
+            needles. Off (0) in training: with 8 % or 15 % head slices the retrained
+            model reported no needle on any real head CT frame (0/32, shipped 2/32), but
+            found fewer simulated needles (detection 0.67, shipped 0.81; needle Dice
+            0.77, target 0.80). Drawn only when > 0, so 0 leaves the frames unchanged.
     """
 
     z_ranges_mm: tuple[tuple[float, float], ...] = _TRAIN_Z_MM
@@ -166,7 +169,7 @@ class CtSliceParams:
     blur_px: tuple[float, float] = (0.3, 0.8)
     negative_fraction: float = 0.2
     distractor_probability: float = 0.3
-    head_fraction: float = 0.15
+    head_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.z_ranges_mm, tuple) or not self.z_ranges_mm:
@@ -208,8 +211,8 @@ class CtSliceParams:
     @classmethod
     def training(cls) -> CtSliceParams:
         """Training ranges (the defaults): slices on L3-L1 and T8-T1, gauges 16/18/20/22/25,
-        0.45-0.9 mm/px, 1-5 mm slices, noise 5-25 HU, streaks 60-300 HU, 15 % synthetic
-        head slices (no needle)."""
+        0.45-0.9 mm/px, 1-5 mm slices, noise 5-25 HU, streaks 60-300 HU, no synthetic
+        head slices (see ``head_fraction``)."""
         return cls()
 
     @classmethod
