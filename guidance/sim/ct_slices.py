@@ -56,7 +56,7 @@ from scipy import ndimage
 
 from guidance.geometry import ImageVolume
 from guidance.sim.frames import SimTruth
-from guidance.sim.params import GAUGE_DIAMETER_MM
+from guidance.sim.params import GAUGE_DIAMETER_MM, check_number
 
 __all__ = [
     "CT_LABELS",
@@ -86,20 +86,11 @@ _TRAIN_Z_MM: tuple[tuple[float, float], ...] = ((-340.0, -280.0), (-175.0, -22.0
 _HELD_OUT_Z_MM: tuple[tuple[float, float], ...] = ((-265.0, -190.0),)
 
 
-def _check_number(name: str, value: object, lo: float, hi: float) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    v = float(value)
-    if math.isnan(v) or not lo <= v <= hi:
-        raise ValueError(f"{name} must be in [{lo}, {hi}], got {value}")
-    return v
-
-
 def _check_range(name: str, value: object, lo: float, hi: float) -> None:
     if not isinstance(value, tuple) or len(value) != 2:
         raise TypeError(f"{name} must be a (low, high) tuple, got {value!r}")
-    a = _check_number(f"{name}[0]", value[0], lo, hi)
-    b = _check_number(f"{name}[1]", value[1], lo, hi)
+    a = check_number(f"{name}[0]", value[0], lo, hi)
+    b = check_number(f"{name}[1]", value[1], lo, hi)
     if a > b:
         raise ValueError(f"{name} must have low <= high, got {value}")
 
@@ -178,35 +169,35 @@ class CtSliceParams:
             _check_range(f"z_ranges_mm[{n}]", r, -2000.0, 2000.0)
         _check_range("spacing_mm", self.spacing_mm, 0.1, 3.0)
         _check_range("thickness_mm", self.thickness_mm, 0.3, 12.0)
-        _check_number("tilt_deg", self.tilt_deg, 0.0, 30.0)
-        _check_number("rotation_deg", self.rotation_deg, 0.0, 180.0)
-        _check_number("prone_probability", self.prone_probability, 0.0, 1.0)
-        _check_number("mirror_probability", self.mirror_probability, 0.0, 1.0)
+        check_number("tilt_deg", self.tilt_deg, 0.0, 30.0)
+        check_number("rotation_deg", self.rotation_deg, 0.0, 180.0)
+        check_number("prone_probability", self.prone_probability, 0.0, 1.0)
+        check_number("mirror_probability", self.mirror_probability, 0.0, 1.0)
         if not isinstance(self.gauges, tuple) or not self.gauges:
             raise TypeError(f"gauges must be a non-empty tuple, got {self.gauges!r}")
         for g in self.gauges:
             if g not in GAUGE_DIAMETER_MM or isinstance(g, bool):
                 raise ValueError(f"gauges must be in {sorted(GAUGE_DIAMETER_MM)}, got {g!r}")
-        _check_number("approach_deg", self.approach_deg, 0.0, 85.0)
+        check_number("approach_deg", self.approach_deg, 0.0, 85.0)
         _check_range("target_lateral_mm", self.target_lateral_mm, 0.0, 80.0)
         _check_range("target_ap_mm", self.target_ap_mm, -80.0, 80.0)
         _check_range("depth_fraction", self.depth_fraction, 0.05, 1.5)
         _check_range("outside_mm", self.outside_mm, 0.0, 150.0)
-        _check_number("in_plane_fraction", self.in_plane_fraction, 0.0, 1.0)
-        _check_number("end_on_fraction", self.end_on_fraction, 0.0, 1.0)
+        check_number("in_plane_fraction", self.in_plane_fraction, 0.0, 1.0)
+        check_number("end_on_fraction", self.end_on_fraction, 0.0, 1.0)
         if self.in_plane_fraction + self.end_on_fraction > 1.0:
             raise ValueError(
                 "in_plane_fraction + end_on_fraction must be <= 1, got "
                 f"{self.in_plane_fraction} + {self.end_on_fraction}"
             )
-        _check_number("max_tilt_deg", self.max_tilt_deg, 2.0, 45.0)
+        check_number("max_tilt_deg", self.max_tilt_deg, 2.0, 45.0)
         _check_range("steel_hu", self.steel_hu, 3071.0, 100000.0)
         _check_range("streak_hu", self.streak_hu, 0.0, 2000.0)
         _check_range("noise_hu", self.noise_hu, 0.0, 200.0)
         _check_range("blur_px", self.blur_px, 0.0, 3.0)
-        _check_number("negative_fraction", self.negative_fraction, 0.0, 1.0)
-        _check_number("distractor_probability", self.distractor_probability, 0.0, 1.0)
-        _check_number("head_fraction", self.head_fraction, 0.0, 1.0)
+        check_number("negative_fraction", self.negative_fraction, 0.0, 1.0)
+        check_number("distractor_probability", self.distractor_probability, 0.0, 1.0)
+        check_number("head_fraction", self.head_fraction, 0.0, 1.0)
 
     @classmethod
     def training(cls) -> CtSliceParams:

@@ -48,11 +48,20 @@ def needle_diameter_mm(gauge: int) -> float:
     return GAUGE_DIAMETER_MM[gauge]
 
 
-def _check(name: str, value: float, lo: float, hi: float) -> None:
+def check_number(name: str, value: object, lo: float, hi: float) -> float:
+    """``value`` as a float, checked to be a real number (not bool, not NaN) in
+    [lo, hi]; the error names ``name``.
+
+    Raises:
+        TypeError: not a number.
+        ValueError: NaN or out of range.
+    """
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    if not (lo <= value <= hi) or math.isnan(value):
+    v = float(value)
+    if math.isnan(v) or not lo <= v <= hi:
         raise ValueError(f"{name} must be in [{lo}, {hi}], got {value}")
+    return v
 
 
 @dataclass(frozen=True)
@@ -78,12 +87,12 @@ class NeedleParams:
     length_mm: float = 90.0
 
     def __post_init__(self) -> None:
-        _check("speed_mm_s", self.speed_mm_s, 0.0, 100.0)
-        _check("drift_deg_s", self.drift_deg_s, 0.0, 20.0)
-        _check("max_drift_deg", self.max_drift_deg, 0.0, 60.0)
+        check_number("speed_mm_s", self.speed_mm_s, 0.0, 100.0)
+        check_number("drift_deg_s", self.drift_deg_s, 0.0, 20.0)
+        check_number("max_drift_deg", self.max_drift_deg, 0.0, 60.0)
         needle_diameter_mm(self.gauge)
-        _check("start_depth_mm", self.start_depth_mm, 0.0, 300.0)
-        _check("length_mm", self.length_mm, 10.0, 300.0)
+        check_number("start_depth_mm", self.start_depth_mm, 0.0, 300.0)
+        check_number("length_mm", self.length_mm, 10.0, 300.0)
 
     @property
     def diameter_mm(self) -> float:
@@ -162,35 +171,35 @@ class UltrasoundParams:
     )
 
     def __post_init__(self) -> None:
-        _check("depth_mm", self.depth_mm, 15.0, 120.0)
-        _check("footprint_mm", self.footprint_mm, 20.0, 80.0)
-        _check("frequency_mhz", self.frequency_mhz, 2.0, 20.0)
-        _check("gain_db", self.gain_db, -30.0, 30.0)
-        _check("dynamic_range_db", self.dynamic_range_db, 20.0, 100.0)
-        _check("attenuation_db_cm_mhz", self.attenuation_db_cm_mhz, 0.0, 2.0)
-        _check("tgc_fraction", self.tgc_fraction, 0.0, 1.5)
-        _check("psf_axial_mm", self.psf_axial_mm, 0.02, 2.0)
-        _check("psf_lateral_mm", self.psf_lateral_mm, 0.02, 3.0)
-        _check("noise_db", self.noise_db, -100.0, 0.0)
-        _check("speckle_decorrelation_rad_s", self.speckle_decorrelation_rad_s, 0.0, 50.0)
-        _check("elevation_thickness_mm", self.elevation_thickness_mm, 0.2, 10.0)
-        _check("needle_angle_deg", self.needle_angle_deg, 5.0, 80.0)
-        _check("needle_echo", self.needle_echo, 0.0, 100.0)
-        _check("reverberation_decay", self.reverberation_decay, 0.0, 0.95)
-        _check("shadow_db", self.shadow_db, 0.0, 60.0)
-        _check("fat_mm", self.fat_mm, 0.5, 60.0)
-        _check("muscle_mm", self.muscle_mm, 1.0, 80.0)
-        _check("nerve_depth_mm", self.nerve_depth_mm, 3.0, 110.0)
-        _check("nerve_x_mm", self.nerve_x_mm, -60.0, 60.0)
+        check_number("depth_mm", self.depth_mm, 15.0, 120.0)
+        check_number("footprint_mm", self.footprint_mm, 20.0, 80.0)
+        check_number("frequency_mhz", self.frequency_mhz, 2.0, 20.0)
+        check_number("gain_db", self.gain_db, -30.0, 30.0)
+        check_number("dynamic_range_db", self.dynamic_range_db, 20.0, 100.0)
+        check_number("attenuation_db_cm_mhz", self.attenuation_db_cm_mhz, 0.0, 2.0)
+        check_number("tgc_fraction", self.tgc_fraction, 0.0, 1.5)
+        check_number("psf_axial_mm", self.psf_axial_mm, 0.02, 2.0)
+        check_number("psf_lateral_mm", self.psf_lateral_mm, 0.02, 3.0)
+        check_number("noise_db", self.noise_db, -100.0, 0.0)
+        check_number("speckle_decorrelation_rad_s", self.speckle_decorrelation_rad_s, 0.0, 50.0)
+        check_number("elevation_thickness_mm", self.elevation_thickness_mm, 0.2, 10.0)
+        check_number("needle_angle_deg", self.needle_angle_deg, 5.0, 80.0)
+        check_number("needle_echo", self.needle_echo, 0.0, 100.0)
+        check_number("reverberation_decay", self.reverberation_decay, 0.0, 0.95)
+        check_number("shadow_db", self.shadow_db, 0.0, 60.0)
+        check_number("fat_mm", self.fat_mm, 0.5, 60.0)
+        check_number("muscle_mm", self.muscle_mm, 1.0, 80.0)
+        check_number("nerve_depth_mm", self.nerve_depth_mm, 3.0, 110.0)
+        check_number("nerve_x_mm", self.nerve_x_mm, -60.0, 60.0)
         for name in ("nerve_radii_mm", "vessel_radii_mm"):
             radii = getattr(self, name)
             if len(radii) != 2:
                 raise ValueError(f"{name} must have 2 values, got {radii}")
             for r in radii:
-                _check(name, r, 0.5, 30.0)
+                check_number(name, r, 0.5, 30.0)
         if len(self.vessel_offset_mm) != 2:
             raise ValueError(f"vessel_offset_mm must have 2 values, got {self.vessel_offset_mm}")
-        _check("target_gap_mm", self.target_gap_mm, 0.0, 20.0)
+        check_number("target_gap_mm", self.target_gap_mm, 0.0, 20.0)
         if not isinstance(self.needle, NeedleParams):
             raise TypeError(f"needle must be NeedleParams, got {type(self.needle).__name__}")
 
@@ -256,23 +265,23 @@ class FluoroParams:
     )
 
     def __post_init__(self) -> None:
-        _check("lao_deg", self.lao_deg, -90.0, 90.0)
-        _check("cranial_deg", self.cranial_deg, -45.0, 45.0)
-        _check("sod_mm", self.sod_mm, 300.0, 1500.0)
-        _check("sdd_mm", self.sdd_mm, self.sod_mm + 100.0, 2000.0)
-        _check("detector_size_mm", self.detector_size_mm, 50.0, 500.0)
-        _check("i0_photons", self.i0_photons, 10.0, 1e8)
-        _check("scatter_fraction", self.scatter_fraction, 0.0, 2.0)
-        _check("mu_water_per_mm", self.mu_water_per_mm, 0.005, 0.1)
-        _check("bone_contrast", self.bone_contrast, 0.5, 3.0)
-        _check("needle_mu_per_mm", self.needle_mu_per_mm, 0.1, 10.0)
-        _check("edge_enhance", self.edge_enhance, 0.0, 5.0)
+        check_number("lao_deg", self.lao_deg, -90.0, 90.0)
+        check_number("cranial_deg", self.cranial_deg, -45.0, 45.0)
+        check_number("sod_mm", self.sod_mm, 300.0, 1500.0)
+        check_number("sdd_mm", self.sdd_mm, self.sod_mm + 100.0, 2000.0)
+        check_number("detector_size_mm", self.detector_size_mm, 50.0, 500.0)
+        check_number("i0_photons", self.i0_photons, 10.0, 1e8)
+        check_number("scatter_fraction", self.scatter_fraction, 0.0, 2.0)
+        check_number("mu_water_per_mm", self.mu_water_per_mm, 0.005, 0.1)
+        check_number("bone_contrast", self.bone_contrast, 0.5, 3.0)
+        check_number("needle_mu_per_mm", self.needle_mu_per_mm, 0.1, 10.0)
+        check_number("edge_enhance", self.edge_enhance, 0.0, 5.0)
         if len(self.disc_levels) != 2:
             raise ValueError(f"disc_levels must name 2 vertebrae, got {self.disc_levels}")
-        _check("approach_deg", self.approach_deg, 0.0, 80.0)
-        _check("target_posterior_mm", self.target_posterior_mm, -30.0, 30.0)
-        _check("target_lateral_mm", self.target_lateral_mm, -30.0, 30.0)
-        _check("isocentre_cranial_mm", self.isocentre_cranial_mm, -100.0, 100.0)
+        check_number("approach_deg", self.approach_deg, 0.0, 80.0)
+        check_number("target_posterior_mm", self.target_posterior_mm, -30.0, 30.0)
+        check_number("target_lateral_mm", self.target_lateral_mm, -30.0, 30.0)
+        check_number("isocentre_cranial_mm", self.isocentre_cranial_mm, -100.0, 100.0)
         if not isinstance(self.needle, NeedleParams):
             raise TypeError(f"needle must be NeedleParams, got {type(self.needle).__name__}")
 
