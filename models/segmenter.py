@@ -55,6 +55,9 @@ class Segmentation:
             arg-max), ms.
         spacing_ok: the frame's model-grid spacing lies in the card's
             ``spacing_range_mm`` (True when the spacing is unknown).
+        image: (R, C) float32 the network's input (resampled, normalised; a view of
+            the segmenter's input buffer), for checks on the picture itself
+            (:func:`trackers.needle_fit.flank_asymmetry`).
     """
 
     labels: np.ndarray
@@ -64,6 +67,7 @@ class Segmentation:
     infer_ms: float
     total_ms: float
     spacing_ok: bool
+    image: np.ndarray
 
 
 def argmax_labels(probs: np.ndarray, out: np.ndarray, scratch: np.ndarray,
@@ -181,7 +185,8 @@ class Segmenter:
         spacing_ok = math.isnan(sp) or self._spacing_lo <= sp <= self._spacing_hi
         t3 = time.perf_counter_ns()
         return Segmentation(self._labels, probs, grid, self.backend.name,
-                            (t2 - t1) * 1e-6, (t3 - t0) * 1e-6, spacing_ok)
+                            (t2 - t1) * 1e-6, (t3 - t0) * 1e-6, spacing_ok,
+                            self._input.tensor[0, 0])
 
     def describe(self) -> dict[str, Any]:
         """Model, backend (versions, device, threads, precision), fallbacks, DEGRADED."""

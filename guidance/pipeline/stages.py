@@ -113,9 +113,10 @@ class SegmentStage:
 
     With a model the label map is the model's classes (``item.label_names``) resampled
     to the frame's grid, and the needle is the line fitted to the model's needle mask
-    when it passes :class:`trackers.needle_fit.NeedleRule` (long enough, straight, most
-    of the needle evidence on one line; the piece's scatter and collinear share are in
-    ``metrics``). When the classical detector
+    when it passes :class:`trackers.needle_fit.NeedleRule` (:meth:`rule`: long enough,
+    straight, most of the needle evidence on one line, and for a CT model a line, not an
+    edge; the piece's scatter, collinear share and flank asymmetry are in ``metrics``).
+    When the classical detector
     disagrees (tips more than ``disagree_tip_mm`` apart or axes more than
     ``disagree_angle_deg``), the needle's confidence is halved, the frame is DEGRADED
     and the disagreement is reported; when only the classical detector sees a needle the
@@ -134,16 +135,24 @@ class SegmentStage:
     def __init__(self, config: SegmentConfig, segmenters: dict[str, Segmenter] | None = None,
                  load_errors: dict[str, str] | None = None) -> None:
         self.config = config
-        self._rule = NeedleRule(threshold=config.needle_threshold,
-                                min_length_mm=config.min_needle_length_mm,
-                                max_scatter_mm=config.needle_max_scatter_mm,
-                                max_scatter_px=config.needle_max_scatter_px,
-                                min_collinear=config.needle_min_collinear)
+        self._rules: dict[str, NeedleRule] = {}
         self.segmenters = dict(segmenters or {})
         self.load_errors = dict(load_errors or {})
         self._detectors: dict[str, RidgeNeedleDetector] = {}
         self._labels: np.ndarray | None = None
         self.hub_hint_ij: npt.NDArray[np.float64] | None = None  # frame pixels
+
+    def rule(self, modality: str) -> NeedleRule:
+        """The needle rule for a modality's model: the configured limits on top of
+        :meth:`trackers.needle_fit.NeedleRule.for_modality` (CT adds the flank check)."""
+        r = self._rules.get(modality)
+        if r is None:
+            c = self.config
+            r = self._rules[modality] = NeedleRule.for_modality(
+                modality, threshold=c.needle_threshold, min_length_mm=c.min_needle_length_mm,
+                max_scatter_mm=c.needle_max_scatter_mm, max_scatter_px=c.needle_max_scatter_px,
+                min_collinear=c.needle_min_collinear)
+        return r
 
     def _classical(self, item: WorkItem) -> NeedleEstimate2D3D | None:
         assert item.work is not None
@@ -213,11 +222,14 @@ class SegmentStage:
                 item.state = GuidanceState.DEGRADED
         hint = None if self.hub_hint_ij is None else res.grid.to_model_ij(self.hub_hint_ij)
         ev = needle_evidence(res.probs[1], res.grid.model_spacing_mm,
-                             seg.card.pixel_spacing_mm, self._rule, hint)
+                             seg.card.pixel_spacing_mm, self.rule(seg.card.modality), hint,
+                             res.image)
         found = ev.needle
         if ev.candidate is not None:
             item.metrics["needle_scatter_mm"] = ev.scatter_mm
             item.metrics["needle_collinear"] = ev.collinear
+            if not math.isnan(ev.flank_asymmetry):
+                item.metrics["needle_flank_asymmetry"] = ev.flank_asymmetry
         model = None
         if found is not None:
             model = NeedleEstimate2D3D(res.grid.to_frame_ij(found.tip_ij),

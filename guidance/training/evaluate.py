@@ -12,9 +12,10 @@ Two kinds of evidence:
 * **Real needle-free images** (:func:`guidance.realimages.needle_free_frames`): the
   fraction of frames on which a needle is reported. A model must not invent needles.
 
-"Needle reported" is the live loop's rule (:class:`trackers.needle_fit.NeedleRule`,
+"Needle reported" is the live loop's rule (:meth:`trackers.needle_fit.NeedleRule.for_modality`,
 default settings): a connected needle piece at least ``MIN_NEEDLE_LENGTH_MM`` long,
-straight, with most of the frame's needle evidence on its line. Why nothing was
+straight, with most of the frame's needle evidence on its line; in CT also a line, not
+an edge (alike tissue on its two sides). Why nothing was
 reported is counted per reason for the real frames (``real_needle_free.reasons``).
 """
 
@@ -97,7 +98,7 @@ def evaluate_model(
     if tuple(ds.label_names) != tuple(card.labels):
         raise ValueError(f"model labels {card.labels} differ from the data's {ds.label_names}")
     n = len(ds)
-    rule = NeedleRule()
+    rule = NeedleRule.for_modality(modality)
     pred = np.empty_like(ds.labels)
     needle_found: list[NeedleDetection | None] = []
     x = np.zeros((1, 1, *ds.images.shape[1:]), np.float32)
@@ -106,7 +107,8 @@ def evaluate_model(
         probs = segmenter.backend.run(x)[0]
         pred[i] = np.argmax(probs, axis=0)
         needle_found.append(needle_evidence(probs[1], float(ds.spacing_mm[i]),
-                                            card.pixel_spacing_mm, rule).needle)
+                                            card.pixel_spacing_mm, rule,
+                                            image=x[0, 0]).needle)
         if progress and (i + 1) % 50 == 0:
             progress(i + 1, n, f"{modality} held-out frames")
     out: dict[str, Any] = {"model": card.name, "version": card.version,
@@ -153,7 +155,7 @@ def evaluate_model(
     for k, fr in enumerate(real):
         seg = segmenter.segment(fr.image, fr.spacing_mm)
         ev = needle_evidence(seg.probs[1], seg.grid.model_spacing_mm, card.pixel_spacing_mm,
-                             rule)
+                             rule, image=seg.image)
         reported.append(ev.needle is not None)
         key = ev.reason.split(" (")[0] if ev.reason else "needle reported"
         if key.startswith("needle piece"):

@@ -28,9 +28,10 @@ class ScriptedSegmenter:
     """Returns a fixed model-grid segmentation (128 x 128 for a 256 x 256 frame)."""
 
     def __init__(self, labels: np.ndarray, degraded_reason: str | None = None,
-                 spacing_ok: bool = True) -> None:
+                 spacing_ok: bool = True, modality: str = "us",
+                 image: np.ndarray | None = None) -> None:
         self.card = ModelCard(
-            name="scripted", modality="us", version="0", labels=LABELS, input_shape=(128, 128),
+            name="scripted", modality=modality, version="0", labels=LABELS, input_shape=(128, 128),
             pixel_spacing_mm=0.4, spacing_range_mm=(0.3, 0.5), normalisation={"method": "zscore"},
             architecture={}, onnx_file="x.onnx", onnx_sha256="0" * 64, opset=17)
         self.degraded = degraded_reason is not None
@@ -38,11 +39,13 @@ class ScriptedSegmenter:
         self.labels = labels
         self.probs = np.stack([(labels == c).astype(np.float32) for c in range(4)])
         self.spacing_ok = spacing_ok
+        self.image = np.zeros(labels.shape, np.float32) if image is None else image
 
     def segment(self, plane: np.ndarray, spacing_mm: float) -> Segmentation:
         assert plane.shape == (256, 256)
         grid = GridMap((256, 256), (128, 128), 2.0, spacing_mm * 2.0)
-        return Segmentation(self.labels, self.probs, grid, "scripted", 1.0, 1.5, self.spacing_ok)
+        return Segmentation(self.labels, self.probs, grid, "scripted", 1.0, 1.5, self.spacing_ok,
+                            self.image)
 
 
 def _frame_and_mask(needle_end=(150, 130)) -> tuple[Frame, np.ndarray]:
@@ -119,6 +122,31 @@ def test_curved_model_evidence_is_not_a_needle_and_the_rule_is_configurable() ->
 def test_bad_needle_rule_settings_are_refused(field: str, value: object) -> None:
     with pytest.raises(ConfigError, match=f"segment.{field}"):
         SegmentConfig(**{field: value})  # type: ignore[arg-type]
+
+
+def test_a_ct_model_needle_must_be_a_line_not_an_edge() -> None:
+    """CT models get the flank check: the same needle mask is a needle on a picture with
+    alike tissue on both sides, and not one on a bone plate's edge."""
+    frame, lab = _frame_and_mask()
+    picture = np.zeros((128, 128), np.float32)
+    cv2.line(picture, (5, 10), (75, 65), 0.9, 2)
+    edge = picture.copy()
+    rows, cols = np.mgrid[0:128, 0:128]
+    edge[(rows - 10) * 70 - (cols - 5) * 55 < -140] = 0.45  # bone above the line
+    found = _run(SegmentStage(SegmentConfig(), {"us": ScriptedSegmenter(  # type: ignore[dict-item]
+        lab, modality="ct", image=picture)}), frame)
+    assert found.needle is not None
+    assert found.metrics["needle_flank_asymmetry"] < 0.2
+    plate = _run(SegmentStage(SegmentConfig(), {"us": ScriptedSegmenter(  # type: ignore[dict-item]
+        lab, modality="ct", image=edge)}), frame)
+    assert plate.needle is None
+    assert plate.metrics["needle_flank_asymmetry"] > 0.55
+    # the classical detector still sees the drawn needle, and says so
+    assert any("classical detector sees a needle" in r for r in plate.reasons)
+    # an ultrasound model's rule does not look at the flanks
+    us = _run(SegmentStage(SegmentConfig(), {"us": ScriptedSegmenter(  # type: ignore[dict-item]
+        lab, image=edge)}), frame)
+    assert us.needle is not None and "needle_flank_asymmetry" not in us.metrics
 
 
 def test_backend_fallback_and_spacing_out_of_range_degrade() -> None:

@@ -8,7 +8,12 @@ import cv2
 import numpy as np
 import pytest
 
-from trackers.needle_fit import NeedleRule, needle_evidence
+from trackers.needle_fit import (
+    CT_MAX_FLANK_ASYMMETRY,
+    NeedleRule,
+    flank_asymmetry,
+    needle_evidence,
+)
 
 
 def _mask(tip: tuple[int, int], hub: tuple[int, int], width: int = 3,
@@ -103,7 +108,67 @@ def test_scatter_limit_follows_the_models_nominal_grid() -> None:
 
 @pytest.mark.parametrize("bad", [{"threshold": 1.0}, {"min_collinear": 1.5},
                                  {"max_scatter_mm": 0.0}, {"band_mm": math.nan},
-                                 {"min_length_mm": -1.0}])
-def test_rule_refuses_bad_limits(bad: dict[str, float]) -> None:
+                                 {"min_length_mm": -1.0}, {"max_flank_asymmetry": 0.0},
+                                 {"max_flank_asymmetry": math.inf},
+                                 {"flank_mm": (3.0, 1.5)}, {"flank_mm": (0.0, 2.0)},
+                                 {"flank_mm": (1.0,)}])
+def test_rule_refuses_bad_limits(bad: dict[str, object]) -> None:
     with pytest.raises(ValueError, match=next(iter(bad))):
         NeedleRule(**bad)
+
+
+def _ct_picture(plate: bool) -> tuple[np.ndarray, np.ndarray]:
+    """A CT-like model input (0.5 mm/px): soft tissue (0.0) with a bright 1.5 px line at
+    row 64; with ``plate`` the rows above it are bone (0.45), as at the skull's inner
+    table (bone one side, brain the other). Returns (image, needle probability)."""
+    img = np.zeros((128, 128), np.float32)
+    if plate:
+        img[:63, :] = 0.45
+    img[63:66, 10:110] = 0.9
+    img = cv2.GaussianBlur(img, (0, 0), 0.6)
+    img += np.random.default_rng(1).normal(0.0, 0.01, img.shape).astype(np.float32)
+    prob = np.zeros_like(img)
+    prob[64, 10:110] = 0.95
+    return img, prob
+
+
+def test_flank_asymmetry_tells_a_needle_in_tissue_from_a_bone_plate() -> None:
+    rule = NeedleRule.for_modality("ct")
+    assert rule.max_flank_asymmetry == CT_MAX_FLANK_ASYMMETRY
+    img, prob = _ct_picture(plate=False)
+    ev = needle_evidence(prob, 0.5, 0.5, rule, image=img)
+    assert ev.needle is not None and ev.flank_asymmetry < 0.1
+    img, prob = _ct_picture(plate=True)
+    ev = needle_evidence(prob, 0.5, 0.5, rule, image=img)
+    assert ev.needle is None and ev.candidate is not None
+    assert ev.reason.startswith("needle evidence is an edge, not a line")
+    # sides 0.45 and 0 differ by 0.45; the line stands 0.9 - 0.225 above their mean
+    assert ev.flank_asymmetry == pytest.approx(0.45 / 0.675, abs=0.05)
+    # the default rule (ultrasound, fluoroscopy) does not look at the flanks
+    assert needle_evidence(prob, 0.5, 0.5).needle is not None
+    assert math.isnan(needle_evidence(prob, 0.5, 0.5).flank_asymmetry)
+
+
+def test_flank_asymmetry_of_a_dark_line_or_a_point_is_infinite() -> None:
+    img, prob = _ct_picture(plate=False)
+    det = needle_evidence(prob, 0.5, 0.5).needle
+    assert det is not None
+    assert flank_asymmetry(img, det, 0.5) < 0.1
+    assert flank_asymmetry(-img, det, 0.5) == math.inf  # darker than its sides
+    point = type(det)(det.tip_ij, det.tip_ij, det.axis_ij, 0.0, 1, 1.0, 1.0)
+    assert flank_asymmetry(img, point, 0.5) == math.inf
+    with pytest.raises(ValueError, match="2D"):
+        flank_asymmetry(img[None], det, 0.5)
+    with pytest.raises(ValueError, match="spacing_mm"):
+        flank_asymmetry(img, det, math.nan)
+
+
+def test_a_rule_that_checks_the_flanks_needs_the_image() -> None:
+    img, prob = _ct_picture(plate=False)
+    rule = NeedleRule.for_modality("ct")
+    with pytest.raises(ValueError, match="model input image"):
+        needle_evidence(prob, 0.5, 0.5, rule)
+    with pytest.raises(ValueError, match="model input image"):
+        needle_evidence(prob, 0.5, 0.5, rule, image=img[:64])
+    assert NeedleRule.for_modality("ct", max_flank_asymmetry=None).max_flank_asymmetry is None
+    assert NeedleRule.for_modality("us") == NeedleRule()
