@@ -135,7 +135,10 @@ class CtSliceParams:
             needles. Off (0) in training: with 8 % or 15 % head slices the retrained
             model reported no needle on any real head CT frame (0/32, shipped 2/32), but
             found fewer simulated needles (detection 0.67, shipped 0.81; needle Dice
-            0.77, target 0.80). Drawn only when > 0, so 0 leaves the frames unchanged.
+            0.77, target 0.80): it learnt that a needle fainter than the skull is none.
+            The shipped model's two skull pieces are rejected instead by the CT needle
+            rule (a line, not an edge: :func:`trackers.needle_fit.flank_asymmetry`).
+            Drawn only when > 0, so 0 leaves the frames unchanged.
     """
 
     z_ranges_mm: tuple[tuple[float, float], ...] = _TRAIN_Z_MM
