@@ -147,7 +147,8 @@ class FluoroScanner:
         self.entry_lps: F64 = plan.entry_lps
         self.target_lps: F64 = plan.target_lps
         self.geometry = carm_geometry(
-            plan.disc_centre_lps + np.array([0.0, 0.0, params.isocentre_cranial_mm]),
+            plan.disc_centre_lps
+            + np.array([params.isocentre_lateral_mm, 0.0, params.isocentre_cranial_mm]),
             params.lao_deg,
             params.cranial_deg,
             params.sod_mm,
@@ -168,7 +169,7 @@ class FluoroScanner:
         self._window = display_window(self._anatomy.attenuation, params.i0_photons,
                                       params.scatter_fraction)
         self._ijk_to_lps = self.geometry.detector_ijk_to_lps
-        self._unsharp_sigma_px = max(4.0 / self.geometry.pixel_mm, 1.0)  # ~4 mm kernel
+        self._unsharp_sigma_px = max(params.edge_sigma_mm / self.geometry.pixel_mm, 1.0)
         src_pose = self.geometry.carm_to_lps.copy()
         src_pose[:3, 3] = self.geometry.source_lps
         self._source_pose = src_pose

@@ -8,12 +8,16 @@ depth, noise, needle gauge and angle, anatomy placement, C-arm angles) from a pa
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
 __all__ = [
+    "FLUORO_LATERAL_FRACTION",
+    "FLUORO_SURVEY_FRACTION",
+    "FLUORO_TRAIN_LEVELS",
     "GAUGE_DIAMETER_MM",
     "FluoroParams",
     "NeedleParams",
@@ -228,6 +232,7 @@ class FluoroParams:
         invert_display: False: attenuating structures bright (radiograph convention,
             MONOCHROME2); True: dark, as many fluoroscopes show it.
         edge_enhance: unsharp-mask gain of the display processing (0: none).
+        edge_sigma_mm: unsharp-mask kernel sigma, mm at the detector.
         disc_levels: the two vertebra labels around the target disc.
         approach_left: True: entry on the patient's left.
         approach_deg: angle of the path from the sagittal plane, degrees.
@@ -236,7 +241,11 @@ class FluoroParams:
             side), mm.
         isocentre_cranial_mm: isocentre offset from the disc centre towards the head,
             mm (the real CT ends 45 mm below the L1/L2 disc; this keeps most of the
-            field inside it).
+            field inside it). Larger offsets aim the C-arm away from the target (the
+            needle then is often out of view): chest, heart and diaphragm instead of the
+            lumbar spine.
+        isocentre_lateral_mm: isocentre offset from the disc centre towards the
+            patient's left (+x LPS), mm.
         needle: needle motion and gauge.
     """
 
@@ -252,12 +261,14 @@ class FluoroParams:
     needle_mu_per_mm: float = 1.0
     invert_display: bool = False
     edge_enhance: float = 0.5
+    edge_sigma_mm: float = 4.0
     disc_levels: tuple[str, str] = ("vertebrae_L1", "vertebrae_L2")
     approach_left: bool = True
     approach_deg: float = 45.0
     target_posterior_mm: float = 8.0
     target_lateral_mm: float = 6.0
     isocentre_cranial_mm: float = 20.0
+    isocentre_lateral_mm: float = 0.0
     needle: NeedleParams = field(
         default_factory=lambda: NeedleParams(
             speed_mm_s=4.0, gauge=20, start_depth_mm=10.0, length_mm=150.0
@@ -276,12 +287,14 @@ class FluoroParams:
         check_number("bone_contrast", self.bone_contrast, 0.5, 3.0)
         check_number("needle_mu_per_mm", self.needle_mu_per_mm, 0.1, 10.0)
         check_number("edge_enhance", self.edge_enhance, 0.0, 5.0)
+        check_number("edge_sigma_mm", self.edge_sigma_mm, 0.5, 30.0)
         if len(self.disc_levels) != 2:
             raise ValueError(f"disc_levels must name 2 vertebrae, got {self.disc_levels}")
         check_number("approach_deg", self.approach_deg, 0.0, 80.0)
         check_number("target_posterior_mm", self.target_posterior_mm, -30.0, 30.0)
         check_number("target_lateral_mm", self.target_lateral_mm, -30.0, 30.0)
-        check_number("isocentre_cranial_mm", self.isocentre_cranial_mm, -100.0, 100.0)
+        check_number("isocentre_cranial_mm", self.isocentre_cranial_mm, -100.0, 300.0)
+        check_number("isocentre_lateral_mm", self.isocentre_lateral_mm, -150.0, 150.0)
         if not isinstance(self.needle, NeedleParams):
             raise TypeError(f"needle must be NeedleParams, got {type(self.needle).__name__}")
 
@@ -301,12 +314,35 @@ def _sample_needle(rng: np.random.Generator, base: NeedleParams, gauges: list[in
     )
 
 
-def sample_params(modality: str, rng: np.random.Generator) -> UltrasoundParams | FluoroParams:
+#: Discs the simulated fluoroscopy needle is aimed at in training (the held-out set
+#: uses T12-L1 and L2-L3, see ``guidance.training.dataset.heldout_params``).
+FLUORO_TRAIN_LEVELS: tuple[tuple[str, str], ...] = (
+    ("vertebrae_T11", "vertebrae_T12"),
+    ("vertebrae_L1", "vertebrae_L2"),
+)
+#: Share of training fluoroscopy scenes aimed 40-220 mm cranial and up to 90 mm lateral
+#: of the target (chest, heart borders, diaphragm, ribs; the needle mostly out of view).
+FLUORO_SURVEY_FRACTION = 0.15
+#: Share of training fluoroscopy scenes with a near-lateral view (60-90 degrees).
+FLUORO_LATERAL_FRACTION = 0.15
+
+
+def sample_params(modality: str, rng: np.random.Generator, *,
+                  variety: bool = True) -> UltrasoundParams | FluoroParams:
     """Draw random parameters for domain randomisation.
+
+    Fluoroscopy: LAO/RAO up to 45 degrees, cranial/caudal up to 15, dose, scatter,
+    display inversion, unsharp masking gain 0-1, the needle on the L1-L2 disc, the
+    C-arm aimed at it. With ``variety`` (training) also: the needle on a disc of
+    :data:`FLUORO_TRAIN_LEVELS`, :data:`FLUORO_LATERAL_FRACTION` of scenes near-lateral
+    (60-90 degrees), :data:`FLUORO_SURVEY_FRACTION` of scenes aimed away from the target
+    and an unsharp-mask kernel of 2-8 mm (else 4 mm).
 
     Args:
         modality: ``"us"`` or ``"fluoro"``.
         rng: the only source of randomness.
+        variety: fluoroscopy only: draw the training-only variety above (drawn after
+            the rest, so ``False`` gives the same base parameters from the same rng).
 
     Returns:
         :class:`UltrasoundParams` or :class:`FluoroParams`.
@@ -356,7 +392,7 @@ def sample_params(modality: str, rng: np.random.Generator) -> UltrasoundParams |
     if modality == "fluoro":
         base_fl = FluoroParams()
         sod = _u(rng, 550.0, 800.0)
-        return FluoroParams(
+        fl = FluoroParams(
             lao_deg=_u(rng, -45.0, 45.0),
             cranial_deg=_u(rng, -15.0, 15.0),
             sod_mm=sod,
@@ -377,4 +413,17 @@ def sample_params(modality: str, rng: np.random.Generator) -> UltrasoundParams |
             isocentre_cranial_mm=_u(rng, 10.0, 30.0),
             needle=_sample_needle(rng, base_fl.needle, [18, 20, 22]),
         )
+        if not variety:
+            return fl
+        # Drawn after the base ranges, so that variety=False draws the same numbers.
+        lao = fl.lao_deg
+        if rng.random() < FLUORO_LATERAL_FRACTION:  # near-lateral views (depth checks)
+            lao = float(np.copysign(_u(rng, 60.0, 90.0), lao))
+        cranial_iso, lateral_iso = fl.isocentre_cranial_mm, 0.0
+        if rng.random() < FLUORO_SURVEY_FRACTION:  # aimed away from the target
+            cranial_iso, lateral_iso = _u(rng, 40.0, 220.0), _u(rng, -90.0, 90.0)
+        return dataclasses.replace(
+            fl, lao_deg=lao, isocentre_cranial_mm=cranial_iso,
+            isocentre_lateral_mm=lateral_iso, edge_sigma_mm=_u(rng, 2.0, 8.0),
+            disc_levels=FLUORO_TRAIN_LEVELS[int(rng.integers(len(FLUORO_TRAIN_LEVELS)))])
     raise ValueError(f"modality must be 'us' or 'fluoro', got {modality!r}")

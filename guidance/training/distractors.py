@@ -138,6 +138,8 @@ def add_us_distractors(image: np.ndarray, labels: np.ndarray, spacing_mm: float,
 
 
 _MARKERS = ("L", "R", "A", "P", "LAO", "RAO", "AP", "LAT", "1", "2")
+_FONTS = (cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_DUPLEX, cv2.FONT_HERSHEY_COMPLEX,
+          cv2.FONT_HERSHEY_TRIPLEX, cv2.FONT_HERSHEY_PLAIN)
 
 
 def _shutters(img: np.ndarray, lab: np.ndarray, rng: np.random.Generator) -> None:
@@ -168,36 +170,88 @@ def _shutters(img: np.ndarray, lab: np.ndarray, rng: np.random.Generator) -> Non
 
 
 def _lead_markers(img: np.ndarray, lab: np.ndarray, rng: np.random.Generator,
-                  px_per_mm: float) -> None:
+                  px_per_mm: float, variety: bool = True) -> None:
     """Radiopaque letters and numbers (lead side markers, ruler digits), 8-25 mm high,
-    never over the needle."""
+    never over the needle; with ``variety`` in one of five fonts, some in a frame (a
+    marker holder), else in one font without frames."""
     h, w = img.shape
     lo, hi = float(img.min()), float(img.max())
     for _ in range(int(rng.integers(1, 3))):
         text = str(rng.choice(_MARKERS))
+        font = int(rng.choice(_FONTS)) if variety else cv2.FONT_HERSHEY_SIMPLEX
         height_px = rng.uniform(8.0, 25.0) * px_per_mm
-        scale = height_px / 22.0  # FONT_HERSHEY_SIMPLEX is about 22 px high at scale 1
+        scale = height_px / 22.0  # the Hershey fonts are about 22 px high at scale 1
         thick = max(1, round(rng.uniform(0.08, 0.2) * height_px))
         org = (int(rng.integers(0, max(1, w - 10))), int(rng.integers(int(height_px), h)))
         m = np.zeros((h, w), np.uint8)
-        cv2.putText(m, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, 1, thick, cv2.LINE_AA)
+        cv2.putText(m, text, org, font, scale, 1, thick, cv2.LINE_AA)
+        if variety and rng.random() < 0.4:
+            (tw, th), _ = cv2.getTextSize(text, font, scale, thick)
+            pad = max(2, round(0.25 * height_px))
+            cv2.rectangle(m, (org[0] - pad, org[1] - th - pad), (org[0] + tw + pad, org[1] + pad),
+                          1, max(1, thick // 2))
         mask = m > 0
         if (mask & (lab == 1)).any():
             continue
         img[mask] = np.float32(hi if rng.random() < 0.7 else lo)
 
 
+def _bones(img: np.ndarray, lab: np.ndarray, rng: np.random.Generator,
+           px_per_mm: float) -> None:
+    """Projected tubular bones (ribs, clavicles, spinous processes, long-bone cortex):
+    bands 3-20 mm wide along gently curved or straight paths, 30-200 mm long, whose
+    profile is a hollow cylinder's chord length (bright cortical edges, dimmer middle:
+    the tram-track look of a radiograph). Added to the display image with the polarity
+    the frame shows bone in (from its vertebra label), so a needle under one stays
+    visible and keeps its label."""
+    h, w = img.shape
+    lo, hi = (float(v) for v in np.percentile(img, [1.0, 99.0]))
+    vert = lab == 2
+    if vert.any() and (~vert).any():
+        sign = 1.0 if float(img[vert].mean()) >= float(img[~vert].mean()) else -1.0
+    else:
+        sign = 1.0 if rng.random() < 0.7 else -1.0
+    total = np.zeros((h, w), np.float32)
+    for _ in range(int(rng.integers(1, 5))):
+        length = rng.uniform(30.0, 200.0) * px_per_mm
+        radius = rng.uniform(1.5, 10.0) * px_per_mm
+        inner = radius * rng.uniform(0.5, 0.85)
+        ang = rng.uniform(0, math.pi)
+        c = rng.uniform([0.0, 0.0], [w, h])
+        d = np.array([math.cos(ang), math.sin(ang)]) * length / 2
+        bend = rng.choice([-1.0, 1.0]) * rng.uniform(0.0, 0.25) * length
+        mid = c + bend * np.array([-math.sin(ang), math.cos(ang)])
+        pts = _bezier(c - d, mid, c + d, max(20, int(length)))
+        line = np.full((h, w), 255, np.uint8)
+        cv2.polylines(line, [np.round(pts).astype(np.int32)], False, 0, 1, cv2.LINE_AA)
+        if line.min() > 127:  # the bone runs outside the frame
+            continue
+        dist = cv2.distanceTransform((line > 127).astype(np.uint8), cv2.DIST_L2, 5)
+        chord = np.sqrt(np.maximum(radius**2 - dist**2, 0.0)) \
+            - np.sqrt(np.maximum(inner**2 - dist**2, 0.0))
+        total += np.float32(rng.uniform(0.1, 0.5) / radius) * chord.astype(np.float32)
+    img += np.float32(sign * (hi - lo)) * total
+    np.clip(img, 0.0, 65535.0, out=img)  # the 16-bit display range
+
+
 def add_fluoro_distractors(image: np.ndarray, labels: np.ndarray, spacing_mm: float,
-                           rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Draw what real fluoroscopy and radiographs show besides anatomy into a simulated
-    frame: collimator shutters and field padding (long straight edges) and lead markers
-    (dense straight strokes). Both are labelled background; neither crosses the needle.
+                           rng: np.random.Generator, *,
+                           variety: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Draw what real fluoroscopy and radiographs show besides the simulated anatomy into
+    a simulated frame: collimator shutters and field padding (long straight edges), lead
+    markers (dense straight strokes) and projected tubular bones (ribs, clavicles,
+    spinous processes: the one CT's DRRs show few sharp ones). All are labelled
+    background; shutters and markers never cross the needle, bones add to it.
 
     Args:
         image: (rows, cols) display frame (any real dtype; returned as float32).
         labels: (rows, cols) uint8 class ids (1 = needle).
         spacing_mm: pixel spacing, mm.
         rng: the only source of randomness.
+        variety: also projected bones, marker fonts and holders (training); False: only
+            shutters and plain markers, the held-out set's distractors (fewer draws
+            from ``rng``, so the held-out frames stay those the models were first
+            measured on).
 
     Returns:
         (image float32, labels): new arrays.
@@ -210,8 +264,10 @@ def add_fluoro_distractors(image: np.ndarray, labels: np.ndarray, spacing_mm: fl
                          f"{labels.shape}")
     img = image.astype(np.float32)
     lab = labels.copy()
+    if variety and rng.random() < 0.6:  # under the shutters and markers
+        _bones(img, lab, rng, 1.0 / max(spacing_mm, 1e-3))
     if rng.random() < 0.6:
         _shutters(img, lab, rng)
     if rng.random() < 0.5:
-        _lead_markers(img, lab, rng, 1.0 / max(spacing_mm, 1e-3))
+        _lead_markers(img, lab, rng, 1.0 / max(spacing_mm, 1e-3), variety)
     return img, lab

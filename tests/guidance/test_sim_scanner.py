@@ -23,6 +23,7 @@ from guidance.sim import (
     sample_params,
 )
 from guidance.sim.needle_path import needle_pose
+from guidance.sim.params import FLUORO_TRAIN_LEVELS
 
 FLUORO_SIZE = 128
 
@@ -144,6 +145,19 @@ def test_sample_params_deterministic_and_valid() -> None:
         p2 = sample_params(modality, np.random.default_rng(5))
         p3 = sample_params(modality, np.random.default_rng(6))
         assert isinstance(p1, cls) and p1 == p2 and p1 != p3
+    fl = [sample_params("fluoro", np.random.default_rng(seed)) for seed in range(200)]
+    assert all(isinstance(p, FluoroParams) for p in fl)
+    survey = [p for p in fl if p.isocentre_cranial_mm > 30.0]  # type: ignore[union-attr]
+    lateral = [p for p in fl if abs(p.lao_deg) > 45.0]  # type: ignore[union-attr]
+    assert 0.05 < len(survey) / len(fl) < 0.3 and 0.05 < len(lateral) / len(fl) < 0.3
+    assert {p.disc_levels for p in fl} == set(FLUORO_TRAIN_LEVELS)  # type: ignore[union-attr]
+    for seed in range(20):  # without the variety: the same base parameters, aimed views
+        a = fl[seed]
+        b = sample_params("fluoro", np.random.default_rng(seed), variety=False)
+        assert isinstance(a, FluoroParams) and isinstance(b, FluoroParams)
+        assert (b.sod_mm, b.i0_photons, b.needle) == (a.sod_mm, a.i0_photons, a.needle)
+        assert b.isocentre_lateral_mm == 0.0 and abs(b.lao_deg) <= 45.0
+        assert b.disc_levels == ("vertebrae_L1", "vertebrae_L2") and b.edge_sigma_mm == 4.0
     for seed in range(20):  # every sample builds a working scanner with the needle in it
         p = sample_params("us", np.random.default_rng(seed))
         sc = make_scanner("us", size=64, seed=seed, params=p)
@@ -280,6 +294,9 @@ def test_make_scanner_rejects_bad_arguments(kwargs: dict, exc: type, match: str)
         (UltrasoundParams, "depth_mm", -2.0, "depth_mm must be in"),
         (UltrasoundParams, "needle_angle_deg", 90.0, "needle_angle_deg"),
         (FluoroParams, "sdd_mm", 500.0, "sdd_mm"),
+        (FluoroParams, "edge_sigma_mm", 0.0, "edge_sigma_mm"),
+        (FluoroParams, "isocentre_lateral_mm", 400.0, "isocentre_lateral_mm"),
+        (FluoroParams, "isocentre_cranial_mm", float("nan"), "isocentre_cranial_mm"),
         (NeedleParams, "gauge", 24, "gauge"),
         (NeedleParams, "speed_mm_s", float("nan"), "speed_mm_s"),
     ],
@@ -316,3 +333,29 @@ def test_fluoro_display_window_includes_scatter() -> None:
     a_lo, a_hi = np.percentile(att[16:48, 16:48], [1.0, 99.9])
     assert lo0 == pytest.approx(a_lo - 0.15 * (a_hi - a_lo), abs=1e-3)
     assert measured.max() < lo0  # that window would have shown a blank frame
+
+
+@needs_ct
+def test_fluoro_isocentre_offsets_move_the_view_off_the_needle() -> None:
+    base = FluoroParams()
+    aimed = make_scanner("fluoro", size=FLUORO_SIZE, seed=2, params=base)
+    away = make_scanner("fluoro", size=FLUORO_SIZE, seed=2, params=dataclasses.replace(
+        base, isocentre_cranial_mm=200.0, isocentre_lateral_mm=-60.0))
+    shift = away.geometry.carm_to_lps[:3, 3] - aimed.geometry.carm_to_lps[:3, 3]
+    np.testing.assert_allclose(shift, [-60.0, 0.0, 180.0], atol=1e-6)
+    t = 30.0  # the needle deep in
+    assert aimed.frame(0, t).truth.needle_in_view
+    f = away.frame(0, t)
+    assert not f.truth.needle_in_view and not (f.truth.labels == 1).any()
+
+
+@needs_ct
+def test_fluoro_held_out_views_are_always_aimed_at_the_target() -> None:
+    from guidance.training.dataset import heldout_params
+
+    for seed in range(30):
+        p = heldout_params("fluoro", np.random.default_rng(seed))
+        assert 10.0 <= p.isocentre_cranial_mm <= 30.0 and p.isocentre_lateral_mm == 0.0
+        assert p.edge_sigma_mm == 4.0
+        assert abs(p.lao_deg) <= 50.0
+        assert p.disc_levels not in FLUORO_TRAIN_LEVELS
