@@ -245,10 +245,13 @@ def flank_asymmetry(
     u = d / length
     normal = np.array([-u[1], u[0]])
     pts = a[None, :] + np.arange(0.0, length + 1e-9, 1.0)[:, None] * u[None, :]
-    centre = np.max(np.stack([_sample(img, pts + k * normal) for k in (-1.0, 0.0, 1.0)]), 0)
     dist = np.linspace(flank_mm[0], flank_mm[1], 4) / spacing_mm
-    left = np.mean(np.stack([_sample(img, pts + k * normal) for k in dist]), 0)
-    right = np.mean(np.stack([_sample(img, pts - k * normal) for k in dist]), 0)
+    # Offsets across the line, px: the ridge (-1, 0, 1), then the left and right flanks;
+    # all sampled in one call, one row per offset.
+    across = np.concatenate([[-1.0, 0.0, 1.0], dist, -dist])
+    grid = pts[None, :, :] + across[:, None, None] * normal[None, None, :]
+    s = _sample(img, grid.reshape(-1, 2)).reshape(across.size, len(pts))
+    centre, left, right = s[:3].max(0), s[3:7].mean(0), s[7:].mean(0)
     contrast = float(np.median(centre - 0.5 * (left + right)))
     if contrast <= 0.0:
         return math.inf
