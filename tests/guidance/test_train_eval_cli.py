@@ -41,7 +41,11 @@ def test_eval_reports_metrics_and_updates_the_card(tiny_us_model: Path, tmp_path
     assert set(m["dice"]) == {"needle", "nerve", "vessel"}
     assert m["held_out"]["split"] == "test"
     assert m["real_needle_free"]["frames"] > 100
-    assert 0.0 <= m["real_needle_free"]["rate"] <= 1.0
+    real = m["real_needle_free"]
+    assert 0.0 <= real["rate"] <= 1.0
+    lo, hi = real["rate_ci95"]
+    assert lo <= real["rate"] <= hi and hi - lo > 0.0
+    assert m["targets"]["real_false_needle_rate"]["ci95"] == [lo, hi]
     assert "needle_dice" in m["targets"] and isinstance(m["targets"]["all_pass"], bool)
     assert png.stat().st_size > 10_000
     card, _ = load_card(tiny_us_model)  # still loads: the hash covers the ONNX file only
@@ -59,3 +63,22 @@ def test_bad_arguments_exit_2(tiny_us_model: Path, tmp_path: Path,
     with pytest.raises(SystemExit) as e:
         main(["train", "--modality", "mri"])
     assert e.value.code == 2
+
+
+@pytest.mark.parametrize(("k", "n", "low", "high"), [
+    (0, 15, 0.0, 0.2039), (1, 15, 0.0119, 0.2982), (3, 267, 0.0038, 0.0325),
+    (15, 15, 0.7961, 1.0)])
+def test_wilson_interval_matches_published_values(k: int, n: int, low: float,
+                                                  high: float) -> None:
+    from guidance.training.evaluate import wilson_interval
+
+    lo, hi = wilson_interval(k, n)
+    assert lo == pytest.approx(low, abs=1e-4) and hi == pytest.approx(high, abs=1e-4)
+
+
+@pytest.mark.parametrize(("k", "n"), [(-1, 5), (6, 5), (0, 0), (1.0, 5)])
+def test_wilson_interval_refuses_impossible_counts(k: object, n: object) -> None:
+    from guidance.training.evaluate import wilson_interval
+
+    with pytest.raises(ValueError, match="0 <= k <= n"):
+        wilson_interval(k, n)  # type: ignore[arg-type]
