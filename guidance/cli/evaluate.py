@@ -117,6 +117,9 @@ def run(args: argparse.Namespace) -> int:
     for k, v in t.items():
         if isinstance(v, dict):
             val = v["value"]
+            ci = v.get("ci95")
+            of = f" [95 % {ci[0]:.3f}-{ci[1]:.3f} of {v['of_frames']} frames]" if ci else ""
             print(f"{k:26s} {val if val is None else round(val, 3)!s:>8} "
-                  f"(target {v['target']}) {'PASS' if v['pass'] else 'FAIL'}", file=sys.stderr)
+                  f"(target {v['target']}) {'PASS' if v['pass'] else 'FAIL'}{of}",
+                  file=sys.stderr)
     return 0
