@@ -23,6 +23,7 @@ from typing import Any
 __all__ = [
     "CARD_SCHEMA",
     "MODALITIES",
+    "NEEDLE_RULE_LIMITS",
     "NORMALISATIONS",
     "CardError",
     "ModelCard",
@@ -36,6 +37,9 @@ CARD_SCHEMA = 1
 MODALITIES: tuple[str, ...] = ("us", "fluoro", "ct")
 #: Normalisation methods (see :func:`models.preprocess.normalise`).
 NORMALISATIONS: tuple[str, ...] = ("zscore", "ct_window")
+#: Needle-rule limits a card may carry, measured on the model's own training frames
+#: (fields of :class:`trackers.needle_fit.NeedleRule`; positive numbers).
+NEEDLE_RULE_LIMITS: tuple[str, ...] = ("max_flank_asymmetry",)
 
 
 class CardError(ValueError):
@@ -74,6 +78,10 @@ class ModelCard:
         training: training data description (simulator, seeds, parameter ranges,
             number of frames, epochs, wall time).
         metrics: measured metrics (``guidance eval``), with the held-out set described.
+        needle_rule: limits of the needle-reporting rule that belong to this model,
+            measured on its training frames when it was trained (names in
+            :data:`NEEDLE_RULE_LIMITS`; how they were measured: ``training``); empty:
+            the default rule.
     """
 
     name: str
@@ -90,6 +98,7 @@ class ModelCard:
     opset: int
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    needle_rule: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.modality not in MODALITIES:
@@ -123,6 +132,13 @@ class ModelCard:
             raise CardError(f"onnx_file must be a bare *.onnx file name, got {self.onnx_file!r}")
         if not (isinstance(self.onnx_sha256, str) and len(self.onnx_sha256) == 64):
             raise CardError(f"onnx_sha256 must be 64 hex digits, got {self.onnx_sha256!r}")
+        for k, v in self.needle_rule.items():
+            if k not in NEEDLE_RULE_LIMITS:
+                raise CardError(f"needle_rule.{k}: unknown limit (known: "
+                                f"{', '.join(NEEDLE_RULE_LIMITS)})")
+            if not (isinstance(v, (int, float)) and not isinstance(v, bool)
+                    and math.isfinite(v) and v > 0):
+                raise CardError(f"needle_rule.{k} must be a positive number, got {v!r}")
 
     @property
     def n_classes(self) -> int:
@@ -193,7 +209,7 @@ def load_card(path: Path | str, *, check_hash: bool = True) -> tuple[ModelCard, 
         raw["labels"] = tuple(str(v) for v in raw["labels"])
         raw["input_shape"] = tuple(raw["input_shape"])
         raw["spacing_range_mm"] = tuple(float(v) for v in raw["spacing_range_mm"])
-        for k in ("normalisation", "architecture", "training", "metrics"):
+        for k in ("normalisation", "architecture", "training", "metrics", "needle_rule"):
             if k in raw and not isinstance(raw[k], dict):
                 raise CardError(f"{k} must be a JSON object, got {type(raw[k]).__name__}")
         card = ModelCard(**raw)

@@ -11,15 +11,18 @@ enter from outside the picture).
 Whether a piece is *reported* as a needle is :class:`NeedleRule`: long enough, straight
 (its pixels lie close to its axis, as a needle's do, not spread like a curved wall or a
 blob) and coherent (most of the frame's needle evidence lies along that one line, not
-scattered in many pieces). In CT also a *line, not an edge* (:func:`flank_asymmetry`): a
-needle is thin, so the tissue on its two sides is alike, where a bone plate such as the
-skull's inner table has bone on one side and brain on the other. The live loop and
-``guidance eval`` apply the same rule (:meth:`NeedleRule.for_modality`).
+scattered in many pieces). For a model whose card says so (CT) also a *line, not an
+edge* (:func:`flank_asymmetry`): a needle is thin, so the tissue on its two sides is
+alike, where a bone plate such as the skull's inner table has bone on one side and brain
+on the other. The live loop and ``guidance eval`` apply the same rule
+(:meth:`NeedleRule.for_model`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +33,6 @@ import numpy.typing as npt
 from trackers.needle_detect import NeedleDetection, orient_ends
 
 __all__ = [
-    "CT_MAX_FLANK_ASYMMETRY",
     "MIN_NEEDLE_LENGTH_MM",
     "NeedleEvidence",
     "NeedleRule",
@@ -40,12 +42,6 @@ __all__ = [
 
 #: A needle piece shorter than this is not reported (live loop and evaluation), mm.
 MIN_NEEDLE_LENGTH_MM = 5.0
-#: CT: largest :func:`flank_asymmetry` of a reported needle. Set on the shipped CT
-#: model's simulated *training* frames (2400, seed 0): of its 1453 reported needles the
-#: asymmetry has median 0.014 and 99.5th percentile 0.546; the 8 above 0.55 are short
-#: visible pieces ending in a lamina or spinous process. The two real head-CT frames on
-#: which the model draws a needle along the skull's inner table measure 0.71 and 0.77.
-CT_MAX_FLANK_ASYMMETRY = 0.55
 
 F64 = npt.NDArray[np.float64]
 
@@ -72,8 +68,8 @@ class NeedleRule:
             ``threshold``) that must be collinear, in [0, 1].
         max_flank_asymmetry: largest :func:`flank_asymmetry` of a reported needle (the
             piece must be a line, not an edge), or None: not checked. Only for images
-            where the needle is brighter than everything around it (CT); see
-            :meth:`for_modality`.
+            where the needle is brighter than everything around it (CT); a model's card
+            carries the limit measured on its training frames (:meth:`for_model`).
         flank_mm: (near, far) distance of the flanks from the axis, mm.
     """
 
@@ -87,25 +83,33 @@ class NeedleRule:
     flank_mm: tuple[float, float] = (1.5, 3.0)
 
     @classmethod
-    def for_modality(cls, modality: str, **changes: Any) -> NeedleRule:
-        """The rule the live loop and ``guidance eval`` apply to a modality's model.
+    def for_model(cls, limits: Mapping[str, Any], **changes: Any) -> NeedleRule:
+        """The rule the live loop and ``guidance eval`` apply to a model's output.
 
-        CT adds the flank check (:data:`CT_MAX_FLANK_ASYMMETRY`): in a CT slice the
-        needle is the densest thing in the picture, so a thin bright line with different
-        tissue on its two sides is a bone plate, not a needle. Ultrasound (the needle's
-        shadow and reverberations lie on one side) and fluoroscopy (a projection: the
-        needle crosses bone edges along its length) do not check it.
+        ``limits`` are the model card's ``needle_rule``: limits measured on that model's
+        training frames when it was trained. A CT model carries ``max_flank_asymmetry``
+        (in a CT slice the needle is the densest thing in the picture, so a thin bright
+        line with different tissue on its two sides is a bone plate, not a needle);
+        ultrasound (the needle's shadow and reverberations lie on one side) and
+        fluoroscopy (a projection: the needle crosses bone edges along its length)
+        models carry none.
 
         Args:
-            modality: ``"us"``, ``"fluoro"``, ``"ct"`` (any other: the default rule).
-            changes: fields to set (e.g. ``threshold``).
+            limits: field -> value from the card (``{}``: the default rule).
+            changes: fields to set on top (e.g. ``threshold`` from the configuration);
+                they do not override the card's limits.
 
         Returns:
             The rule.
+
+        Raises:
+            ValueError: a limit that is not a field of the rule, or an invalid value.
         """
-        if modality == "ct":
-            changes.setdefault("max_flank_asymmetry", CT_MAX_FLANK_ASYMMETRY)
-        return cls(**changes)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(limits) - names)
+        if unknown:
+            raise ValueError(f"model card needle_rule: unknown field(s) {unknown}")
+        return cls(**{**changes, **limits})
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0:

@@ -3,19 +3,24 @@
 Deterministic for a given ``--seed`` (and thread count): the training set, the batch
 order and the augmentations all come from it. By default the result replaces the shipped
 model in ``models/weights`` and is then evaluated (``guidance eval``), the metrics
-written into the card.
+written into the card. A CT model's needle-rule limit (a needle is a line, not an edge)
+is measured on its training frames and written into its card first
+(:mod:`guidance.training.rule_limits`).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from guidance.cli.main import UsageError
+from guidance.training.rule_limits import FLANK_CHECK_MODALITIES, measure_flank_limit
 
 __all__ = ["register"]
 
@@ -48,6 +53,29 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="held-out frames for the evaluation after training")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation")
     p.set_defaults(func=run)
+
+
+def _measure_rule_limits(card: Any, card_path: Path, ds: Any) -> Any:
+    """Measure the model's own needle-rule limits on its training frames and write them
+    into its card (:func:`guidance.training.rule_limits.measure_flank_limit`)."""
+    from guidance.cli.plan import progress_line
+    from models.segmenter import Segmenter
+
+    show = progress_line(f"rule limits {card.modality}")
+    seg = Segmenter(card_path, chain=["onnxruntime-cpu"])
+    try:
+        limits, record = measure_flank_limit(
+            seg, ds, progress=lambda d, t, msg: show(d / t, f"{d}/{t} {msg}"))
+    except ValueError as e:  # e.g. a model trained for a few steps finds no needle
+        print(f"WARNING: no flank limit in the card, the model gets the default needle "
+              f"rule: {e}", flush=True)
+        limits, record = {}, {"max_flank_asymmetry": {"not_measured": str(e)}}
+    else:
+        print(f"needle rule limits (training frames): {limits}", flush=True)
+    card = dataclasses.replace(card, needle_rule=limits,
+                               training={**card.training, "needle_rule": record})
+    card.save(card_path)
+    return card
 
 
 def run(args: argparse.Namespace) -> int:
@@ -99,6 +127,8 @@ def run(args: argparse.Namespace) -> int:
         labels=LABELS[m], input_shape=GRID, pixel_spacing_mm=round(float(np.median(sp)), 4),
         spacing_range_mm=(float(sp.min()) * 0.9, float(sp.max()) * 1.1),
         normalisation=NORMALISATION[m], training=training)
+    if m in FLANK_CHECK_MODALITIES:
+        card = _measure_rule_limits(card, card_path, ds)
     print(f"wrote {card_path} and {out_dir / card.onnx_file} "
           f"({(out_dir / card.onnx_file).stat().st_size / 1e6:.2f} MB); "
           f"training took {wall_s_total / 60:.1f} min", flush=True)

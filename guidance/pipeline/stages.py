@@ -114,13 +114,13 @@ class SegmentStage:
     With a model the label map is the model's classes (``item.label_names``) resampled
     to the frame's grid, and the needle is the line fitted to the model's needle mask
     when it passes :class:`trackers.needle_fit.NeedleRule` (:meth:`rule`: long enough,
-    straight, most of the needle evidence on one line, and for a CT model a line, not an
-    edge; the piece's scatter, collinear share and flank asymmetry are in ``metrics``).
-    When the classical detector
-    disagrees (tips more than ``disagree_tip_mm`` apart or axes more than
-    ``disagree_angle_deg``), the needle's confidence is halved, the frame is DEGRADED
-    and the disagreement is reported; when only the classical detector sees a needle the
-    model's "no needle" stands and the disagreement is reported. Without a model
+    straight, most of the needle evidence on one line, and where the model's card says
+    so (CT) a line, not an edge; the piece's scatter, collinear share and flank
+    asymmetry are in ``metrics``). When the classical detector disagrees (tips more
+    than ``disagree_tip_mm`` apart or axes more than ``disagree_angle_deg``), the
+    needle's confidence is halved, the frame is DEGRADED and the disagreement is
+    reported; when only the classical detector sees a needle the model's "no needle"
+    stands and the disagreement is reported. Without a model
     (``segment.model = none``, or none loaded) the classical detector alone segments and
     the frame is DEGRADED with the reason.
 
@@ -135,23 +135,24 @@ class SegmentStage:
     def __init__(self, config: SegmentConfig, segmenters: dict[str, Segmenter] | None = None,
                  load_errors: dict[str, str] | None = None) -> None:
         self.config = config
-        self._rules: dict[str, NeedleRule] = {}
+        self._rules: dict[int, NeedleRule] = {}  # by id() of the segmenter
         self.segmenters = dict(segmenters or {})
         self.load_errors = dict(load_errors or {})
         self._detectors: dict[str, RidgeNeedleDetector] = {}
         self._labels: np.ndarray | None = None
         self.hub_hint_ij: npt.NDArray[np.float64] | None = None  # frame pixels
 
-    def rule(self, modality: str) -> NeedleRule:
-        """The needle rule for a modality's model: the configured limits on top of
-        :meth:`trackers.needle_fit.NeedleRule.for_modality` (CT adds the flank check)."""
-        r = self._rules.get(modality)
+    def rule(self, seg: Segmenter) -> NeedleRule:
+        """The needle rule for a model: the configured limits and the model card's own
+        (:meth:`trackers.needle_fit.NeedleRule.for_model`; a CT card adds the flank
+        check)."""
+        r = self._rules.get(id(seg))
         if r is None:
             c = self.config
-            r = self._rules[modality] = NeedleRule.for_modality(
-                modality, threshold=c.needle_threshold, min_length_mm=c.min_needle_length_mm,
-                max_scatter_mm=c.needle_max_scatter_mm, max_scatter_px=c.needle_max_scatter_px,
-                min_collinear=c.needle_min_collinear)
+            r = self._rules[id(seg)] = NeedleRule.for_model(
+                seg.card.needle_rule, threshold=c.needle_threshold,
+                min_length_mm=c.min_needle_length_mm, max_scatter_mm=c.needle_max_scatter_mm,
+                max_scatter_px=c.needle_max_scatter_px, min_collinear=c.needle_min_collinear)
         return r
 
     def _classical(self, item: WorkItem) -> NeedleEstimate2D3D | None:
@@ -222,7 +223,7 @@ class SegmentStage:
                 item.state = GuidanceState.DEGRADED
         hint = None if self.hub_hint_ij is None else res.grid.to_model_ij(self.hub_hint_ij)
         ev = needle_evidence(res.probs[1], res.grid.model_spacing_mm,
-                             seg.card.pixel_spacing_mm, self.rule(seg.card.modality), hint,
+                             seg.card.pixel_spacing_mm, self.rule(seg), hint,
                              res.image)
         found = ev.needle
         if ev.candidate is not None:

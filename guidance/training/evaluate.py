@@ -15,11 +15,12 @@ Two kinds of evidence:
   Wilson interval is reported beside it (:func:`wilson_interval`): 0 of 15 is still
   compatible with a true rate of 20 %.
 
-"Needle reported" is the live loop's rule (:meth:`trackers.needle_fit.NeedleRule.for_modality`,
-default settings): a connected needle piece at least ``MIN_NEEDLE_LENGTH_MM`` long,
-straight, with most of the frame's needle evidence on its line; in CT also a line, not
-an edge (alike tissue on its two sides). Why nothing was
-reported is counted per reason for the real frames (``real_needle_free.reasons``).
+"Needle reported" is the live loop's rule (:meth:`trackers.needle_fit.NeedleRule.for_model`:
+default settings and the card's limits): a connected needle piece at least
+``MIN_NEEDLE_LENGTH_MM`` long, straight, with most of the frame's needle evidence on its
+line; for a model whose card carries a flank limit (CT) also a line, not an edge (alike
+tissue on its two sides). Why nothing was reported is counted per reason for the real
+frames (``real_needle_free.reasons``).
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ def evaluate_model(
     if tuple(ds.label_names) != tuple(card.labels):
         raise ValueError(f"model labels {card.labels} differ from the data's {ds.label_names}")
     n = len(ds)
-    rule = NeedleRule.for_modality(modality)
+    rule = NeedleRule.for_model(card.needle_rule)
     pred = np.empty_like(ds.labels)
     needle_found: list[NeedleDetection | None] = []
     x = np.zeros((1, 1, *ds.images.shape[1:]), np.float32)

@@ -33,7 +33,8 @@ class ScriptedSegmenter:
         self.card = ModelCard(
             name="scripted", modality=modality, version="0", labels=LABELS, input_shape=(128, 128),
             pixel_spacing_mm=0.4, spacing_range_mm=(0.3, 0.5), normalisation={"method": "zscore"},
-            architecture={}, onnx_file="x.onnx", onnx_sha256="0" * 64, opset=17)
+            architecture={}, onnx_file="x.onnx", onnx_sha256="0" * 64, opset=17,
+            needle_rule={"max_flank_asymmetry": 0.55} if modality == "ct" else {})
         self.degraded = degraded_reason is not None
         self.degraded_reason = degraded_reason
         self.labels = labels
@@ -125,8 +126,8 @@ def test_bad_needle_rule_settings_are_refused(field: str, value: object) -> None
 
 
 def test_a_ct_model_needle_must_be_a_line_not_an_edge() -> None:
-    """CT models get the flank check: the same needle mask is a needle on a picture with
-    alike tissue on both sides, and not one on a bone plate's edge."""
+    """A CT model's card carries a flank limit: the same needle mask is a needle on a
+    picture with alike tissue on both sides, and not one on a bone plate's edge."""
     frame, lab = _frame_and_mask()
     picture = np.zeros((128, 128), np.float32)
     cv2.line(picture, (5, 10), (75, 65), 0.9, 2)

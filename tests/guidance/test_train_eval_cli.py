@@ -82,3 +82,20 @@ def test_wilson_interval_refuses_impossible_counts(k: object, n: object) -> None
 
     with pytest.raises(ValueError, match="0 <= k <= n"):
         wilson_interval(k, n)  # type: ignore[arg-type]
+
+
+def test_train_ct_measures_the_flank_limit_or_says_why_not(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A CT model's card gets its flank limit from its own training frames; a model
+    trained for 2 steps finds no needle there, and the card and the output say so."""
+    require("torch")
+    require("onnx")
+    assert main(["train", "--modality", "ct", "--frames", "12", "--steps", "2", "--out",
+                 str(tmp_path), "--cache", str(tmp_path / "c"), "--no-eval"]) == 0
+    card, _ = load_card(tmp_path / "ct-seg.json")
+    rec = card.training["needle_rule"]["max_flank_asymmetry"]
+    if card.needle_rule:  # the untrained net happened to draw needles
+        assert card.needle_rule == {"max_flank_asymmetry": rec["limit"]}
+    else:
+        assert "no needle" in rec["not_measured"] or "flanks" in rec["not_measured"]
+        assert "WARNING: no flank limit" in capsys.readouterr().out

@@ -148,6 +148,12 @@ def _edit_card(card_path: Path, dst: Path, how: str) -> Path:
         raw["labels"] = ["needle", "background", "a", "b"]
     elif how == "modality":
         raw["modality"] = "mri"
+    elif how == "rule not an object":
+        raw["needle_rule"] = [0.55]
+    elif how == "unknown rule limit":
+        raw["needle_rule"] = {"threshold": 0.1}
+    elif how == "bad rule limit":
+        raw["needle_rule"] = {"max_flank_asymmetry": "wide"}
     path.write_text(json.dumps(raw))
     return path
 
@@ -160,6 +166,9 @@ def _edit_card(card_path: Path, dst: Path, how: str) -> Path:
     ("missing field", ["missing field", "labels"]),
     ("bad labels", ["background"]),
     ("modality", ["modality", "mri"]),
+    ("rule not an object", ["needle_rule must be a JSON object"]),
+    ("unknown rule limit", ["needle_rule.threshold: unknown limit", "max_flank_asymmetry"]),
+    ("bad rule limit", ["needle_rule.max_flank_asymmetry must be a positive number", "wide"]),
 ])
 def test_bad_cards_are_refused(model_card: Path, tmp_path: Path, how: str,
                                words: list[str]) -> None:

@@ -82,9 +82,26 @@ def test_shipped_metrics_were_measured_under_the_current_needle_rule(modality: s
 
     card, _ = load_card(shipped.shipped_card(modality))
     real = card.metrics["real_needle_free"]
-    rule = json.loads(json.dumps(dataclasses.asdict(NeedleRule.for_modality(modality))))
+    rule = json.loads(json.dumps(dataclasses.asdict(NeedleRule.for_model(card.needle_rule))))
     assert real["rule"] == rule, modality
     assert real["needle_reported"] == sum(v for k, v in real["reasons"].items()
                                           if k == "needle reported")
     assert card.metrics["held_out"]["dataset_version"] == \
         card.to_json()["training"]["data"]["dataset_version"]
+
+
+@pytest.mark.parametrize("modality", shipped.SHIPPED_MODALITIES)
+def test_only_the_ct_model_carries_a_flank_limit_measured_on_its_training_frames(
+        modality: str) -> None:
+    from guidance.training.rule_limits import FLANK_CHECK_MODALITIES
+    from models.card import load_card
+
+    card, _ = load_card(shipped.shipped_card(modality))
+    if modality not in FLANK_CHECK_MODALITIES:
+        assert card.needle_rule == {}
+        return
+    rec = card.training["needle_rule"]["max_flank_asymmetry"]
+    assert card.needle_rule == {"max_flank_asymmetry": rec["limit"]}
+    assert rec["data"] == card.training["data"]  # the frames the model was trained on
+    assert rec["value_at_percentile"] <= rec["limit"] < rec["value_at_percentile"] + 0.01
+    assert rec["needles"] > 1000 and rec["needles_above_limit"] < 0.01 * rec["needles"]

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from trackers.needle_fit import (
-    CT_MAX_FLANK_ASYMMETRY,
     NeedleRule,
     flank_asymmetry,
     needle_evidence,
@@ -132,9 +131,12 @@ def _ct_picture(plate: bool) -> tuple[np.ndarray, np.ndarray]:
     return img, prob
 
 
+CT_CARD_LIMITS = {"max_flank_asymmetry": 0.55}  # as the shipped CT card's needle_rule
+
+
 def test_flank_asymmetry_tells_a_needle_in_tissue_from_a_bone_plate() -> None:
-    rule = NeedleRule.for_modality("ct")
-    assert rule.max_flank_asymmetry == CT_MAX_FLANK_ASYMMETRY
+    rule = NeedleRule.for_model(CT_CARD_LIMITS)
+    assert rule.max_flank_asymmetry == 0.55
     img, prob = _ct_picture(plate=False)
     ev = needle_evidence(prob, 0.5, 0.5, rule, image=img)
     assert ev.needle is not None and ev.flank_asymmetry < 0.1
@@ -165,10 +167,18 @@ def test_flank_asymmetry_of_a_dark_line_or_a_point_is_infinite() -> None:
 
 def test_a_rule_that_checks_the_flanks_needs_the_image() -> None:
     img, prob = _ct_picture(plate=False)
-    rule = NeedleRule.for_modality("ct")
+    rule = NeedleRule.for_model(CT_CARD_LIMITS)
     with pytest.raises(ValueError, match="model input image"):
         needle_evidence(prob, 0.5, 0.5, rule)
     with pytest.raises(ValueError, match="model input image"):
         needle_evidence(prob, 0.5, 0.5, rule, image=img[:64])
-    assert NeedleRule.for_modality("ct", max_flank_asymmetry=None).max_flank_asymmetry is None
-    assert NeedleRule.for_modality("us") == NeedleRule()
+    assert NeedleRule.for_model({}) == NeedleRule()
+
+
+def test_a_models_own_limits_win_over_the_configured_ones_and_must_be_rule_fields() -> None:
+    rule = NeedleRule.for_model(CT_CARD_LIMITS, threshold=0.6, max_flank_asymmetry=2.0)
+    assert rule.threshold == 0.6 and rule.max_flank_asymmetry == 0.55
+    with pytest.raises(ValueError, match=r"needle_rule: unknown field\(s\) \['max_flank'\]"):
+        NeedleRule.for_model({"max_flank": 0.5})
+    with pytest.raises(ValueError, match="max_flank_asymmetry"):
+        NeedleRule.for_model({"max_flank_asymmetry": -1.0})
