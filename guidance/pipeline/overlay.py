@@ -15,7 +15,7 @@ import numpy.typing as npt
 from guidance.pipeline.frame import FrameResult
 from guidance.records import GuidanceState, WarningLevel
 
-__all__ = ["LABEL_COLOURS", "LEVEL_COLOURS", "OverlayComposer"]
+__all__ = ["LABEL_COLOURS", "LEVEL_COLOURS", "OverlayComposer", "wrap_text"]
 
 #: RGB per label id (1 needle, 2 nerve, 3 vessel / vertebra).
 LABEL_COLOURS = {1: (255, 220, 0), 2: (255, 0, 255), 3: (0, 160, 255)}
@@ -27,6 +27,40 @@ LEVEL_COLOURS = {
     WarningLevel.DANGER: (210, 0, 0),
 }
 STALE_COLOUR = (128, 128, 128)
+
+
+def wrap_text(text: str, width_px: int, scale: float) -> list[str]:
+    """Break ``text`` at spaces into lines no wider than ``width_px`` pixels in OpenCV's
+    Hershey simplex font at ``scale`` (thickness 1); a single word wider than that is
+    broken inside. Nothing is dropped: the lines joined by spaces give back the words.
+
+    Returns:
+        At least one line.
+    """
+    def width(s: str) -> int:
+        return int(cv2.getTextSize(s, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0])
+
+    limit = max(int(width_px), 1)
+    lines: list[str] = []
+    line = ""
+    for word in text.split():
+        while width(word) > limit and len(word) > 1:  # a word wider than the banner
+            cut = len(word) - 1
+            while cut > 1 and width(word[:cut]) > limit:
+                cut -= 1
+            if line:
+                lines.append(line)
+                line = ""
+            lines.append(word[:cut])
+            word = word[cut:]
+        trial = f"{line} {word}" if line else word
+        if line and width(trial) > limit:
+            lines.append(line)
+            line = word
+        else:
+            line = trial
+    lines.append(line)
+    return lines
 
 
 class OverlayComposer:
@@ -104,12 +138,11 @@ class OverlayComposer:
     @staticmethod
     def _banner(rgb: np.ndarray, result: FrameResult, latency_ms: float | None = None) -> None:
         h, w = rgb.shape[:2]
-        bh = max(18, h // 14)
+        line_h = max(18, h // 14)
         stale = result.state in (GuidanceState.STALE, GuidanceState.NO_GUIDANCE)
         colour = (
             STALE_COLOUR if result.state == GuidanceState.STALE else LEVEL_COLOURS[result.level]
         )
-        cv2.rectangle(rgb, (0, 0), (w - 1, bh), colour, -1)
         worst = max(result.warnings, key=lambda x: x.level, default=None)
         if result.state == GuidanceState.STALE:
             text = "STALE - " + (result.reasons[0] if result.reasons else "input too old")
@@ -117,17 +150,14 @@ class OverlayComposer:
             text = f"{worst.level.name}: {worst.message}"
         else:
             text = result.state.name
-        scale = bh / 40.0
-        cv2.putText(
-            rgb,
-            text[:70],
-            (4, int(bh * 0.75)),
-            cv2.FONT_HERSHEY_SIMPLEX,
-            scale,
-            (255, 255, 255),
-            1,
-            cv2.LINE_AA,
-        )
+        scale = line_h / 40.0
+        # Never cut a warning: the banner takes as many lines as its text needs.
+        rows = wrap_text(text, w - 8, scale)
+        bh = line_h * len(rows)
+        cv2.rectangle(rgb, (0, 0), (w - 1, min(bh, h - 1)), colour, -1)
+        for k, row in enumerate(rows):
+            cv2.putText(rgb, row, (4, int(line_h * (k + 0.75))), cv2.FONT_HERSHEY_SIMPLEX,
+                        scale, (255, 255, 255), 1, cv2.LINE_AA)
         lines = []
         t2t = result.metrics.get("tip_to_target_mm")
         if t2t is not None and math.isfinite(t2t):
@@ -141,7 +171,7 @@ class OverlayComposer:
             cv2.putText(
                 rgb,
                 line,
-                (4, h - 6 - k * int(bh * 0.8)),
+                (4, h - 6 - k * int(line_h * 0.8)),
                 cv2.FONT_HERSHEY_SIMPLEX,
                 scale,
                 (255, 255, 255),

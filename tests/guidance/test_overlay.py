@@ -1,0 +1,68 @@
+"""The headless annotated frame (PNG output, benchmark): the warning banner is never cut."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from guidance.geometry import ImageVolume
+from guidance.pipeline.frame import FrameResult
+from guidance.pipeline.overlay import LEVEL_COLOURS, OverlayComposer, wrap_text
+from guidance.records import GuidanceState, SafetyWarning, WarningLevel
+
+LONG = ("vertebra_L1: 2.3 mm, within the 2.8 mm margin; breach expected 4.6 mm ahead "
+        "on the current axis")
+
+
+def _width(s: str, scale: float) -> int:
+    return int(cv2.getTextSize(s, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0])
+
+
+@pytest.mark.parametrize("width_px", [60, 200, 500, 5000])
+def test_wrap_text_keeps_every_word_and_fits(width_px: int) -> None:
+    scale = 0.5
+    lines = wrap_text(LONG, width_px, scale)
+    assert "".join(lines).replace(" ", "") == LONG.replace(" ", "")  # nothing dropped
+    if max(_width(word, scale) for word in LONG.split()) <= width_px:
+        assert " ".join(lines).split() == LONG.split()  # broken at spaces only
+    assert all(_width(line, scale) <= width_px for line in lines)
+    assert (len(lines) == 1) == (_width(LONG, scale) <= width_px)
+
+
+def test_wrap_text_breaks_a_word_wider_than_the_line() -> None:
+    word = "inferior_vena_cava_and_more_letters_than_fit"
+    lines = wrap_text(f"DANGER: {word}", 80, 0.5)
+    assert "".join(lines[1:]) == word and len(lines) > 2
+    assert all(_width(line, 0.5) <= 80 for line in lines)
+    assert wrap_text("", 100, 0.5) == [""]
+
+
+def _result(message: str, size: int) -> FrameResult:
+    w = SafetyWarning(1.0, WarningLevel.DANGER, "vertebra_L1", 2.3, message)
+    img = ImageVolume(voxels=np.full((1, size, size), 100, np.uint16), ijk_to_lps=np.eye(4))
+    return FrameResult(1, 1.0, 1, GuidanceState.OK, (), None, WarningLevel.DANGER, (w,), {}, {},
+                       img, None)
+
+
+def _banner_rows(rgb: np.ndarray) -> int:
+    """Rows from the top whose first column has the DANGER banner colour."""
+    col = rgb[:, 1]
+    danger = np.all(col == LEVEL_COLOURS[WarningLevel.DANGER], axis=1)
+    return int(np.argmin(danger)) if not danger.all() else len(danger)
+
+
+def test_a_long_warning_grows_the_banner_instead_of_being_cut() -> None:
+    comp = OverlayComposer()
+    short = comp.compose(_result("L1: 2 mm", 256)).copy()
+    long = comp.compose(_result(LONG, 256)).copy()
+    one = _banner_rows(short)
+    assert one >= 18
+    n_lines = len(wrap_text(f"DANGER: {LONG}", 256 - 8, max(18, 256 // 14) / 40.0))
+    assert n_lines >= 3
+    assert _banner_rows(long) == pytest.approx(one * n_lines, abs=2)
+    # white text on every line of the banner
+    line_h = max(18, 256 // 14)
+    for k in range(n_lines):
+        band = long[k * line_h:(k + 1) * line_h, :, :]
+        assert (band.min(axis=2) > 200).sum() > 20
