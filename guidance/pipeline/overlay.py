@@ -148,8 +148,16 @@ class OverlayComposer:
             text = "STALE - " + (result.reasons[0] if result.reasons else "input too old")
         elif worst is not None:
             text = f"{worst.level.name}: {worst.message}"
+            if result.state != GuidanceState.OK:  # uncertain guidance is shown as such
+                text += f" | {result.state.name}"
+                if result.reasons:
+                    text += f": {result.reasons[0]}"
         else:
             text = result.state.name
+            if result.state != GuidanceState.OK and result.reasons:
+                text += f": {result.reasons[0]}"
+        if result.state != GuidanceState.STALE and len(result.reasons) > 1:
+            text += f" (+{len(result.reasons) - 1} more)"
         scale = line_h / 40.0
         # Never cut a warning: the banner takes as many lines as its text needs.
         rows = wrap_text(text, w - 8, scale)

@@ -38,10 +38,11 @@ def test_wrap_text_breaks_a_word_wider_than_the_line() -> None:
     assert wrap_text("", 100, 0.5) == [""]
 
 
-def _result(message: str, size: int) -> FrameResult:
+def _result(message: str, size: int, state: GuidanceState = GuidanceState.OK,
+            reasons: tuple[str, ...] = ()) -> FrameResult:
     w = SafetyWarning(1.0, WarningLevel.DANGER, "vertebra_L1", 2.3, message)
     img = ImageVolume(voxels=np.full((1, size, size), 100, np.uint16), ijk_to_lps=np.eye(4))
-    return FrameResult(1, 1.0, 1, GuidanceState.OK, (), None, WarningLevel.DANGER, (w,), {}, {},
+    return FrameResult(1, 1.0, 1, state, reasons, None, WarningLevel.DANGER, (w,), {}, {},
                        img, None)
 
 
@@ -66,3 +67,23 @@ def test_a_long_warning_grows_the_banner_instead_of_being_cut() -> None:
     for k in range(n_lines):
         band = long[k * line_h:(k + 1) * line_h, :, :]
         assert (band.min(axis=2) > 200).sum() > 20
+
+
+def test_a_degraded_frame_says_so_and_why_beside_the_warning(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    drawn: list[str] = []
+    real = cv2.putText
+
+    def spy(img, text, *args, **kwargs):  # type: ignore[no-untyped-def]
+        drawn.append(text)
+        return real(img, text, *args, **kwargs)
+
+    monkeypatch.setattr(cv2, "putText", spy)
+    why = "cross-check: model and classical detector disagree (tips 4.2 mm apart)"
+    res = _result("vertebra_L1: 2.3 mm", 256, GuidanceState.DEGRADED, (why, "second"))
+    OverlayComposer().compose(res)
+    banner = " ".join(drawn)
+    for part in ("DANGER:", "vertebra_L1:", "DEGRADED:", "cross-check:", "apart)", "(+1 more)"):
+        assert part in banner
+    drawn.clear()
+    OverlayComposer().compose(_result("vertebra_L1: 2.3 mm", 256))
+    assert "DEGRADED" not in " ".join(drawn) and "more)" not in " ".join(drawn)
