@@ -32,7 +32,8 @@ STALE_COLOUR = (128, 128, 128)
 def wrap_text(text: str, width_px: int, scale: float) -> list[str]:
     """Break ``text`` at spaces into lines no wider than ``width_px`` pixels in OpenCV's
     Hershey simplex font at ``scale`` (thickness 1); a single word wider than that is
-    broken inside. Nothing is dropped: the lines joined by spaces give back the words.
+    broken inside. Nothing is dropped: the lines hold every character of ``text`` in
+    order, only the spaces where a line ends are left out.
 
     Returns:
         At least one line.
