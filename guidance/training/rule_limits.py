@@ -47,7 +47,7 @@ def measure_flank_limit(
 
     Args:
         segmenter: the model (``models.segmenter.Segmenter``: ``card``, ``backend``).
-        ds: its training set (``guidance.training.dataset.Dataset``: ``images``
+        ds: its training set (``guidance.training.dataset.SegDataset``: ``images``
             (N, rows, cols) model input, ``labels``, ``spacing_mm`` (N,) mm,
             ``description``).
         percentile: in (0, 100].
