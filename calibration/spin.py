@@ -102,9 +102,9 @@ def spin_calibration(
     dirs = rot @ axis
     axis_tracker = dirs.mean(axis=0)
     axis_tracker /= np.linalg.norm(axis_tracker)
-    wobble = float(
-        np.degrees(np.sqrt(np.mean(np.arccos(np.clip(dirs @ axis_tracker, -1, 1)) ** 2)))
-    )
+    # atan2(|a x b|, a . b): arccos of a dot product near 1 loses half the digits.
+    angles = np.arctan2(np.linalg.norm(np.cross(dirs, axis_tracker), axis=1), dirs @ axis_tracker)
+    wobble = float(np.degrees(np.sqrt(np.mean(angles**2))))
     if wobble > max_wobble_deg:
         raise CalibrationError(
             f"motion is not a spin about one axis: wobble {wobble:.2f} deg RMS > "
