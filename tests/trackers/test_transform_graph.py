@@ -200,3 +200,81 @@ def test_concurrent_updates_and_queries(rng: np.random.Generator) -> None:
     for t in threads:
         t.join(timeout=30)
     assert not errors
+
+
+def _trans(x: float) -> np.ndarray:
+    m = np.eye(4)
+    m[:3, 3] = [x, 0.0, 0.0]
+    return m
+
+
+def test_query_at_a_time_interpolates_each_live_edge() -> None:
+    clock = FakeClock()
+    g = TransformGraph(default_max_age_s=0.5, clock_ns=clock)
+    for k in range(10):  # the needle moves 1 mm per 10 ms
+        g.update("NeedleToReference", _trans(float(k)), clock.now_ns, timestamp_s=100.0 + 0.01 * k)
+        clock.advance(0.01)
+    g.set_static("ReferenceToCT", _trans(1000.0), source="reg.json")
+    q = g.query("Needle", "CT", at_s=100.035)
+    assert q.matrix[0, 3] == pytest.approx(1003.5)
+    assert q.ok and q.time_gap_s == 0.0
+    assert [(e.name, e.static, e.source) for e in q.edges] == [
+        ("NeedleToReference", False, "live"), ("ReferenceToCT", True, "reg.json")]
+    # Without a time: the newest sample; its age on the local clock.
+    newest = g.query("Needle", "CT")
+    assert newest.matrix[0, 3] == pytest.approx(1009.0)
+    assert newest.age_s == pytest.approx(0.01)
+
+
+def test_query_beyond_the_history_holds_the_nearest_sample_and_reports_the_gap() -> None:
+    clock = FakeClock()
+    g = TransformGraph(default_max_age_s=0.1, clock_ns=clock)
+    g.update("NeedleToReference", _trans(1.0), clock.now_ns, timestamp_s=10.0)
+    g.update("NeedleToReference", _trans(5.0), clock.now_ns, timestamp_s=10.05)
+    q = g.query("NeedleToReference", at_s=10.08)  # 30 ms after the newest: held, OK
+    assert q.matrix[0, 3] == pytest.approx(5.0) and q.time_gap_s == pytest.approx(0.03)
+    assert q.ok
+    q = g.query("NeedleToReference", at_s=10.2)  # 150 ms after: no pose for that time
+    assert q.state is TransformState.STALE and q.time_gap_s == pytest.approx(0.15)
+    assert q.worst_edge() is not None and q.worst_edge().name == "NeedleToReference"
+    q = g.query("NeedleToReference", at_s=9.5)  # before the history
+    assert q.state is TransformState.STALE and q.matrix[0, 3] == pytest.approx(1.0)
+    # A different clock (a sender timestamp of 0 against an epoch time) is STALE too.
+    assert g.query("NeedleToReference", at_s=1.7e9).state is TransformState.STALE
+
+
+def test_out_of_order_samples_are_kept_sorted_and_flags_count_between_samples() -> None:
+    clock = FakeClock()
+    g = TransformGraph(default_max_age_s=1.0, clock_ns=clock)
+    g.update("AToB", _trans(0.0), timestamp_s=1.0)
+    g.update("AToB", _trans(20.0), timestamp_s=3.0)
+    g.update("AToB", _trans(10.0), timestamp_s=2.0)  # arrives late
+    assert g.query("AToB", at_s=1.5).matrix[0, 3] == pytest.approx(5.0)
+    assert g.query("AToB", at_s=2.5).matrix[0, 3] == pytest.approx(15.0)
+    g.update("AToB", _trans(30.0), timestamp_s=4.0, valid=False)
+    assert g.query("AToB", at_s=3.5).state is TransformState.INVALID
+    assert g.query("AToB", at_s=2.5).state is TransformState.OK
+
+
+def test_per_edge_stale_limits_and_no_path_names_the_reachable_frames() -> None:
+    clock = FakeClock()
+    g = TransformGraph(default_max_age_s=1.0, clock_ns=clock)
+    g.set_max_age("NeedleToReference", 0.05)
+    g.update("NeedleToReference", _trans(1.0))
+    g.update("ProbeToReference", _trans(1.0))
+    clock.advance(0.1)
+    assert g.query("NeedleToReference").state is TransformState.STALE
+    assert g.query("ProbeToReference").state is TransformState.OK
+    with pytest.raises(NoPathError, match="Needle is joined to") as err:
+        g.query("Needle", "CT")
+    assert err.value.reachable == {"Needle", "Reference", "Probe"}
+    assert err.value.from_frame == "Needle" and err.value.to_frame == "CT"
+
+
+def test_a_static_edge_replaces_a_live_one_of_the_same_name() -> None:
+    g = TransformGraph(clock_ns=FakeClock())
+    g.update("ReferenceToCT", _trans(1.0))
+    g.set_static("ReferenceToCT", _trans(2.0), source="reg.json")
+    q = g.query("ReferenceToCT")
+    assert q.edges[0].static and q.matrix[0, 3] == pytest.approx(2.0)
+    assert g.names() == ("ReferenceToCT",) and g.has("CTToReference")
