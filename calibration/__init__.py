@@ -9,7 +9,7 @@ float64 ``a_to_b`` rigid transforms). JSON formats of the CLI: ``calibration/FOR
 
 from calibration.carm import CArmResult, carm_calibration, decompose_projection, project
 from calibration.errors import CalibrationError
-from calibration.pivot import PivotResult, angular_range_deg, pivot_calibration
+from calibration.pivot import PivotResult, angular_range_deg, pivot_calibration, tip_frame
 from calibration.probe import ProbeCalibrationResult, probe_calibration
 from calibration.registration import (
     RegistrationResult,
@@ -44,5 +44,6 @@ __all__ = [
     "register_points",
     "spin_calibration",
     "temporal_calibration",
+    "tip_frame",
     "validate_rigid",
 ]

@@ -18,7 +18,7 @@ import numpy.typing as npt
 from calibration._checks import as_positive, as_rotations_translations
 from calibration.errors import CalibrationError
 
-__all__ = ["PivotResult", "angular_range_deg", "pivot_calibration"]
+__all__ = ["PivotResult", "angular_range_deg", "pivot_calibration", "tip_frame"]
 
 _log = logging.getLogger(__name__)
 
@@ -54,10 +54,52 @@ class PivotResult:
 
     @property
     def tip_to_tool(self) -> npt.NDArray[np.float64]:
-        """(4, 4) float64: the tip frame (axes parallel to the tool's) to the tool frame."""
-        m = np.eye(4)
-        m[:3, 3] = self.tip_offset_mm
-        return m
+        """(4, 4) float64: the tip frame to the tool frame, from :func:`tip_frame` with the
+        default axis (+z from the tool origin towards the tip)."""
+        return tip_frame(self.tip_offset_mm)
+
+
+def tip_frame(
+    tip_offset_mm: npt.ArrayLike, axis_tool: npt.ArrayLike | None = None
+) -> npt.NDArray[np.float64]:
+    """The tool's tip frame as ``tip_to_tool``: origin at the tip, +z along the shaft from
+    hub to tip (DESIGN.md: ``NeedleTip``), x and y completing a right-handed frame
+    (rotation about the shaft is arbitrary: a needle is symmetric).
+
+    A pivot calibration gives the tip but not the shaft. Without ``axis_tool`` the shaft
+    is taken along the line from the tool origin to the tip: exact when the marker's
+    origin lies on the shaft's line (a marker behind the hub), off by the angle under
+    which the origin's distance from the shaft is seen from the tip otherwise; a spin
+    calibration (:func:`calibration.spin_calibration`) measures the shaft instead.
+
+    Args:
+        tip_offset_mm: (3,) tip in the tool frame, mm (the pivot result).
+        axis_tool: (3,) shaft direction hub -> tip in the tool frame (spin result);
+            default ``tip_offset_mm`` normalised.
+
+    Returns:
+        (4, 4) float64 rigid ``tip_to_tool``.
+
+    Raises:
+        ValueError: non-finite input, a zero tip offset without an axis, a zero axis.
+    """
+    tip = np.asarray(tip_offset_mm, dtype=np.float64).reshape(-1)
+    if tip.shape != (3,) or not np.all(np.isfinite(tip)):
+        raise ValueError(f"tip_offset_mm must be 3 finite numbers, got {tip_offset_mm!r}")
+    z = tip if axis_tool is None else np.asarray(axis_tool, dtype=np.float64).reshape(-1)
+    if z.shape != (3,) or not np.all(np.isfinite(z)):
+        raise ValueError(f"axis_tool must be 3 finite numbers, got {axis_tool!r}")
+    n = float(np.linalg.norm(z))
+    if n < 1e-9:
+        raise ValueError("the shaft direction is undefined: give axis_tool or a non-zero tip "
+                         "offset")
+    z = z / n
+    helper = np.array([1.0, 0.0, 0.0]) if abs(z[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
+    x = np.cross(helper, z)
+    x /= np.linalg.norm(x)
+    m = np.eye(4)
+    m[:3, 0], m[:3, 1], m[:3, 2], m[:3, 3] = x, np.cross(z, x), z, tip
+    return m
 
 
 def angular_range_deg(rotations: npt.NDArray[np.float64], max_poses: int = 1500) -> float:

@@ -31,6 +31,7 @@ __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "KINDS",
+    "OPTIONAL",
     "CalibrationFile",
     "CalibrationFileError",
     "Provenance",
@@ -100,6 +101,18 @@ KINDS: Mapping[str, Mapping[str, _Spec]] = MappingProxyType(
             "dlt_reprojection_rms_px": "float",
             "residuals_px": (-1,),
         },
+    }
+)
+
+#: Optional kind-specific keys (added after format version 1 was first written: files
+#: without them still load).
+OPTIONAL: Mapping[str, Mapping[str, _Spec]] = MappingProxyType(
+    {
+        # The fiducials in the fixed frame: the expected TRE anywhere (Fitzpatrick 1998
+        # eq. 46), e.g. at the plan's target, not only at the listed targets.
+        "register": {"fiducials_mm": (-1, 3)},
+        # The pivot calibration's RMS when the spin file holds the tip transform too.
+        "spin": {"tip_rms_mm": "float"},
     }
 )
 
@@ -232,7 +245,8 @@ def validate_document(doc: object, source: str = "<document>") -> CalibrationFil
     if kind not in KINDS:
         raise _fail(source, "kind", f"must be one of {sorted(KINDS)}, got {kind!r}")
     specs = KINDS[kind]
-    unknown = sorted(set(doc) - set(_COMMON) - set(specs))
+    optional = OPTIONAL.get(kind, {})
+    unknown = sorted(set(doc) - set(_COMMON) - set(specs) - set(optional))
     if unknown:
         raise _fail(source, unknown[0], f"unknown key for kind {kind!r}")
     values: dict[str, Any] = {}
@@ -240,6 +254,9 @@ def validate_document(doc: object, source: str = "<document>") -> CalibrationFil
         if key not in doc:
             raise _fail(source, key, f"missing (required for kind {kind!r})")
         values[key] = _check_value(source, key, doc[key], spec)
+    for key, spec in optional.items():
+        if key in doc:
+            values[key] = _check_value(source, key, doc[key], spec)
 
     raw_t = doc["transforms"]
     if not isinstance(raw_t, dict):

@@ -302,7 +302,7 @@ def _cmd_pivot(args: argparse.Namespace) -> int:
             "n_poses": len(poses),
             "n_inliers": int(res.inliers.sum()),
         },
-        {f"{frame}TipTo{frame}": res.tip_to_tool},
+        {f"{frame}TipTo{frame}": _calibrated(lambda: res.tip_to_tool)},
         _provenance(source, sha, args),
     )
     if args.plot:
@@ -321,27 +321,52 @@ def _cmd_pivot(args: argparse.Namespace) -> int:
     )
 
 
+def _pivot_file(path: str, frame: str) -> tuple[npt.NDArray[np.float64], float]:
+    """(tip offset, RMS) of a pivot calibration file of ``frame``'s tool."""
+    from guidance.calibration_file import load_calibration
+
+    calib = load_calibration(path)
+    if calib.kind != "pivot":
+        raise UsageError(f"--pivot {path}: a {calib.kind!r} calibration, not a pivot")
+    name = f"{frame}TipTo{frame}"
+    if name not in calib.transforms:
+        raise UsageError(f"--pivot {path}: calibrates {sorted(calib.transforms)}, not {name} "
+                         f"(--tool {frame})")
+    return np.asarray(calib.values["tip_offset_mm"]), float(calib.values["rms_mm"])
+
+
 def _cmd_spin(args: argparse.Namespace) -> int:
     poses, inp, source, sha = _poses_from_args(args, {"poses", "tip_offset_mm"})
+    _, frame = _frame_of_tool(args.tool)
     tip = None
-    if inp is not None and inp.has("tip_offset_mm"):
+    tip_rms = None
+    if args.pivot is not None:
+        if inp is not None and inp.has("tip_offset_mm"):
+            raise UsageError(f"{args.input}: give the tip offset either in 'tip_offset_mm' or "
+                             "with --pivot, not both")
+        tip, tip_rms = _pivot_file(args.pivot, frame)
+    elif inp is not None and inp.has("tip_offset_mm"):
         tip = inp.array("tip_offset_mm", (3,))
     res = _calibrated(
         calibration.spin_calibration, poses, tip_offset_mm=tip, min_spin_deg=args.min_spin_deg
     )
-    doc = make_document(
-        "spin",
-        {
-            "axis_tool": res.axis_tool,
-            "axis_point_tool_mm": res.axis_point_tool_mm,
-            "spin_range_deg": res.spin_range_deg,
-            "wobble_rms_deg": res.wobble_rms_deg,
-            "line_rms_mm": res.line_rms_mm,
-            "n_poses": len(poses),
-        },
-        {},
-        _provenance(source, sha, args),
-    )
+    values: dict[str, object] = {
+        "axis_tool": res.axis_tool,
+        "axis_point_tool_mm": res.axis_point_tool_mm,
+        "spin_range_deg": res.spin_range_deg,
+        "wobble_rms_deg": res.wobble_rms_deg,
+        "line_rms_mm": res.line_rms_mm,
+        "n_poses": len(poses),
+    }
+    transforms: dict[str, npt.NDArray[np.float64]] = {}
+    if tip is not None:
+        # With the tip known, the spin file holds the whole tip frame: the pivot's tip and
+        # the measured shaft as +z (calibration.tip_frame).
+        transforms[f"{frame}TipTo{frame}"] = _calibrated(calibration.tip_frame, tip,
+                                                         res.axis_tool)
+        if tip_rms is not None:
+            values["tip_rms_mm"] = tip_rms
+    doc = make_document("spin", values, transforms, _provenance(source, sha, args))
     return _write(
         doc,
         args,
@@ -353,8 +378,11 @@ def _cmd_register(args: argparse.Namespace) -> int:
     inp = _Input(args.input, {"fixed_mm", "moving_mm", "targets_mm", "fle_mm"})
     fixed = inp.array("fixed_mm", (-1, 3))
     moving = inp.array("moving_mm", (-1, 3))
-    targets = inp.array("targets_mm", (-1, 3)) if inp.has("targets_mm") else None
     fle = inp.number("fle_mm") if inp.has("fle_mm") else None
+    if inp.has("targets_mm"):
+        targets = inp.array("targets_mm", (-1, 3))
+    else:  # no target given: the expected TRE at the fiducials' centroid
+        targets = fixed.mean(axis=0, keepdims=True) if fixed.ndim == 2 and len(fixed) else None
     res = _calibrated(calibration.register_points, fixed, moving, targets_mm=targets, fle_mm=fle)
     doc = make_document(
         "register",
@@ -366,6 +394,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
             "fle_estimated": res.fle_estimated,
             "targets_mm": res.targets_fixed_mm,
             "expected_tre_mm": res.expected_tre_mm,
+            "fiducials_mm": fixed,
         },
         {args.name: res.moving_to_fixed},
         _provenance(args.input, inp.sha256, args),
@@ -378,7 +407,10 @@ def _cmd_register(args: argparse.Namespace) -> int:
             res.residuals_mm,
             res.fre_mm,
         )
-    return _write(doc, args, f"register: FRE {res.fre_mm:.3f} mm")
+    where = "target" if inp.has("targets_mm") else "fiducials' centroid"
+    tre = ", ".join(f"{v:.2f}" for v in res.expected_tre_mm)
+    return _write(doc, args, f"register: FRE {res.fre_mm:.3f} mm, expected TRE at the {where} "
+                             f"{tre} mm")
 
 
 def _cmd_probe(args: argparse.Namespace) -> int:
@@ -561,6 +593,10 @@ def register(subparsers: Any) -> None:
     p = sub.add_parser("spin", help="needle axis from rotations about the shaft")
     _io_args(p, live=True)
     p.add_argument("--min-spin-deg", type=float, default=30.0)
+    p.add_argument("--pivot", metavar="FILE",
+                   help="pivot calibration of the same tool: the result then holds the whole "
+                        "tip frame <Tool>TipTo<Tool> (tip from the pivot, +z along the "
+                        "measured shaft)")
     p.set_defaults(func=_checked(_cmd_spin))
 
     p = sub.add_parser("register", help="paired-point rigid registration with expected TRE")

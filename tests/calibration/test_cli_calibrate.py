@@ -288,3 +288,74 @@ def test_accuracy_command_prints_and_writes_figures(
     report = json.loads(out.read_text())
     assert [f["name"] for f in report["figures"]] == ["pivot", "registration", "temporal", "carm"]
     assert all(f["passed"] for f in report["figures"])
+
+
+def test_register_without_targets_reports_the_tre_at_the_centroid(
+    tmp_path: Path, rng: np.random.Generator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    moving = rng.uniform(-60, 60, (5, 3))
+    rot = Rotation.from_euler("z", 25, degrees=True).as_matrix()
+    fixed = moving @ rot.T + [5.0, -8.0, 12.0] + rng.normal(0, 0.3, (5, 3))
+    src = _write(tmp_path / "pairs.json", {"fixed_mm": fixed.tolist(),
+                                           "moving_mm": moving.tolist()})
+    out = tmp_path / "reg.json"
+    argv = ["calibrate", "register", "--input", src, "--out", str(out), "--name", "ReferenceToCT"]
+    assert cli_main.main(argv) == 0
+    assert "expected TRE at the fiducials' centroid" in capsys.readouterr().out
+    calib = load_calibration(out)
+    np.testing.assert_allclose(calib.values["targets_mm"], [fixed.mean(axis=0)])
+    np.testing.assert_allclose(calib.values["fiducials_mm"], fixed)
+    fle = calib.values["fle_mm"]
+    # At the centroid eq. 46 reduces to FLE / sqrt(N).
+    assert calib.values["expected_tre_mm"][0] == pytest.approx(fle / np.sqrt(5))
+    assert calib.transforms.keys() == {"ReferenceToCT"}
+
+
+def test_pivot_tip_frame_points_z_from_the_marker_to_the_tip(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    poses = simulate_pivot_poses(rng, 40, TIP, PIVOT, noise_rms_mm=0.0)
+    src = _write(tmp_path / "poses.json", {"poses": poses.tolist()})
+    out = tmp_path / "pivot.json"
+    argv = ["calibrate", "pivot", "--input", src, "--out", str(out), "--tool", "Needle"]
+    assert cli_main.main(argv) == 0
+    m = load_calibration(out).transform("NeedleTipToNeedle")
+    np.testing.assert_allclose(m[:3, 3], TIP, atol=1e-6)
+    np.testing.assert_allclose(m[:3, 2], TIP / np.linalg.norm(TIP), atol=1e-6)
+    np.testing.assert_allclose(m[:3, :3].T @ m[:3, :3], np.eye(3), atol=1e-12)
+    assert np.linalg.det(m[:3, :3]) == pytest.approx(1.0)
+
+
+def test_spin_with_pivot_holds_the_whole_tip_frame(
+    tmp_path: Path, rng: np.random.Generator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A marker whose origin is 20 mm off the shaft: the shaft is not along the tip offset.
+    axis = np.array([0.0, 0.0, -1.0])
+    tip = np.array([20.0, 0.0, -150.0])
+    pivots = simulate_pivot_poses(rng, 40, tip, PIVOT, noise_rms_mm=0.1)
+    pivot_src = _write(tmp_path / "poses.json", {"poses": pivots.tolist()})
+    pivot_out = tmp_path / "pivot.json"
+    assert cli_main.main(["calibrate", "pivot", "--input", pivot_src, "--out", str(pivot_out),
+                          "--tool", "Needle"]) == 0
+    angles = np.radians(np.linspace(-80, 80, 20))
+    spins = np.tile(np.eye(4), (20, 1, 1))
+    spins[:, :3, :3] = Rotation.from_rotvec(np.outer(angles, axis)).as_matrix()
+    # Rotating about the shaft line x = 20, y = 0 of the tool frame.
+    spins[:, :3, 3] = np.array([20.0, 0, 0]) - spins[:, :3, :3] @ np.array([20.0, 0, 0])
+    spin_src = _write(tmp_path / "spin.json", {"poses": spins.tolist()})
+    out = tmp_path / "spin_out.json"
+    assert cli_main.main(["calibrate", "spin", "--input", spin_src, "--pivot", str(pivot_out),
+                          "--tool", "Needle", "--out", str(out)]) == 0
+    calib = load_calibration(out)
+    m = calib.transform("NeedleTipToNeedle")
+    np.testing.assert_allclose(m[:3, 2], axis, atol=1e-6)
+    pivot = load_calibration(pivot_out)
+    np.testing.assert_allclose(m[:3, 3], pivot.values["tip_offset_mm"])
+    assert calib.values["tip_rms_mm"] == pytest.approx(pivot.values["rms_mm"])
+    # A pivot file of another tool, or another kind of file, is refused by name.
+    assert cli_main.main(["calibrate", "spin", "--input", spin_src, "--pivot", str(pivot_out),
+                          "--tool", "Stylus"]) == 2
+    assert "not StylusTipToStylus" in capsys.readouterr().err
+    assert cli_main.main(["calibrate", "spin", "--input", spin_src, "--pivot", str(out),
+                          "--tool", "Needle"]) == 2
+    assert "a 'spin' calibration, not a pivot" in capsys.readouterr().err
