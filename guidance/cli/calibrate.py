@@ -379,10 +379,11 @@ def _cmd_register(args: argparse.Namespace) -> int:
     fixed = inp.array("fixed_mm", (-1, 3))
     moving = inp.array("moving_mm", (-1, 3))
     fle = inp.number("fle_mm") if inp.has("fle_mm") else None
+    targets: npt.NDArray[np.float64] | None = None
     if inp.has("targets_mm"):
         targets = inp.array("targets_mm", (-1, 3))
-    else:  # no target given: the expected TRE at the fiducials' centroid
-        targets = fixed.mean(axis=0, keepdims=True) if fixed.ndim == 2 and len(fixed) else None
+    elif len(fixed):  # no target given: the expected TRE at the fiducials' centroid
+        targets = fixed.mean(axis=0, keepdims=True)
     res = _calibrated(calibration.register_points, fixed, moving, targets_mm=targets, fle_mm=fle)
     doc = make_document(
         "register",
