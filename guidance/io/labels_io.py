@@ -8,6 +8,7 @@ LPS here, once). This covers what 3D Slicer and TotalSegmentator write for segme
 
 from __future__ import annotations
 
+import csv
 import gzip
 import logging
 from pathlib import Path
@@ -21,6 +22,7 @@ __all__ = [
     "LabelMapError",
     "check_same_grid",
     "load_label_map",
+    "read_label_names",
     "read_nrrd",
     "write_nrrd",
 ]
@@ -179,6 +181,25 @@ def load_label_map(path: str | Path) -> ImageVolume:
     elif v.dtype.kind not in "iu":
         raise LabelMapError(f"{p}: label map dtype {v.dtype} is not integer")
     return vol
+
+
+def read_label_names(path: str | Path) -> dict[int, str]:
+    """Read a label-names CSV with the columns ``id,structure`` (TotalSegmentator's
+    ``structures.csv`` layout).
+
+    Returns:
+        label id -> class name.
+
+    Raises:
+        LabelMapError: missing or unreadable file, a missing column, a non-integer id.
+    """
+    p = Path(path)
+    try:
+        with p.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        return {int(r["id"]): r["structure"] for r in rows}
+    except (OSError, KeyError, ValueError, TypeError) as e:
+        raise LabelMapError(f"{p}: expected a CSV with id,structure ({e})") from e
 
 
 def check_same_grid(

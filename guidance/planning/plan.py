@@ -1,10 +1,12 @@
 """The plan record: entry and target in LPS mm, saved as ``plan.json``.
 
 ``plan.json`` holds the plan (``entry_lps_mm``, ``target_lps_mm``, ``target_spec``, the
-CT and label sources) and, for people and reports, the metrics the planner computed
-(``length_mm``, ``angles_deg``, ``clearance_mm``, ``violations``, ``candidates``...).
-Loading reads the plan fields back and checks them; the metric fields are recomputed
-wherever they are needed, never trusted from the file.
+CT and label sources), its ``anatomy`` (the CT, labels and label names with their SHA-256,
+the structure config and the analysed region: what the live check rebuilds, see
+:mod:`guidance.planning.provenance`) and, for people and reports, the metrics the planner
+computed (``length_mm``, ``angles_deg``, ``clearance_mm``, ``violations``,
+``candidates``...). Loading reads the plan fields back and checks them; the metric fields
+are recomputed wherever they are needed, never trusted from the file.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from guidance.planning.provenance import PlanAnatomy
 
 __all__ = ["PLAN_FORMAT", "Plan", "PlanError"]
 
@@ -46,8 +50,13 @@ class Plan:
         entry_lps: (3,) skin entry point, LPS mm.
         target_lps: (3,) target point, LPS mm.
         target_spec: how the target was given (``"disc:L1-L2:left"``, ``"x,y,z"``).
-        ct_source, labels_source: where the planning CT and labels came from.
+        ct_source, labels_source: where the planning CT and labels came from, as given
+            (kept for older readers; :attr:`anatomy` is the checked record).
         needle_length_mm: chosen standard needle length (NaN if unknown).
+        extra: further JSON fields (the metrics), written as they are, never read back
+            as plan fields.
+        anatomy: the inputs and region the structures were built from, with hashes
+            (``None``: an older plan that records none).
     """
 
     entry_lps: npt.NDArray[np.float64]
@@ -57,8 +66,13 @@ class Plan:
     labels_source: str = ""
     needle_length_mm: float = math.nan
     extra: Mapping[str, Any] = field(default_factory=dict)
+    anatomy: PlanAnatomy | None = None
 
     def __post_init__(self) -> None:
+        if self.anatomy is not None and not isinstance(self.anatomy, PlanAnatomy):
+            raise TypeError(f"anatomy must be a PlanAnatomy, got {type(self.anatomy).__name__}")
+        if "anatomy" in self.extra:
+            raise ValueError("extra must not hold 'anatomy' (give anatomy=PlanAnatomy)")
         e = _point("entry_lps", self.entry_lps)
         t = _point("target_lps", self.target_lps)
         if np.linalg.norm(t - e) < 1.0:
@@ -91,6 +105,8 @@ class Plan:
             else self.needle_length_mm,
         }
         out.update(self.extra)
+        if self.anatomy is not None:
+            out["anatomy"] = self.anatomy.to_json()
         return out
 
     def save(self, path: str | Path) -> None:
@@ -102,7 +118,8 @@ class Plan:
         """Read a ``plan.json``.
 
         Raises:
-            PlanError: missing file, bad JSON, wrong format, bad points.
+            PlanError: missing file, bad JSON, wrong format, bad points, a malformed
+                ``anatomy`` (naming the key).
         """
         p = Path(path)
         try:
@@ -119,7 +136,8 @@ class Plan:
         try:
             length = data.get("needle_length_mm")
             known = {"format", "entry_lps_mm", "target_lps_mm", "target_spec", "ct_source",
-                     "labels_source", "needle_length_mm"}
+                     "labels_source", "needle_length_mm", "anatomy"}
+            anatomy = data.get("anatomy")
             return cls(
                 entry_lps=_point("entry_lps_mm", data.get("entry_lps_mm")),
                 target_lps=_point("target_lps_mm", data.get("target_lps_mm")),
@@ -128,6 +146,7 @@ class Plan:
                 labels_source=str(data.get("labels_source", "")),
                 needle_length_mm=math.nan if length is None else float(length),
                 extra={k: v for k, v in data.items() if k not in known},
+                anatomy=None if anatomy is None else PlanAnatomy.from_json(anatomy),
             )
         except (TypeError, ValueError) as e:
             raise PlanError(f"{p}: {e}") from e
