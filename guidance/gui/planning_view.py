@@ -40,6 +40,7 @@ from guidance.gui import theme
 from guidance.gui.panes import Overlay, PlanePane, attach_side_panel
 from guidance.gui.planes import orthogonal_planes, render_plane, trajectory_plane
 from guidance.planning.plan import Plan, PlanError
+from guidance.planning.provenance import PlanAnatomy
 from guidance.planning.structures import StructureSet
 from guidance.planning.targets import Target
 from guidance.planning.trajectory import TrajectoryMetrics, evaluate_trajectory
@@ -62,6 +63,9 @@ class PlanningView(QWidget):
         plan: a plan to start from (entry and target), or ``None``.
         out_path: where Save writes ``plan.json`` (editable in the view).
         ct_source, labels_source: recorded in the saved plan.
+        anatomy: the inputs and region ``structures`` were built from, with their hashes
+            (:func:`guidance.planning.provenance.record_anatomy`), recorded in the saved
+            plan so that the live loop rebuilds the same structures; ``None``: none.
         auto: ``auto(ct, structures, target) -> AutoPlanResult``; default
             :func:`guidance.planning.auto.auto_plan`.
     """
@@ -69,11 +73,13 @@ class PlanningView(QWidget):
     def __init__(self, ct: ImageVolume, structures: StructureSet, target: Target | None = None,
                  plan: Plan | None = None, out_path: Path = Path("plan.json"),
                  ct_source: str = "", labels_source: str = "",
-                 auto: Callable[..., Any] | None = None, parent: QWidget | None = None) -> None:
+                 auto: Callable[..., Any] | None = None, parent: QWidget | None = None,
+                 *, anatomy: PlanAnatomy | None = None) -> None:
         super().__init__(parent)
         self.ct, self.structures = ct, structures
         self.target_obj = target
         self.ct_source, self.labels_source = ct_source, labels_source
+        self.anatomy = anatomy
         self._auto = auto
         self.target_lps: F64 | None = None if target is None else target.point_lps.copy()
         self.entry_lps: F64 | None = None
@@ -348,7 +354,7 @@ class PlanningView(QWidget):
             spec = self.target_obj.spec if self.target_obj is not None else ",".join(
                 f"{v:.2f}" for v in self.target_lps)
             plan = Plan(self.entry_lps, self.target_lps, spec, self.ct_source,
-                        self.labels_source, length, extra)
+                        self.labels_source, length, extra, anatomy=self.anatomy)
             plan.save(p)
         except (OSError, ValueError) as e:
             self.say(f"cannot save plan {p}: {e}")

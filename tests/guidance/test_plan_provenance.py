@@ -284,6 +284,27 @@ def test_records_are_checked_when_built_in_code(case: SimpleNamespace) -> None:
         frozen.roi_center_lps_mm[0] = 1.0
 
 
+def test_guidance_plan_cli_records_the_anatomy_it_built(case: SimpleNamespace) -> None:
+    from guidance.cli.main import main
+
+    cfg = case.root / "cfg.json"
+    cfg.write_text(json.dumps({"structures": CONFIG}))
+    out = case.root / "cli-plan.json"
+    ct = case.data / "ct" / "ct.nii.gz"
+    code = main(["plan", "--ct", str(ct), "--labels", str(case.data / "labels.nii.gz"),
+                 "--label-names", str(case.data / "names.csv"), "--target", "0,0,0",
+                 "--entry", "30,-50,0", "--config", str(cfg), "--out", str(out)])
+    assert code in (0, 1)
+    plan = Plan.load(out)
+    a = plan.anatomy
+    assert a is not None
+    assert a.ct.arg == str(ct) and a.ct.sha256 == file_sha256(ct)
+    assert a.structures_config == CONFIG
+    assert np.allclose(a.roi_center_lps_mm, CENTRE)  # the mid-point with --entry
+    assert np.all(a.roi_half_size_mm >= [100.0, 100.0, 50.0])
+    assert load_plan_structures(plan, out).names == ("spinal_cord",)
+
+
 # -- the embedded real CT ---------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from guidance.gui.verification_view import VERDICT_COLOURS, VerificationView
 from guidance.planning.auto import Candidate
 from guidance.planning.config import StructureConfig, StructureSpec
 from guidance.planning.plan import Plan
+from guidance.planning.provenance import record_anatomy
 from guidance.planning.structures import build_structures
 from guidance.planning.trajectory import evaluate_trajectory
 from guidance.planning.verify import NeedleDetection, VerificationResult
@@ -76,7 +77,12 @@ def test_planning_view_click_table_auto_save_load(qtbot, phantom, tmp_path):
         return SimpleNamespace(candidates=(Candidate(m, 0.9),), n_directions=1,
                                elapsed_s=0.01, rejections={})
 
-    view = PlanningView(ct, ss, None, None, tmp_path / "plan.json", auto=fake_auto)
+    for name in ("ct.nii.gz", "labels.nii.gz"):  # only hashed here
+        (tmp_path / name).write_bytes(name.encode())
+    anatomy = record_anatomy(str(tmp_path / "ct.nii.gz"), str(tmp_path / "labels.nii.gz"),
+                             None, {}, [0.0, 0.0, 0.0], [75.0, 75.0, 25.0])
+    view = PlanningView(ct, ss, None, None, tmp_path / "plan.json", auto=fake_auto,
+                        anatomy=anatomy)
     qtbot.addWidget(view)
     view.resize(1500, 900)
     view.show()
@@ -106,6 +112,7 @@ def test_planning_view_click_table_auto_save_load(qtbot, phantom, tmp_path):
     assert view.save_plan(tmp_path / "plan.json")
     saved = Plan.load(tmp_path / "plan.json")
     assert np.allclose(saved.entry_lps, [30.0, -50.0, 0.0])
+    assert saved.anatomy is not None and saved.anatomy.to_json() == anatomy.to_json()
     assert "clearance_mm" in json.loads((tmp_path / "plan.json").read_text())
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
