@@ -1,9 +1,10 @@
 """The planning and verification parts of ``guidance demo`` on the real CT.
 
-Before: the simulator's disc approach becomes a :class:`~guidance.planning.plan.Plan`,
-its structures' distance fields are built once and the live check is wired into the
-loop. After: a control CT with the needle where it ended up is made by the simulator
-and verified against the plan (``verification/verification.json`` + HTML report).
+Before: the simulator's disc approach becomes a :class:`~guidance.planning.plan.Plan`
+that records its anatomy (``plan.json``), and the structures for the live check are
+rebuilt from that file, the way ``guidance run --plan`` rebuilds them. After: a control
+CT with the needle where it ended up is made by the simulator and verified against the
+plan (``verification/verification.json`` + HTML report).
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from guidance.data import load_real_ct, load_real_labels, structure_names
-from guidance.planning.live_check import LiveChecker
-from guidance.planning.plan import Plan
-from guidance.planning.structures import StructureSet, build_structures
+from guidance.data import RealDataMissing, load_real_ct
+from guidance.planning.plan import Plan, PlanError
+from guidance.planning.provenance import REAL, load_plan_structures, record_anatomy
+from guidance.planning.structures import StructureSet
 
 __all__ = ["prepare_plan", "verify_final_needle"]
 
@@ -26,19 +27,34 @@ log = logging.getLogger(__name__)
 
 
 def prepare_plan(entry_lps: npt.ArrayLike, target_lps: npt.ArrayLike, out_dir: Path,
-                 ) -> tuple[Plan, StructureSet, LiveChecker]:
-    """Plan (written to ``out_dir/plan.json``), structures and the live checker."""
-    plan = Plan(np.asarray(entry_lps, float), np.asarray(target_lps, float),
+                 ) -> tuple[Plan, StructureSet]:
+    """Write the plan on the real CT to ``out_dir/plan.json`` and rebuild its structures
+    from that file.
+
+    Returns:
+        (the plan as read back from the file, its structures).
+
+    Raises:
+        guidance.planning.plan.PlanError: the real CT is not installed, or the file
+            cannot be read back.
+    """
+    entry = np.asarray(entry_lps, float).reshape(3)
+    target = np.asarray(target_lps, float).reshape(3)
+    centre = 0.5 * (entry + target)
+    half = np.maximum(np.array([100.0, 100.0, 50.0]), np.abs(entry - target) / 2 + 30)
+    try:
+        anatomy = record_anatomy(REAL, REAL, None, {}, centre, half)
+    except RealDataMissing as e:
+        raise PlanError(f"cannot plan on the real CT: {e}") from e
+    plan = Plan(entry, target,
                 target_spec="disc:L1-L2 posterolateral (derived from vertebra labels)",
-                ct_source="real", labels_source="real")
-    centre = 0.5 * (plan.entry_lps + plan.target_lps)
-    half = np.maximum(np.array([100.0, 100.0, 50.0]),
-                      np.abs(plan.entry_lps - plan.target_lps) / 2 + 30)
-    structures = build_structures(load_real_labels(), structure_names(),
-                                  roi_center_lps=centre, roi_half_size_mm=half)
+                ct_source=REAL, labels_source=REAL, anatomy=anatomy)
     out_dir.mkdir(parents=True, exist_ok=True)
-    plan.save(out_dir / "plan.json")
-    return plan, structures, LiveChecker(plan, structures)
+    path = out_dir / "plan.json"
+    plan.save(path)
+    # One path for the live check: what `guidance run --plan` would read and rebuild.
+    saved = Plan.load(path)
+    return saved, load_plan_structures(saved, path)
 
 
 def verify_final_needle(plan: Plan, structures: StructureSet, tip_lps: npt.ArrayLike,
