@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-__all__ = ["GuidanceState", "SafetyWarning", "WarningLevel"]
+__all__ = ["GuidanceState", "SafetyReason", "SafetyWarning", "WarningLevel"]
 
 
 class GuidanceState(enum.Enum):
@@ -36,6 +36,31 @@ class WarningLevel(enum.IntEnum):
     DANGER = 3
 
 
+class SafetyReason(enum.Enum):
+    """Why a finding (and the decision) has its level."""
+
+    #: Nothing to report.
+    CLEAR = "clear"
+    #: The tip or shaft is inside a structure.
+    INSIDE_STRUCTURE = "inside_structure"
+    #: The tip or shaft is closer to a structure than its (widened) margin.
+    WITHIN_MARGIN = "within_margin"
+    #: Going on along the current axis breaches a structure's margin.
+    BREACH_AHEAD = "breach_ahead"
+    #: Within the margin plus the caution band.
+    NEAR_STRUCTURE = "near_structure"
+    #: The needle is outside the region whose distances were computed: unknown.
+    OUTSIDE_ANALYSED_REGION = "outside_analysed_region"
+    #: No critical structures were loaded: only the plan deviation is known.
+    ANATOMY_NOT_CHECKED = "anatomy_not_checked"
+    #: The needle line misses the target (offset at the target's depth).
+    OFF_PLAN = "off_plan"
+    #: The needle's direction differs from the planned one.
+    ANGLE_TO_PLAN = "angle_to_plan"
+    #: The tip is past the target's depth along the plan.
+    PAST_TARGET = "past_target"
+
+
 @dataclass(frozen=True)
 class SafetyWarning:
     """One safety warning about one structure at one time.
@@ -48,6 +73,9 @@ class SafetyWarning:
         distance_mm: signed distance in mm (negative = inside the structure / beyond
             the allowed deviation); NaN when not applicable.
         message: human-readable text, naming the structure and the distance.
+        reason: why it has its level.
+        margin_mm: the margin the distance was compared with (widened by the declared
+            uncertainty), mm; NaN for plan items.
     """
 
     t_s: float
@@ -55,6 +83,8 @@ class SafetyWarning:
     structure: str
     distance_mm: float
     message: str
+    reason: SafetyReason = SafetyReason.CLEAR
+    margin_mm: float = float("nan")
 
     def to_json(self) -> dict[str, object]:
         """JSON-ready dict (``level`` as its name)."""
@@ -66,4 +96,6 @@ class SafetyWarning:
                 self.distance_mm, 3
             ),
             "message": self.message,
+            "reason": self.reason.value,
+            "margin_mm": None if self.margin_mm != self.margin_mm else round(self.margin_mm, 3),
         }

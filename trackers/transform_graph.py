@@ -124,6 +124,7 @@ class EdgeUse:
         age_s: live: local age of the newest sample used, s (0 for static).
         time_gap_s: live, queries at a time: how far that time lies outside the
             samples used (0 when two samples bracket it), s.
+        max_age_s: live: the edge's stale limit, s (inf for static).
     """
 
     name: str
@@ -132,6 +133,7 @@ class EdgeUse:
     state: TransformState
     age_s: float = 0.0
     time_gap_s: float = 0.0
+    max_age_s: float = float("inf")
 
 
 @dataclass(frozen=True, eq=False)
@@ -500,7 +502,7 @@ class TransformGraph:
                 age_s = max(age_s, age)
                 gap_s = max(gap_s, gap)
                 state = max(state, st)
-                uses.append(EdgeUse(edge.name, False, "live", st, age, gap))
+                uses.append(EdgeUse(edge.name, False, "live", st, age, gap, max_age))
             matrix = (invert_rigid(m) if inverted else m) @ matrix
         return TransformQuery(
             from_frame=src,

@@ -32,8 +32,11 @@ import psutil
 from guidance.cli.common import positive_float, write_summary
 from guidance.cli.main import UsageError
 from guidance.io.igtl import IgtlClient
+from guidance.navigation.setup import static_room
+from guidance.pipeline.config import IngestConfig, PipelineConfig
 from guidance.pipeline.loop import Pipeline
 from guidance.pipeline.stats import percentiles
+from guidance.planning.plan import Plan
 
 __all__ = ["register"]
 
@@ -152,10 +155,15 @@ def _pipeline(args: argparse.Namespace) -> dict[str, Any]:
     def send(m: Any, on_sent: Any = None) -> int:
         return 1 if client.send(m, on_sent) else 0
 
-    pipe = Pipeline(client.slots, send=send)
-    # The sender's tracked needle moves along +x from the origin: plan along it, so the
-    # deviation check runs on every frame.
-    pipe.set_plan([0.0, 0.0, 0.0], [100.0, 0.0, 0.0])
+    # The sender streams fluoroscopy frames and a needle pose that moves along +x from
+    # the origin: a room whose needle marker sits at the tip and whose reference is the
+    # CT frame (static identities), and a plan along the needle, so that the tracked
+    # needle and the safety decision run on every frame.
+    room = static_room({"NeedleTipToNeedle": np.eye(4), "ReferenceToCT": np.eye(4)},
+                       "bench: needle marker at the tip, reference = CT")
+    config = PipelineConfig(ingest=IngestConfig(modality="fluoro"))
+    pipe = Pipeline(client.slots, config, send=send, room=room)
+    pipe.set_plan(Plan(np.zeros(3), np.array([100.0, 0.0, 0.0]), "bench"))
     client.start()
     pipe.start()
     sent = sender.wait()

@@ -62,9 +62,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _results(modality: str, size: int, n_distinct: int = 24) -> tuple[list[Any], Any, dict]:
     """Simulated FrameResults with labels, needle, warnings, poses; the plan; names."""
     from guidance.pipeline.frame import FrameResult, NeedleEstimate2D3D
-    from guidance.records import GuidanceState, SafetyWarning, WarningLevel
+    from guidance.pipeline.placement import FramePlacement
+    from guidance.records import GuidanceState, SafetyReason, SafetyWarning, WarningLevel
+    from guidance.safety.decision import Clearance, MarginWidening, SafetyDecision
     from guidance.sim import make_scanner
-    from trackers.pose import TrackedPose
 
     scanner = make_scanner(modality, size=size, seed=0)
     path = scanner.path
@@ -85,16 +86,27 @@ def _results(modality: str, size: int, n_distinct: int = 24) -> tuple[list[Any],
         if lvl:
             warnings = (
                 SafetyWarning(t, lvl, "spinal_cord", 1.2,
-                              "spinal_cord: 1.2 mm, within the 3.5 mm margin (tracking, "
-                              "calibration, registration and latency included)"),
+                              "spinal_cord: 1.2 mm, within the 3.5 mm margin (3.0 + 0.5 mm "
+                              "uncertainty)", SafetyReason.WITHIN_MARGIN, 3.5),
                 SafetyWarning(t, WarningLevel.INFO, "plan", 2.0,
-                              "2.0 mm off the plan at target depth"))
-        poses = {name: TrackedPose(name, m, 0.0, now) for name, m in f.poses.items()}
-        metrics = {"tip_to_target_mm": 12.5 - 0.3 * k, "lateral_offset_mm": 1.4,
-                   "angle_deg": 2.1, "clearance_spinal_cord_mm": 6.2,
-                   "clearance_aorta_mm": 18.0, "clearance_nerve_root_L1_left_mm": 4.4}
-        out.append(FrameResult(k + 1, t, now, GuidanceState.OK, (), needle, lvl, warnings,
-                               metrics, {}, f.image, tr.labels, poses=poses))
+                              "plan: 2.0 mm off the plan at target depth",
+                              SafetyReason.OFF_PLAN))
+        decision = SafetyDecision(
+            t_s=t, level=lvl, reason=warnings[0].reason if warnings else SafetyReason.CLEAR,
+            structure=warnings[0].structure if warnings else "", clearance_mm=1.2,
+            margin_mm=3.5, findings=warnings, widening=MarginWidening(0.3, 0.4, 0.9, 0.1, 5.0),
+            clearances=(Clearance("nerve_root_L1_left (derived)", 4.4, 2.5),
+                        Clearance("spinal_cord", 6.2, 5.5), Clearance("aorta", 18.0, 5.5)),
+            tip_to_target_mm=12.5 - 0.3 * k, lateral_offset_mm=1.4, angle_deg=2.1,
+            depth_to_target_mm=12.0 - 0.3 * k, depth_to_breach_mm=float("inf"))
+        placement = (FramePlacement("projection",
+                                    ct_to_pixel=scanner.geometry.lps_to_pixel)  # type: ignore[attr-defined]
+                     if modality == "fluoro"
+                     else FramePlacement("slice", ijk_to_ct=f.image.ijk_to_lps))
+        out.append(FrameResult(seq=k + 1, t_s=t, received_ns=now, state=GuidanceState.OK,
+                               needle=needle, decision=decision, image=f.image,
+                               labels=tr.labels, placement=placement,
+                               label_names=tr.label_names, modality=modality))
     names = {i: n for i, n in enumerate(out and scanner.frame(0, 0.0).truth.label_names) if i}
     return out, (scanner.entry_lps, scanner.target_lps), names
 

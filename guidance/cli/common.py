@@ -136,15 +136,26 @@ def summary_dict(
             stages[name] = {"p50": p["p50"], "p99": p["p99"]}
     e2e = percentiles(stats.values("end_to_end"))
     usage = resource.getrusage(resource.RUSAGE_SELF)
+    last = pipeline.last_result
+    tools = pipeline.navigator.tools
     out: dict[str, Any] = {
         "frames_received": frames_received,
         "frames_processed": pipeline.frames_processed,
         "frames_dropped": pipeline.frames_dropped,
+        "pose_updates": pipeline.poses_processed,
         "stale_reports": pipeline.stale_reports,
         "wall_s": round(wall_s, 3),
         "latency_ms": {k: e2e[k] for k in ("p50", "p95", "p99", "max")},
         "stages_ms": stages,
+        "states": dict(pipeline.states),
+        "decisions": dict(pipeline.decisions),
         "warnings": [w.to_json() for w in pipeline.warnings_log],
+        "last_state": None if last is None else {
+            "state": last.state.name,
+            "reasons": [r.to_json() for r in last.state_reasons],
+            "decision": None if last.decision is None else last.decision.to_json()},
+        "transforms": list(pipeline.navigator.graph.names()),
+        "pose_rejections": dict(tools.rejections),
         "peak_rss_mb": round(usage.ru_maxrss / 1024.0, 1),
         "last_error": pipeline.last_error,
     }
@@ -196,6 +207,52 @@ def print_summary(summary: dict[str, Any], title: str) -> None:
     )
     for w in summary["warnings"][-5:]:
         print(f"  t={w['t_s']:7.2f}s {w['level']:7s} {w['structure']:10s} {w['message']}")
+    last = summary.get("last_state")
+    if last is not None:
+        decision = last.get("decision")
+        if decision is not None:
+            wid = decision["widening"]
+            print(f"last decision: {decision['level']} {decision['message']} (margins "
+                  f"+{wid['total_mm']:.1f} mm)")
+        for r in last["reasons"][:3]:
+            print(f"last state: {r['state']}: {r['message']}")
+
+
+class StopSignals:
+    """SIGTERM and SIGINT stop the command gracefully (``stop`` is set, the caller writes
+    its summary and closes its recording); a second signal exits at once (status 128 +
+    the signal). Installed by the CLI only, never by library code; restores the previous
+    handlers on :meth:`restore`. Main thread only."""
+
+    def __init__(self, stop: threading.Event) -> None:
+        import signal
+
+        self.stop = stop
+        self.received: str = ""
+        self._previous = {sig: signal.signal(sig, self._handle)
+                          for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        import os
+        import signal
+        import sys
+
+        name = signal.Signals(signum).name
+        if self.received:
+            sys.stderr.write(f"\n{name} again: exiting now\n")
+            sys.stderr.flush()
+            os._exit(128 + signum)
+        self.received = name
+        sys.stderr.write(f"\n{name}: stopping (summary and recording are written); send "
+                         "it again to exit at once\n")
+        sys.stderr.flush()
+        self.stop.set()
+
+    def restore(self) -> None:
+        import signal
+
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 def wait_or_interrupt(seconds: float | None, stop: threading.Event) -> None:

@@ -6,13 +6,13 @@ import argparse
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from guidance.cli.common import positive_float, print_summary, start_gui_or_fail
 from guidance.cli.main import UsageError
 from guidance.cli.session import LiveSession
 from guidance.cli.simulate import make_scanner_or_fail
 from guidance.io.igtl import IgtlClient
-from guidance.io.sim_source import stream_scanner
 
 __all__ = ["register"]
 
@@ -39,51 +39,98 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def calibrate_room(room: Any, room_dir: Path) -> list[Path]:
+    """The room's calibrations as a user makes them: the simulated raw inputs written,
+    then ``guidance calibrate`` on each (the same command line, in this process).
+
+    Returns:
+        The calibration files for ``--calibration``.
+    """
+    from guidance.cli.main import main as guidance_main
+
+    inputs = room.write_inputs(room_dir)
+    jobs = [("pivot", ["--tool", "Needle"]), ("fiducials", ["--name", "ReferenceToCT"]),
+            ("temporal", []), ("probe", []), ("carm", ["--name", "ReferenceToCArm"])]
+    kinds = {"fiducials": "register"}
+    files = []
+    for name, extra in jobs:
+        if name not in inputs:
+            continue
+        out = room_dir / f"{name}-calibration.json"
+        argv = ["calibrate", kinds.get(name, name), "--input", str(inputs[name]), "--out",
+                str(out), *extra]
+        if guidance_main(argv) != 0:
+            raise UsageError(f"demo: `guidance {' '.join(argv)}` failed")
+        files.append(out)
+    return files
+
+
 def run(args: argparse.Namespace) -> int:
+    from guidance.cli.run import load_room_or_fail
+    from guidance.sim.room import RoomParams, SimulatedRoom, stream_room
+
     start_gui_or_fail(args, require_png=True)  # before anything starts
     print(f"demo: preparing the {args.modality} simulator (real CT, seed {args.seed}) ...",
           flush=True)
     scanner = make_scanner_or_fail(args.modality, args.size, args.seed)
-    session = LiveSession(listen=0, out_dir=args.out, png_every_s=max(args.seconds / 12, 0.5))
-    entry, target = scanner.entry_lps, scanner.target_lps  # type: ignore[attr-defined]
-    session.pipeline.set_plan(entry, target)
+    room = SimulatedRoom(scanner.path, RoomParams(), args.seed, scanner)
+    print("demo: the room's calibrations (simulated pivot, fiducials, temporal, "
+          f"{'C-arm' if args.modality == 'fluoro' else 'probe'} data) ...", flush=True)
+    setup = load_room_or_fail(calibrate_room(room, args.out / "room"))
+    session = LiveSession(listen=0, out_dir=args.out, png_every_s=max(args.seconds / 12, 0.5),
+                          room=setup)
+    entry, target = scanner.entry_lps, scanner.target_lps
     planned = None
     if args.modality == "fluoro":  # the fluoroscopy scene is the real CT: plan on it
         from guidance.cli.demo_planning import prepare_plan
+        from guidance.planning.plan import PlanError
 
         print("demo: planning on the real CT (structures, distance fields) ...", flush=True)
-        planned = prepare_plan(entry, target, args.out)
-        session.pipeline.safety.live_checker = planned[2]
+        try:
+            planned = prepare_plan(entry, target, args.out)
+        except PlanError as e:
+            raise UsageError(str(e)) from e
+        session.pipeline.set_plan(*planned)
+    else:  # the ultrasound scene is synthetic: a plan, no planning-CT structures
+        from guidance.planning.plan import Plan
+
+        session.pipeline.set_plan(Plan(entry, target, "simulated ultrasound target"))
     session.start()
-    client = IgtlClient("127.0.0.1", session.port).start()
-    client.wait_connected(5.0)
+    tracker = IgtlClient("127.0.0.1", session.port).start()
+    scanner_link = IgtlClient("127.0.0.1", session.port).start()
+    tracker.wait_connected(5.0)
+    scanner_link.wait_connected(5.0)
     stop = threading.Event()
-    print(f"demo: streaming {args.seconds:.0f} s at {args.fps:.0f} fps ...", flush=True)
+    print(f"demo: streaming {args.seconds:.0f} s: needle marker poses at "
+          f"{room.params.pose_hz:g} Hz and frames at {args.fps:.0f} fps on two connections "
+          "...", flush=True)
     start_s = args.start_s
     if start_s is None:
-        path = getattr(scanner, "path", None)
-        speed = getattr(getattr(path, "needle", None), "speed_mm_s", None)
-        reach_s = path.plan_length_mm / speed if path is not None and speed else 0.0
+        speed = scanner.path.needle.speed_mm_s
+        reach_s = scanner.path.plan_length_mm / speed if speed else 0.0
         start_s = max(0.0, reach_s - 0.75 * args.seconds)
-    last: list[object] = [None]  # the newest simulated frame (ground truth)
+    last: list[Any] = [None]  # the newest simulated frame (ground truth)
 
     def stream() -> int:
-        return stream_scanner(scanner, lambda m: client.send(m), args.fps, args.seconds, stop,
-                              on_frame=lambda f: last.__setitem__(0, f), start_s=start_s)
+        return stream_room(room, tracker.send, scanner_link.send, args.fps, args.seconds,
+                           stop, start_s=start_s,
+                           on_frame=lambda f, _ts: last.__setitem__(0, f))[1]
 
     if args.gui:
         n = _stream_with_gui(stream, session, stop, args)
     else:
         n = stream()
     stop.wait(0.3)
-    client.stop()
-    summary = session.stop({"modality": args.modality, "frames_sent": n})
+    tracker.stop()
+    scanner_link.stop()
+    summary = session.stop({"modality": args.modality, "frames_sent": n,
+                            "calibrations": list(setup.files)})
     print_summary(summary, f"guidance demo ({args.modality})")
     if planned is not None and last[0] is not None:
         from guidance.cli.demo_planning import verify_final_needle
 
         print("demo: control CT with the final needle -> verification ...", flush=True)
-        tip = last[0].truth.tip_lps  # type: ignore[attr-defined]
+        tip = last[0].truth.tip_lps
         ver = verify_final_needle(planned[0], planned[1], tip, args.out / "verification",
                                   args.seed)
         t2t = ver.get("tip_to_target_mm")

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from guidance.cli.common import (
+    StopSignals,
     host_port,
     port_number,
     positive_float,
@@ -17,7 +20,12 @@ from guidance.cli.common import (
 from guidance.cli.main import UsageError
 from guidance.cli.session import LiveSession
 from guidance.io.igtl import TransportConfig
-from guidance.pipeline.config import ConfigError, PipelineConfig, load_config
+from guidance.pipeline.config import MODALITIES, ConfigError, PipelineConfig, load_config
+
+if TYPE_CHECKING:
+    from guidance.navigation.setup import RoomSetup
+    from guidance.planning.plan import Plan
+    from guidance.planning.structures import StructureSet
 
 __all__ = ["register"]
 
@@ -44,16 +52,46 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, metavar="DIR", help="write annotated PNGs and summary.json")
     p.add_argument("--record", type=Path, metavar="FILE", help="record every received message")
     p.add_argument("--config", type=Path, metavar="FILE", help="pipeline configuration (JSON)")
-    p.add_argument("--plan", metavar="FILE", help="plan.json from `guidance plan`")
-    p.add_argument("--calibration", type=Path, metavar="FILE",
-                   help="calibration result (guidance calibrate ... --out)")
+    p.add_argument("--plan", metavar="FILE",
+                   help="plan.json from `guidance plan`: its CT and labels are checked "
+                        "(hash) and its structures checked live")
+    p.add_argument("--calibration", type=Path, metavar="FILE", action="append", default=[],
+                   help="a calibration file (guidance calibrate ... --out), repeatable: "
+                        "pivot (NeedleTipToNeedle), register (ReferenceToCT), probe, "
+                        "temporal, carm")
+    p.add_argument("--modality", choices=MODALITIES,
+                   help="modality of every frame (default: each frame's IGTLv3 metadata "
+                        "'Modality'; a frame without it is refused)")
     p.add_argument("--seconds", type=positive_float, help="stop after this long (default: Ctrl-C)")
     p.add_argument("--no-crc", action="store_true", help="do not verify message CRCs")
     p.add_argument("--max-body-mb", type=positive_float, default=256.0,
                    help="largest accepted message body, MiB (default 256)")
-    p.add_argument("--frame-kind", choices=("auto", "slice", "projection"), default="auto",
-                   help="how to read incoming frames (default: by pixel type)")
     p.set_defaults(func=run)
+
+
+def load_room_or_fail(paths: list[Path]) -> RoomSetup:
+    """The calibration files as a room setup; bad files -> UsageError naming them."""
+    from guidance.calibration_file import CalibrationFileError
+    from guidance.navigation.setup import load_room
+
+    try:
+        return load_room(paths)
+    except CalibrationFileError as e:
+        raise UsageError(str(e)) from e
+
+
+def load_plan_or_fail(path: str) -> tuple[Plan, StructureSet]:
+    """The plan and its structures rebuilt from the recorded (hash-checked) labels."""
+    from guidance.cli.plan import progress_line
+    from guidance.planning.plan import Plan, PlanError
+    from guidance.planning.provenance import load_plan_structures
+
+    try:
+        plan = Plan.load(path)
+        structures = load_plan_structures(plan, path, progress=progress_line("plan anatomy"))
+    except PlanError as e:
+        raise UsageError(str(e)) from e
+    return plan, structures
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,37 +100,39 @@ def run(args: argparse.Namespace) -> int:
         config = load_config(args.config) if args.config else PipelineConfig()
     except ConfigError as e:
         raise UsageError(str(e)) from e
-    if args.calibration is not None:
-        try:
-            from guidance.calibration_file import load_calibration
-        except ImportError as e:
-            raise UsageError(f"calibration files are not supported in this build: {e}") from e
-        try:
-            calib = load_calibration(args.calibration)
-        except (OSError, ValueError) as e:
-            raise UsageError(str(e)) from e
-        print(f"calibration loaded: {args.calibration} ({calib})")
+    if args.modality:
+        config = dataclasses.replace(
+            config, ingest=dataclasses.replace(config.ingest, modality=args.modality))
+    room = load_room_or_fail(args.calibration)
+    for line in room.describe():
+        print(f"calibration: {line}")
+    plan: Plan | None = None
+    structures: StructureSet | None = None
+    if args.plan:
+        plan, structures = load_plan_or_fail(args.plan)
+        print(f"plan: {args.plan} ({len(structures.structures)} structures checked live)")
     transport = TransportConfig(max_body_bytes=int(args.max_body_mb * 1024 * 1024),
                                 check_crc=not args.no_crc)
     session = LiveSession(listen=args.listen, connect=args.connect, config=config,
                           out_dir=args.out, record=args.record, transport=transport,
-                          bind=args.bind, frame_kind=args.frame_kind)
-    if args.plan:
-        from guidance.planning.plan import Plan, PlanError
-
-        try:
-            plan = Plan.load(args.plan)
-        except PlanError as e:
-            raise UsageError(str(e)) from e
-        session.pipeline.set_plan(plan.entry_lps, plan.target_lps)
+                          bind=args.bind, room=room)
+    if plan is not None:
+        session.pipeline.set_plan(plan, structures)
     session.start()
     where = (f"listening on {args.bind}:{session.port}" if args.listen is not None
              else f"connecting to {args.connect[0]}:{args.connect[1]}")
     if args.gui:
         _run_gui(session, args)
     else:
-        print(f"guidance run: {where}; Ctrl-C to stop", flush=True)
-        wait_or_interrupt(args.seconds, threading.Event())
+        stop = threading.Event()
+        signals = StopSignals(stop)
+        try:
+            print(f"guidance run: {where}; Ctrl-C or SIGTERM to stop", flush=True)
+            wait_or_interrupt(args.seconds, stop)
+        finally:
+            signals.restore()
+        if signals.received:
+            print(f"guidance run: stopped by {signals.received}", flush=True)
     summary = session.stop()
     print_summary(summary, "guidance run")
     return 0

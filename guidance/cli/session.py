@@ -12,6 +12,7 @@ from guidance.cli.main import UsageError
 from guidance.io.igtl import IgtlClient, IgtlServer, TransportConfig
 from guidance.io.recording import Recorder, RecordingError
 from guidance.io.slots import LatestSlots
+from guidance.navigation.setup import RoomSetup
 from guidance.pipeline.config import PipelineConfig
 from guidance.pipeline.frame import FrameResult
 from guidance.pipeline.loop import Pipeline
@@ -32,6 +33,8 @@ class LiveSession:
         record: recording file (``None``: no recording).
         transport: transport settings.
         bind: interface for ``listen`` (loopback by default).
+        png_every_s: seconds between annotated PNGs.
+        room: the calibration files' content (static transforms, uncertainties, lag).
     """
 
     def __init__(
@@ -44,7 +47,7 @@ class LiveSession:
         transport: TransportConfig | None = None,
         bind: str = "127.0.0.1",
         png_every_s: float = 1.0,
-        frame_kind: str = "auto",
+        room: RoomSetup | None = None,
     ) -> None:
         if (listen is None) == (connect is None):
             raise UsageError("give exactly one of --listen PORT or --connect HOST:PORT")
@@ -78,8 +81,8 @@ class LiveSession:
             except OSError as e:
                 raise UsageError(f"cannot create output folder {out_dir}: {e}") from e
             self.writer = FrameWriter(out_dir, every_s=png_every_s)
-        self.pipeline = Pipeline(self.slots, config, send=send, frame_kind=frame_kind,
-                                 on_result=self._on_result)
+        self.pipeline = Pipeline(self.slots, config, send=send, on_result=self._on_result,
+                                 room=room)
         self._t0 = time.monotonic()
         self.last_result: FrameResult | None = None
 

@@ -30,8 +30,8 @@ from PyQt5.QtGui import (
 from guidance.gui import theme
 from guidance.gui.display import DisplayMapper, display_plane
 from guidance.gui.live_model import LiveViewModel
-from guidance.gui.projection import FrameProjection, source_lps_of
 from guidance.pipeline.frame import FrameResult
+from guidance.pipeline.placement import FramePlacement
 from guidance.records import GuidanceState, WarningLevel
 
 __all__ = ["LiveRenderer"]
@@ -130,15 +130,11 @@ class LiveRenderer:
         t = self._title_rect(rect)
         return QRectF(t.right() + pad, t.y(), rect.right() - pad - t.right() - pad, t.height())
 
-    def projection_for(self, result: FrameResult) -> FrameProjection | None:
-        """How LPS points map into ``result``'s frame (``None``: no frame)."""
-        if result.image is None:
-            return None
-        source = source_lps_of(result.poses) if result.poses else None
-        try:
-            return FrameProjection(result.image, source)
-        except ValueError:
-            return None
+    @staticmethod
+    def projection_for(result: FrameResult) -> FramePlacement | None:
+        """How planning-CT points map into ``result``'s frame (``None``: the frame is not
+        placed in the planning CT, so nothing of the plan is drawn on it)."""
+        return result.placement if result.image is not None else None
 
     # -- drawing ---------------------------------------------------------------------
 

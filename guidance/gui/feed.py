@@ -151,7 +151,7 @@ class LiveFeed:
             c = counters.get(name)
             age = (now - it.received_ns) * 1e-9
             thr = (self.pipeline.config.ingest.stale_after_s if it.message_type == "IMAGE"
-                   else self.pipeline.config.ingest.pose_stale_after_s)
+                   else self.pipeline.config.navigation.pose_stale_after_s)
             out.append(StreamStatus(name, it.message_type, age, c.received if c else 0,
                                     c.dropped if c else 0, stream_state(age, thr)))
         out.sort(key=lambda s: (s.message_type != "IMAGE", s.name))

@@ -119,28 +119,28 @@ def _worst_first(warnings: Sequence[SafetyWarning]) -> list[SafetyWarning]:
 
 
 def _metrics(result: FrameResult, stale: bool) -> tuple[Metric, ...]:
+    """Tip to target, offset, angle, the margin used and the closest clearances, from the
+    result's safety decision (blank -- NaN -- when stale or when there is none)."""
     nan = math.nan
-    m = result.metrics
+    d = result.decision
     levels: dict[str, WarningLevel] = {}
     for w in result.warnings:
         levels[w.structure] = max(levels.get(w.structure, WarningLevel.NONE), w.level)
 
-    def val(key: str) -> float:
-        v = m.get(key, nan)
-        return nan if stale or not math.isfinite(v) else float(v)
+    def val(v: float | None) -> float:
+        return nan if stale or v is None or not math.isfinite(v) else float(v)
 
-    out = [Metric("tip to target", val("tip_to_target_mm"), "mm",
+    out = [Metric("tip to target", val(d.tip_to_target_mm if d else None), "mm",
                   levels.get("target", WarningLevel.NONE)),
-           Metric("off plan", val("lateral_offset_mm"), "mm",
+           Metric("off plan", val(d.lateral_offset_mm if d else None), "mm",
                   levels.get("plan", WarningLevel.NONE)),
-           Metric("angle to plan", val("angle_deg"), "deg",
-                  levels.get("plan", WarningLevel.NONE))]
-    clear = sorted(((k[len("clearance_"):-len("_mm")], v) for k, v in m.items()
-                    if k.startswith("clearance_") and k.endswith("_mm")),
-                   key=lambda kv: kv[1])
-    for name, v in clear:
-        out.append(Metric(name, nan if stale else float(v), "mm",
-                          WarningLevel.NONE if stale else levels.get(name, WarningLevel.NONE)))
+           Metric("angle to plan", val(d.angle_deg if d else None), "deg",
+                  levels.get("plan", WarningLevel.NONE)),
+           Metric("margin widened by", val(d.widening.total_mm if d else None), "mm")]
+    for c in (d.clearances if d is not None else ()):
+        out.append(Metric(c.structure, nan if stale else float(c.clearance_mm), "mm",
+                          WarningLevel.NONE if stale else levels.get(c.structure,
+                                                                      WarningLevel.NONE)))
     return tuple(out)
 
 
@@ -165,10 +165,15 @@ def build_view_model(
     """
     age_s = (now_ns - shown.received_ns) * 1e-9 if shown is not None and shown.received_ns \
         else math.inf
+    if result is not None and result.kind == "pose" and result.received_ns:
+        # Navigation from poses alone: the newest pose is what must be current.
+        age_s = (now_ns - result.received_ns) * 1e-9
+        shown = shown if shown is not None else result
     stale = (result is None or shown is None or result.state == GuidanceState.STALE
              or not age_s <= stale_after_s)
     latency_ms = age_s * 1e3 if math.isfinite(age_s) else math.nan
-    cur = result if result is not None and result.image is not None else shown
+    cur = result if result is not None and (result.image is not None
+                                            or result.kind == "pose") else shown
     if stale:
         if shown is None:
             why = "no frame received yet"

@@ -343,6 +343,8 @@ class PositionMessage(MessageBase):
         self.quaternion = (
             np.array([0.0, 0.0, 0.0, 1.0]) if quaternion is None else np.asarray(quaternion, float)
         )
+        #: False for a 12-byte body (position only: the quaternion is a placeholder).
+        self.has_orientation = True
         self._valid_message = True
 
     def content_asstring(self) -> str:
@@ -355,6 +357,7 @@ class PositionMessage(MessageBase):
         n = len(content) // 4
         vals = struct.unpack(f">{n}f", content[: 4 * n])
         self.position = np.array(vals[:3], dtype=np.float64)
+        self.has_orientation = n >= 6
         if n == 7:
             self.quaternion = np.array(vals[3:7], dtype=np.float64)
         elif n == 6:

@@ -13,9 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from guidance.safety.config import SafetyConfig
+
 __all__ = [
+    "MODALITIES",
     "ConfigError",
     "IngestConfig",
+    "NavigationConfig",
     "OutputConfig",
     "PipelineConfig",
     "PreprocessConfig",
@@ -37,25 +41,87 @@ def _positive(section: str, obj: object, *names: str) -> None:
             raise ConfigError(f"{section}.{n} must be a number > 0, got {v!r}")
 
 
+#: Modalities of the live loop; a frame's modality comes from ``ingest.modality`` or its
+#: IGTLv3 metadata ``Modality``, never from its pixel type.
+MODALITIES: tuple[str, ...] = ("us", "fluoro", "ct")
+
+
 @dataclass(frozen=True)
 class IngestConfig:
-    """Which stream to follow and when input counts as stale.
+    """Which stream to follow, what it is, and when input counts as stale.
 
     Attributes:
         image_device: device name of the frames (empty: the newest IMAGE of any device).
         stale_after_s: a frame (or no frame) older than this makes the state STALE.
-        pose_stale_after_s: a tool pose older than this is not used (STALE).
-        needle_pose: transform name of the tracked needle (tip at the origin, +z from
-            hub to tip), e.g. ``NeedleToReference``.
+        modality: ``us``, ``fluoro`` or ``ct`` for every frame, or empty: each frame's
+            IGTLv3 metadata ``Modality`` says (DICOM terms: US, CT; XA, RF, DX, CR for
+            fluoroscopy). A frame whose modality is unknown is refused (NO_GUIDANCE).
     """
 
     image_device: str = ""
     stale_after_s: float = 0.5
-    pose_stale_after_s: float = 0.25
-    needle_pose: str = "NeedleToReference"
+    modality: str = ""
 
     def __post_init__(self) -> None:
-        _positive("ingest", self, "stale_after_s", "pose_stale_after_s")
+        _positive("ingest", self, "stale_after_s")
+        if self.modality not in ("", *MODALITIES):
+            raise ConfigError(f"ingest.modality must be empty (from each frame's metadata) or "
+                              f"one of {', '.join(MODALITIES)}, got {self.modality!r}")
+
+
+@dataclass(frozen=True)
+class NavigationConfig:
+    """The room: tracked poses, their clock and limits, tracker against image.
+
+    Attributes:
+        pose_stale_after_s: a tracked pose older than this (or no pose within this of a
+            frame's time) makes the update STALE; per transform in ``stale_limits_s``.
+        stale_limits_s: ``{"NeedleToReference": 0.1, ...}``: own limits, s.
+        time_base: ``sender`` (poses and frames are placed in time by their senders'
+            timestamps: PLUS stamps both with one clock) or ``receive`` (local receive
+            time, for senders without a usable clock).
+        image_frame: the frame of an IMAGE whose device name has no ``_Frame`` suffix
+            (PLUS names images ``Image_Reference``: the matrix maps pixels to Reference).
+        tracker_sigma_mm: measurement noise of a tracked tip for the needle filter, mm.
+        image_tracker_tip_mm: the needle seen in the image and the tracked needle
+            disagree beyond this (tips), mm: DEGRADED with both numbers.
+        image_tracker_angle_deg: ... or beyond this (axes, in the image), degrees.
+        image_plane_mm: tips are compared only when the tracked tip is within this of
+            an ultrasound image's plane (else it is not in the picture), mm.
+        pose_updates: with no image stream, every new needle pose is a guidance update
+            (navigation on the planning CT from poses alone).
+    """
+
+    pose_stale_after_s: float = 0.25
+    stale_limits_s: dict[str, float] = field(default_factory=dict)
+    time_base: str = "sender"
+    image_frame: str = "Reference"
+    tracker_sigma_mm: float = 0.25
+    image_tracker_tip_mm: float = 3.0
+    image_tracker_angle_deg: float = 10.0
+    image_plane_mm: float = 3.0
+    pose_updates: bool = True
+
+    def __post_init__(self) -> None:
+        _positive("navigation", self, "pose_stale_after_s", "tracker_sigma_mm",
+                  "image_tracker_tip_mm", "image_tracker_angle_deg", "image_plane_mm")
+        if self.time_base not in ("sender", "receive"):
+            raise ConfigError(f"navigation.time_base must be sender or receive, got "
+                              f"{self.time_base!r}")
+        from trackers.transform_graph import FRAME_PATTERN, parse_transform_name
+
+        if not isinstance(self.image_frame, str) or not FRAME_PATTERN.fullmatch(
+                self.image_frame):
+            raise ConfigError(f"navigation.image_frame must be a frame name like Reference, "
+                              f"got {self.image_frame!r}")
+        for name, limit in self.stale_limits_s.items():
+            try:
+                parse_transform_name(name)
+            except (TypeError, ValueError) as e:
+                raise ConfigError(f"navigation.stale_limits_s: {e}") from None
+            if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit > 0:
+                raise ConfigError(f"navigation.stale_limits_s.{name} must be a number > 0, "
+                                  f"got {limit!r}")
 
 
 @dataclass(frozen=True)
@@ -85,8 +151,6 @@ class SegmentConfig:
             ``none`` (classical detector only, by choice), or the path of a model card
             for every frame. A model that cannot be loaded leaves the classical detector
             and makes every frame of its modality DEGRADED.
-        modality: ``auto`` (projection frames: fluoro; signed 16-bit slices: ct; other
-            slices: us) or ``us`` / ``fluoro`` / ``ct`` for every frame.
         backends: backend chain, ``auto`` or comma-separated names
             (``tensorrt,torch-cuda,onnxruntime-cpu``); see ``models.backends``.
         threads: CPU threads for the model (ONNX Runtime / torch).
@@ -110,7 +174,6 @@ class SegmentConfig:
     """
 
     model: str = "auto"
-    modality: str = "auto"
     backends: str = "auto"
     threads: int = 2
     needle_threshold: float = 0.5
@@ -129,9 +192,6 @@ class SegmentConfig:
     def __post_init__(self) -> None:
         if self.polarity not in ("bright", "dark"):
             raise ConfigError(f"segment.polarity must be bright or dark, got {self.polarity!r}")
-        if self.modality not in ("auto", "us", "fluoro", "ct"):
-            raise ConfigError(f"segment.modality must be auto, us, fluoro or ct, "
-                              f"got {self.modality!r}")
         if not self.model:
             raise ConfigError("segment.model must be auto, none or a model card path")
         if not isinstance(self.threads, int) or self.threads < 1:
@@ -145,50 +205,6 @@ class SegmentConfig:
         c = self.needle_min_collinear
         if not isinstance(c, (int, float)) or isinstance(c, bool) or not 0.0 <= c <= 1.0:
             raise ConfigError(f"segment.needle_min_collinear must be in [0, 1], got {c!r}")
-
-
-@dataclass(frozen=True)
-class SafetyConfig:
-    """Deviation-from-plan thresholds (mm, degrees) with hysteresis.
-
-    Attributes:
-        caution_offset_mm, danger_offset_mm: lateral distance of the tip from the
-            planned line that raises CAUTION / DANGER.
-        caution_angle_deg: angle between needle and plan that raises CAUTION.
-        overshoot_danger_mm: tip beyond the target along the plan by this much: DANGER.
-        hysteresis_mm: a level is left only when the value is this much below its
-            threshold (degrees for the angle use the same number).
-        uncertainty_mm: added to every offset before comparing (tracking, calibration,
-            registration uncertainty combined), mm.
-        latency_s: expected latency; times the needle speed it widens the margins.
-    """
-
-    caution_offset_mm: float = 3.0
-    danger_offset_mm: float = 5.0
-    caution_angle_deg: float = 8.0
-    overshoot_danger_mm: float = 2.0
-    hysteresis_mm: float = 0.5
-    uncertainty_mm: float = 1.0
-    latency_s: float = 0.05
-
-    def __post_init__(self) -> None:
-        _positive(
-            "safety",
-            self,
-            "caution_offset_mm",
-            "danger_offset_mm",
-            "caution_angle_deg",
-            "overshoot_danger_mm",
-            "hysteresis_mm",
-            "latency_s",
-        )
-        if self.uncertainty_mm < 0:
-            raise ConfigError(f"safety.uncertainty_mm must be >= 0, got {self.uncertainty_mm}")
-        if self.danger_offset_mm <= self.caution_offset_mm:
-            raise ConfigError(
-                "safety.danger_offset_mm must be larger than caution_offset_mm, got "
-                f"{self.danger_offset_mm} <= {self.caution_offset_mm}"
-            )
 
 
 @dataclass(frozen=True)
@@ -215,6 +231,7 @@ class PipelineConfig:
     """All sections."""
 
     ingest: IngestConfig = field(default_factory=IngestConfig)
+    navigation: NavigationConfig = field(default_factory=NavigationConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     segment: SegmentConfig = field(default_factory=SegmentConfig)
     safety: SafetyConfig = field(default_factory=SafetyConfig)
@@ -248,6 +265,8 @@ def config_from_dict(data: dict[str, Any], where: str = "config") -> PipelineCon
         try:
             built[name] = cls(**value)
         except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from e
+        except (TypeError, ValueError) as e:  # the section's own checks
             raise ConfigError(f"{where}: {e}") from e
     return PipelineConfig(**built)
 

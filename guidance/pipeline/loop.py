@@ -1,37 +1,58 @@
-"""The live loop: a processing thread that always takes the newest frame.
+"""The live loop: one processing thread that always takes the newest input.
 
-Source (any :class:`~guidance.io.slots.LatestSlots` filled by the OpenIGTLink server,
-client or a replay) -> ingest -> preprocess -> segment -> needle -> safety -> outputs
-(label IMAGE, needle tip TRANSFORM, warning STRING and STATUS, plan POINT) and the
-annotated overlay. Each stage is timed on every frame; end-to-end latency runs from the
-frame's last byte received to the later of "results handed to the kernel" and "overlay
-composed". When no frame arrives for ``stale_after_s`` the loop reports STALE instead of
-repeating the last result.
+Inputs arrive in :class:`~guidance.io.slots.LatestSlots` (the OpenIGTLink server or
+client, a replay). Tool poses go into the session's transform graph as they arrive
+(:meth:`guidance.navigation.Navigator.on_message`, a slots listener), so every pose is
+kept for interpolation. The thread wakes on a new frame or a new needle pose:
+
+- a frame (IMAGE): modality (configuration or IGTLv3 metadata) -> placement in the
+  planning CT at the frame's time (timestamp minus the temporal calibration's lag) ->
+  preprocess -> segment -> tracked needle at that time -> needle (image and tracker
+  compared) -> safety -> outputs;
+- a needle pose, when no image stream is live: tracked needle -> needle -> safety ->
+  outputs (navigation on the planning CT from poses alone, same outputs and latency
+  statistics).
+
+Every output -- label IMAGE, needle tip TRANSFORM, warning STRING and STATUS, plan POINT,
+the overlay -- is derived from one :class:`~guidance.pipeline.frame.FrameResult`, whose
+state comes from typed reasons and whose safety from one decision. Each stage is timed;
+end-to-end latency runs from the input's last byte received to the later of "results
+handed to the kernel" and "overlay composed". When nothing arrives for the stale limit
+the loop reports STALE instead of repeating the last result.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-import numpy.typing as npt
 import pyigtl
 from pyigtl.messages import MessageBase
 
 from guidance.geometry import RAS_TO_LPS, ImageVolume
 from guidance.io.messages import (
     StatusMessage,
-    TrackingDataMessage,
     image_message_from_volume,
     volume_from_image_message,
 )
 from guidance.io.slots import LatestSlots, Received
-from guidance.pipeline.config import PipelineConfig
-from guidance.pipeline.frame import Frame, FrameResult, WorkItem
+from guidance.navigation.navigator import POSE_TYPES, Navigator, frame_of_device
+from guidance.navigation.setup import RoomSetup
+from guidance.pipeline.config import MODALITIES, PipelineConfig
+from guidance.pipeline.frame import (
+    Frame,
+    FrameResult,
+    NeedleEstimate2D3D,
+    Reason,
+    StateReason,
+    WorkItem,
+    state_of,
+)
 from guidance.pipeline.overlay import OverlayComposer
 from guidance.pipeline.stages import (
     NeedleStage,
@@ -41,24 +62,72 @@ from guidance.pipeline.stages import (
     load_segmenters,
 )
 from guidance.pipeline.stats import LatencyRecorder
+from guidance.planning.plan import Plan
+from guidance.planning.structures import StructureSet
 from guidance.records import GuidanceState, SafetyWarning, WarningLevel
-from trackers.pose import TrackedPose, pose_from_tip_axis
-from trackers.tool_stream import ToolStreams
+from trackers.pose import pose_from_tip_axis
 
-__all__ = ["Pipeline", "SendFn"]
+__all__ = ["Pipeline", "SendFn", "modality_of", "status_code"]
 
 log = logging.getLogger(__name__)
 
 #: ``send(message, on_sent) -> number of peers``: the transport's send.
 SendFn = Callable[[MessageBase, Callable[[int], None] | None], int]
 
-_POSE_TYPES = ("TRANSFORM", "TDATA")
+#: DICOM modality terms (IGTLv3 metadata ``Modality``) -> the loop's modality.
+_MODALITY_TERMS = {"US": "us", "CT": "ct", "XA": "fluoro", "RF": "fluoro", "DX": "fluoro",
+                   "CR": "fluoro", "RG": "fluoro", "FLUORO": "fluoro", "FLUOROSCOPY": "fluoro"}
+_NAN2 = np.full(2, np.nan)
+
+
+def modality_of(configured: str, metadata: object) -> tuple[str, str]:
+    """A frame's modality: the configured one, else its IGTLv3 metadata ``Modality``.
+
+    Returns:
+        ``(modality, "")``, or ``("", why not)`` naming what was (not) found.
+    """
+    if configured:
+        return configured, ""
+    if isinstance(metadata, dict):
+        for key, value in metadata.items():
+            if str(key).lower() == "modality":
+                term = str(value).strip().upper()
+                if term.lower() in MODALITIES:
+                    return term.lower(), ""
+                if term in _MODALITY_TERMS:
+                    return _MODALITY_TERMS[term], ""
+                return "", (f"unknown modality {str(value)[:40]!r} in the frame's metadata "
+                            f"(known: {', '.join(sorted(_MODALITY_TERMS))}): give "
+                            "--modality us|fluoro|ct")
+    return "", ("modality unknown: the frame carries no IGTLv3 metadata 'Modality'; give "
+                "--modality us|fluoro|ct")
+
+
+def status_code(state: GuidanceState, level: WarningLevel) -> int:
+    """OpenIGTLink STATUS code: 2 (DANGER) for a DANGER decision on current input (OK or
+    DEGRADED), else 1 OK, 7 STALE, 13 DEGRADED, 16 NO_GUIDANCE."""
+    if level >= WarningLevel.DANGER and state in (GuidanceState.OK, GuidanceState.DEGRADED):
+        return 2
+    return {GuidanceState.OK: 1, GuidanceState.STALE: 7, GuidanceState.DEGRADED: 13,
+            GuidanceState.NO_GUIDANCE: 16}[state]
+
+
+def result_text(result: FrameResult) -> str:
+    """The STRING and console line of an update: the decision (level, structure,
+    distance, margin) and, when the state is not OK, the state and its reasons."""
+    parts = []
+    if result.decision is not None:
+        parts.append(result.decision.text())
+    if result.state != GuidanceState.OK or result.decision is None:
+        why = "; ".join(result.reasons)
+        parts.append(f"{result.state.name}: {why}" if why else result.state.name)
+    return " | ".join(parts)
 
 
 @dataclass
 class _E2E:
-    """End-to-end completion of one frame: the label IMAGE handed to the kernel (for the
-    first peer) and the overlay composed, whichever is later."""
+    """End-to-end completion of one update: the first output handed to the kernel and
+    the overlay composed, whichever is later."""
 
     received_ns: int
     expect_send: bool = True
@@ -75,11 +144,10 @@ class Pipeline:
         slots: where received messages arrive.
         config: stage configuration.
         send: the transport's send (``None``: results are not sent).
-        frame_kind: ``auto`` (8-bit or signed 16-bit = a slice in LPS such as an
-            ultrasound or CT frame; unsigned 16-bit = a projection such as fluoroscopy),
-            ``slice`` or ``projection``.
         on_result: called with each result and its overlay (RGB, a reused buffer) from
             the processing thread; keep it quick (hand off to another thread).
+        room: the calibration files' content (static transforms, declared
+            uncertainties, lag, C-arm intrinsics).
     """
 
     def __init__(
@@ -87,32 +155,30 @@ class Pipeline:
         slots: LatestSlots,
         config: PipelineConfig | None = None,
         send: SendFn | None = None,
-        frame_kind: str = "auto",
         on_result: Callable[[FrameResult, np.ndarray], None] | None = None,
+        room: RoomSetup | None = None,
     ) -> None:
-        if frame_kind not in ("auto", "slice", "projection"):
-            raise ValueError(f"frame_kind must be auto, slice or projection, got {frame_kind!r}")
         self.slots = slots
         self.config = config or PipelineConfig()
         self.send = send
-        self.frame_kind = frame_kind
         self.on_result = on_result
+        self.navigator = Navigator(room, self.config.navigation)
+        slots.add_listener(self._on_message)
         self.preprocess = PreprocessStage(self.config.preprocess)
-        modalities = (("us", "fluoro", "ct") if frame_kind == "auto"
-                      else ("fluoro",) if frame_kind == "projection" else ("us", "ct"))
-        if self.config.segment.modality != "auto":
-            modalities = (self.config.segment.modality,)
-        self.segment = SegmentStage(self.config.segment,
-                                    *load_segmenters(self.config.segment, modalities))
-        self.safety = SafetyStage(self.config.safety)
-        self._needle_stages: dict[bool, NeedleStage] = {}
+        modality = self.config.ingest.modality
+        self.segment = SegmentStage(self.config.segment, *load_segmenters(
+            self.config.segment, (modality,) if modality else MODALITIES))
+        self.needle = NeedleStage(self.config.navigation)
+        self.safety = SafetyStage(self.config.safety, self.navigator)
         self.overlay = OverlayComposer()
         self.stats = LatencyRecorder()
-        self.tools = ToolStreams()
-        self._pose_seq: dict[str, int] = {}
         self.frames_processed = 0
+        self.poses_processed = 0
         self.stale_reports = 0
         self.warnings_log: list[SafetyWarning] = []
+        self.decisions: dict[str, int] = {}
+        self.states: dict[str, int] = {}
+        self.last_result: FrameResult | None = None
         self._active: dict[str, WarningLevel] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -120,20 +186,28 @@ class Pipeline:
         self._latest: FrameResult | None = None
         self._latest_lock = threading.Lock()
         self._last_plan_sent = 0.0
-        self._plan: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None = None
+        self._plan: Plan | None = None
+        self._last_image_ns = 0
+        self._tip_live_names: frozenset[str] = frozenset()
         self.last_error = ""
 
     # -- control ---------------------------------------------------------------------
 
-    def set_plan(self, entry_lps: npt.ArrayLike, target_lps: npt.ArrayLike) -> None:
-        """Planned entry and target (LPS mm) for the deviation check and the overlay."""
-        entry = np.asarray(entry_lps, np.float64).reshape(3)
-        target = np.asarray(target_lps, np.float64).reshape(3)
-        self.safety.set_plan(entry, target)
-        self.overlay.plan = (entry, target)
-        self._plan = (entry, target)
+    def set_plan(self, plan: Plan, structures: StructureSet | None = None) -> None:
+        """The plan (LPS mm of the planning CT) and its structures for the safety check
+        and the overlay (``structures=None``: the decision says the anatomy is not
+        checked)."""
+        if not isinstance(plan, Plan):
+            raise TypeError(f"plan must be a Plan, got {type(plan).__name__}")
+        self.safety.set_plan(plan, structures)
+        self.overlay.plan = (plan.entry_lps, plan.target_lps)
+        self._plan = plan
         self.segment.hub_hint_ij = None
         self._last_plan_sent = 0.0
+
+    @property
+    def plan(self) -> Plan | None:
+        return self._plan
 
     def start(self) -> Pipeline:
         """Start the processing thread."""
@@ -143,7 +217,7 @@ class Pipeline:
         return self
 
     def stop(self) -> None:
-        """Stop after the current frame."""
+        """Stop after the current update."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5.0)
@@ -165,121 +239,182 @@ class Pipeline:
 
     # -- the loop --------------------------------------------------------------------
 
+    def _on_message(self, item: Received) -> None:
+        if item.message_type in POSE_TYPES:
+            self.navigator.on_message(item)
+
+    def _images_live(self, now_ns: int) -> bool:
+        return bool(self._last_image_ns) and (
+            now_ns - self._last_image_ns) * 1e-9 <= self.config.ingest.stale_after_s
+
+    def _pose_mode(self, now_ns: int) -> bool:
+        """Navigation from poses alone: a tracked needle and no image stream."""
+        return (self.config.navigation.pose_updates and self.navigator.tracks_needle
+                and not self._images_live(now_ns))
+
     def _run(self) -> None:
-        dev = self.config.ingest.image_device
-        timeout = self.config.ingest.stale_after_s
+        ingest = self.config.ingest
+        nav = self.config.navigation
         seen: dict[str, int] = {}
         seq = 0
+        types = ("IMAGE", *POSE_TYPES) if nav.pose_updates else ("IMAGE",)
+        idle_s = 0.0
         while not self._stop.is_set():
-            if dev:
-                item = self.slots.wait_newer(dev, seq, timeout)
+            timeout = ingest.stale_after_s
+            if self._pose_mode(time.monotonic_ns()):
+                timeout = nav.pose_stale_after_s
+            if ingest.image_device and not nav.pose_updates:
+                item = self.slots.wait_newer(ingest.image_device, seq, timeout)
             else:
-                item = self.slots.wait_any(("IMAGE",), seen, timeout)
+                item = self.slots.wait_any(types, seen, timeout)
             if item is None:
-                self._report_stale()
+                idle_s += timeout
+                self._report_stale(idle_s)
                 continue
-            seq = item.seq
+            idle_s = 0.0
             try:
-                self._process(item)
-            except Exception as e:  # a bad frame must not stop the loop
-                self.last_error = f"frame {item.device_name}#{item.seq}: {e}"
+                if item.message_type == "IMAGE":
+                    if ingest.image_device and item.device_name != ingest.image_device:
+                        continue
+                    seq = item.seq
+                    self._process_frame(item)
+                elif self._pose_mode(time.monotonic_ns()) and self._is_needle_pose(item):
+                    self._process_pose(item)
+            except Exception as e:  # a bad input must not stop the loop
+                self.last_error = f"{item.device_name}#{item.seq}: {e}"
                 log.exception("pipeline failed on %s", self.last_error)
                 self._publish(FrameResult(
-                    item.seq, self._t(), item.received_ns, GuidanceState.NO_GUIDANCE,
-                    (f"processing failed: {e}",), None, WarningLevel.NONE, (), {}, {}, None,
-                    None), None)
+                    seq=item.seq, t_s=self._t(), received_ns=item.received_ns,
+                    state=GuidanceState.NO_GUIDANCE, kind="none",
+                    state_reasons=(StateReason(Reason.PROCESSING_FAILED,
+                                               f"processing failed: {e}"),),
+                    device_name=item.device_name), None)
+
+    def _is_needle_pose(self, item: Received) -> bool:
+        """A pose on the needle's chain: a needle's own pose or a live edge of the last
+        tip query (the patient reference moving in the tracker frame, say)."""
+        names = [item.device_name]
+        msg_names = getattr(item.message, "names", None)
+        if item.message_type == "TDATA" and isinstance(msg_names, list):
+            names = [self.navigator.tools.transform_name(str(n)) for n in msg_names]
+        return any(n.startswith("Needle") or n in self._tip_live_names for n in names)
 
     def _t(self) -> float:
         return (time.monotonic_ns() - self._t0_ns) * 1e-9
 
-    def _poses(self) -> dict[str, TrackedPose]:
-        """Newest pose per tool. Each new TRANSFORM/TDATA goes once through
-        :class:`~trackers.tool_stream.ToolStreams`, which refuses non-rigid matrices and
-        marks an identity matrix (a tracker's "out of view") as not valid."""
-        for name in self.slots.device_names():
-            it = self.slots.latest(name)
-            if (it is None or it.message_type not in _POSE_TYPES
-                    or it.seq <= self._pose_seq.get(name, 0)):
-                continue
-            self._pose_seq[name] = it.seq
-            msg = it.message
-            if isinstance(msg, TrackingDataMessage):
-                self.tools.on_tdata(zip(msg.names, msg.matrices, strict=True),
-                                    it.timestamp_s, it.received_ns)
-            else:
-                self.tools.on_transform(name, msg.matrix, it.timestamp_s, it.received_ns)
-        return {n: p for n in self.tools.names() if (p := self.tools.latest(n)) is not None}
-
-    def _in_plane(self, image: ImageVolume) -> bool:
-        if self.frame_kind == "auto":
-            return bool(image.voxels.dtype != np.uint16)
-        return self.frame_kind == "slice"
-
-    def _modality(self, image: ImageVolume) -> str:
-        """The frame's modality for the segmenter (``segment.modality`` or from the kind)."""
-        m = self.config.segment.modality
-        if m != "auto":
-            return m
-        if not self._in_plane(image):
-            return "fluoro"
-        return "ct" if image.voxels.dtype == np.int16 else "us"
-
-    def _needle_stage(self, image: ImageVolume) -> NeedleStage:
-        in_plane = self._in_plane(image)
-        st = self._needle_stages.get(in_plane)
-        if st is None:
-            ic = self.config.ingest
-            st = self._needle_stages[in_plane] = NeedleStage(
-                ic.needle_pose, ic.pose_stale_after_s, in_plane)
-        return st
-
-    def _process(self, rec: Received) -> None:
+    def _process_frame(self, rec: Received) -> None:
         t_start = time.monotonic_ns()
+        self._last_image_ns = rec.received_ns
         stage_ms: dict[str, float] = {}
+        nav = self.navigator
         image = volume_from_image_message(rec.message)
+        frame_name = frame_of_device(rec.device_name, self.config.navigation.image_frame)
+        at_s = nav.time_of(rec.timestamp_s, rec.received_ns) - nav.setup.lag_s
         frame = Frame(rec.seq, rec.device_name, image, rec.timestamp_s, rec.received_ns,
-                      self._poses())
-        item = WorkItem(frame=frame, t_s=(rec.received_ns - self._t0_ns) * 1e-9,
-                        modality=self._modality(image))
+                      frame_name, at_s)
+        item = WorkItem(frame=frame, t_s=(rec.received_ns - self._t0_ns) * 1e-9, at_s=at_s,
+                        received_ns=rec.received_ns)
+        modality, why = modality_of(self.config.ingest.modality,
+                                    getattr(rec.message, "metadata", None))
+        if not modality:
+            item.add(Reason.MODALITY_UNKNOWN, f"frame {rec.device_name} refused: {why}")
+            self._finish_update(item, rec, t_start, stage_ms, image)
+            return
+        item.modality = modality
+        projection = modality == "fluoro"
         t = time.monotonic_ns()
-        stage_ms["ingest"] = (t - t_start) * 1e-6
-        for stage in (self.preprocess, self.segment, self._needle_stage(image), self.safety):
+        placement, problem, edges = nav.place(frame_name, image, projection, at_s, t)
+        item.placement = placement
+        item.placement_edges = edges
+        if problem is not None:
+            item.add(problem.reason, problem.message)
+        stage_ms["ingest"] = (time.monotonic_ns() - t_start) * 1e-6
+        for stage in (self.preprocess, self.segment):
             t_a = time.monotonic_ns()
             stage.process(item)
             stage_ms[stage.name] = (time.monotonic_ns() - t_a) * 1e-6
-        age_s = (time.monotonic_ns() - rec.received_ns) * 1e-9
-        if age_s > self.config.ingest.stale_after_s:
-            item.state = GuidanceState.STALE
-            item.reasons.insert(0, f"frame {age_s:.2f} s old when processed")
-        if item.needle is None and item.state == GuidanceState.OK:
-            item.state = GuidanceState.NO_GUIDANCE
-            item.reasons.insert(0, "no needle found")
-        elif item.state == GuidanceState.OK and any("no safety check" in r for r in item.reasons):
-            item.state = GuidanceState.NO_GUIDANCE
         if item.needle is not None and item.needle.in_image:
             # The hub end is stable: it tells the detector which end is the tip.
             self.segment.hub_hint_ij = item.needle.hub_ij
-        self._log_warnings(item.warnings)
+        self._track_and_check(item, stage_ms)
+        age_s = (time.monotonic_ns() - rec.received_ns) * 1e-9
+        if age_s > self.config.ingest.stale_after_s:
+            item.add(Reason.FRAME_OLD, f"frame {age_s:.2f} s old when processed")
+        self._finish_update(item, rec, t_start, stage_ms, image)
+        self.frames_processed += 1
+
+    def _process_pose(self, rec: Received) -> None:
+        t_start = time.monotonic_ns()
+        nav = self.navigator
+        at_s = nav.time_of(rec.timestamp_s, rec.received_ns)
+        item = WorkItem(frame=None, t_s=(rec.received_ns - self._t0_ns) * 1e-9, at_s=at_s,
+                        received_ns=rec.received_ns)
+        stage_ms = {"ingest": (time.monotonic_ns() - t_start) * 1e-6}
+        self._track_and_check(item, stage_ms)
+        self._finish_update(item, rec, t_start, stage_ms, None)
+        self.poses_processed += 1
+
+    def _track_and_check(self, item: WorkItem, stage_ms: dict[str, float]) -> None:
+        """Tracked needle at the update's time -> needle stage -> why no 3D needle ->
+        safety stage."""
+        t_a = time.monotonic_ns()
+        tip = self.navigator.tracked_tip(item.at_s, t_a)
+        if tip is not None:
+            self._tip_live_names = frozenset(e.name for e in tip.edges if not e.static)
+            if tip.problem is not None:
+                item.add(tip.problem.reason, tip.problem.message)
+            else:
+                item.tracked = NeedleEstimate2D3D(_NAN2, _NAN2, tip.tip_ct, tip.axis_ct, 1.0,
+                                                  "tracker")
+                item.tip_edges = tip.edges
+        self.needle.process(item)
+        if item.tracked is None and item.needle is not None and item.needle.has_3d:
+            item.tip_edges = item.placement_edges  # the image needle's path to the CT
+        stage_ms["needle"] = (time.monotonic_ns() - t_a) * 1e-6
+        if item.state == GuidanceState.OK or item.state == GuidanceState.DEGRADED:
+            if item.needle is None:
+                item.add(Reason.NO_NEEDLE, "no needle found" if item.frame is not None
+                         else "no needle pose")
+            elif not item.needle.has_3d:
+                item.add(Reason.NO_3D_NEEDLE,
+                         "the needle is seen in the image only: no 3D position "
+                         + ("(a projection without a tracked needle)"
+                            if item.placement is None or item.placement.is_projection
+                            else "(the frame is not placed in the planning CT)"))
+        t_b = time.monotonic_ns()
+        if item.needle is not None and item.needle.has_3d and item.state in (
+                GuidanceState.OK, GuidanceState.DEGRADED):
+            gap = max((e.time_gap_s for e in item.tip_edges), default=0.0)
+            item.latency_s = (t_b - item.received_ns) * 1e-9 + gap
+            self.safety.process(item)
+        elif self.safety.check is None:
+            item.add(Reason.NO_PLAN, "no plan loaded (--plan plan.json): no safety check")
+        stage_ms["safety"] = (time.monotonic_ns() - t_b) * 1e-6
+
+    def _finish_update(self, item: WorkItem, rec: Received, t_start: int,
+                       stage_ms: dict[str, float], image: ImageVolume | None) -> None:
+        state = state_of(item.reasons)
+        self._log_decision(item, state)
         result = FrameResult(
-            rec.seq, item.t_s, rec.received_ns, item.state, tuple(item.reasons), item.needle,
-            item.level, tuple(item.warnings), dict(item.metrics), stage_ms, image,
-            item.labels, poses=frame.poses, label_names=item.label_names,
-            modality=item.modality)
+            seq=rec.seq, t_s=item.t_s, received_ns=rec.received_ns, state=state,
+            kind="frame" if item.frame is not None else "pose",
+            state_reasons=tuple(item.reasons), needle=item.needle, decision=item.decision,
+            metrics=dict(item.metrics), stage_ms=stage_ms, image=image, labels=item.labels,
+            placement=item.placement, label_names=item.label_names, modality=item.modality,
+            device_name=rec.device_name, timestamp_s=rec.timestamp_s, at_s=item.at_s)
         t_out = time.monotonic_ns()
         e2e = _E2E(rec.received_ns)
-        if self._send_outputs(result, rec, e2e) == 0:
+        if self._send_outputs(result, rec, item, e2e) == 0:
             self._finish(e2e, expect_send=False)  # nobody to send to
         stage_ms["output"] = (time.monotonic_ns() - t_out) * 1e-6
         t_ov = time.monotonic_ns()
-        latency_est = (t_ov - rec.received_ns) * 1e-6
-        rgb = self.overlay.compose(result, latency_est)
+        rgb = self.overlay.compose(result, (t_ov - rec.received_ns) * 1e-6)
         stage_ms["overlay"] = (time.monotonic_ns() - t_ov) * 1e-6
         self._finish(e2e, overlay_ns=time.monotonic_ns())
         for name, ms in stage_ms.items():
             self.stats.add(name, ms)
         self.stats.add("processing", (time.monotonic_ns() - t_start) * 1e-6)
         self.stats.add("queue_wait", (t_start - rec.received_ns) * 1e-6)
-        self.frames_processed += 1
         self._publish(result, rgb)
 
     def _finish(self, e2e: _E2E, sent_ns: int = 0, overlay_ns: int = 0,
@@ -299,27 +434,34 @@ class Pipeline:
     def _publish(self, result: FrameResult, rgb: np.ndarray | None) -> None:
         with self._latest_lock:
             self._latest = result
-        if self.on_result is not None and rgb is not None:
-            self.on_result(result, rgb)
-        elif self.on_result is not None:
-            self.on_result(result, self.overlay.compose(result))
+        self.last_result = result
+        self.states[result.state.name] = self.states.get(result.state.name, 0) + 1
+        if self.on_result is not None:
+            self.on_result(result, rgb if rgb is not None else self.overlay.compose(result))
 
-    def _report_stale(self) -> None:
+    def _report_stale(self, idle_s: float) -> None:
         self.stale_reports += 1
-        t = self._t()
-        reason = f"no frame for {self.config.ingest.stale_after_s:.2f} s"
-        result = FrameResult(0, t, 0, GuidanceState.STALE, (reason,), None, WarningLevel.NONE,
-                             (), {}, {}, None, None)
+        if self._pose_mode(time.monotonic_ns()):
+            reason = StateReason(Reason.NO_POSE, f"no needle pose for {idle_s:.2f} s")
+        else:
+            reason = StateReason(Reason.NO_FRAME, f"no frame for {idle_s:.2f} s")
+        result = FrameResult(seq=0, t_s=self._t(), received_ns=0, state=GuidanceState.STALE,
+                             kind="none", state_reasons=(reason,))
         if self.send is not None:
             dev = self.config.output.warning_device
-            self.send(StatusMessage(7, 0, "STALE", reason, device_name=dev), None)
-            self.send(pyigtl.StringMessage(f"STALE: {reason}", device_name=dev), None)
+            text = f"STALE: {reason.message}"
+            self.send(StatusMessage(7, 0, "STALE", text, device_name=dev), None)
+            self.send(pyigtl.StringMessage(text, device_name=dev), None)
         self._publish(result, None)
 
-    def _log_warnings(self, warnings: list[SafetyWarning]) -> None:
-        """Keep the warnings log to level changes per structure (not 15 entries/s)."""
+    def _log_decision(self, item: WorkItem, state: GuidanceState) -> None:
+        """Counts per level, and the warnings log kept to level changes per structure
+        (not 15 entries a second)."""
+        d = item.decision
+        level = d.level.name if d is not None else f"no decision ({state.name})"
+        self.decisions[level] = self.decisions.get(level, 0) + 1
         now: dict[str, SafetyWarning] = {}
-        for w in warnings:
+        for w in (d.findings if d is not None else ()):
             if w.structure not in now or w.level > now[w.structure].level:
                 now[w.structure] = w
         for key, w in now.items():
@@ -329,40 +471,48 @@ class Pipeline:
 
     # -- outputs ---------------------------------------------------------------------
 
-    def _send_outputs(self, result: FrameResult, rec: Received, e2e: _E2E) -> int:
+    def _send_outputs(self, result: FrameResult, rec: Received, item: WorkItem,
+                      e2e: _E2E) -> int:
         if self.send is None:
             return 0
         out = self.config.output
         ts = rec.timestamp_s
         n = result.needle
         sent = 0
+
+        def done(ns: int) -> None:
+            self._finish(e2e, sent_ns=ns)
+
         if out.send_labels and result.labels is not None and result.image is not None:
-            lab = ImageVolume(result.labels[None], result.image.ijk_to_lps)
-            sent = self.send(image_message_from_volume(lab, out.label_device, ts),
-                             lambda ns: self._finish(e2e, sent_ns=ns))
-        if n is not None and n.has_3d:
+            # On the frame's grid, placed in the planning CT when the frame is.
+            pl = result.placement
+            m = pl.ijk_to_ct if pl is not None and pl.ijk_to_ct is not None \
+                else result.image.ijk_to_lps
+            lab = ImageVolume(result.labels[None], m)
+            sent = self.send(image_message_from_volume(lab, out.label_device, ts), done)
+        blocking = [r for r in result.state_reasons if r.reason is not Reason.NO_PLAN
+                    and r.state in (GuidanceState.STALE, GuidanceState.NO_GUIDANCE)]
+        if n is not None and n.has_3d and not blocking:
+            # The tip at the time it is for (frame: its time minus the lag); sent without a
+            # plan too (navigation), never when it is stale or its chain is broken.
             m = pose_from_tip_axis(n.tip_lps, n.axis_lps)
-            self.send(pyigtl.TransformMessage(RAS_TO_LPS @ m, timestamp=ts,
-                                              device_name=out.tip_device), None)
-        worst = max(result.warnings, key=lambda w: w.level, default=None)
-        if result.state != GuidanceState.OK:
-            text = f"{result.state.name}: " + "; ".join(result.reasons)
-        elif worst is not None:
-            text = f"{worst.level.name}: {worst.message}"
-        else:
-            text = "OK"
-        self.send(pyigtl.StringMessage(text, timestamp=ts, device_name=out.warning_device), None)
-        code = {GuidanceState.OK: 1, GuidanceState.STALE: 7, GuidanceState.DEGRADED: 13,
-                GuidanceState.NO_GUIDANCE: 16}[result.state]
-        if result.state == GuidanceState.OK and result.level >= WarningLevel.DANGER:
-            code = 2
-        self.send(StatusMessage(code, int(result.level), result.level.name
-                                if result.level else result.state.name, text[:200],
+            tip_ts = item.at_s if math.isfinite(item.at_s) else ts
+            k = self.send(pyigtl.TransformMessage(RAS_TO_LPS @ m, timestamp=tip_ts,
+                                                  device_name=out.tip_device), done)
+            sent = max(sent, k)
+        text = result_text(result)
+        k = self.send(pyigtl.StringMessage(text, timestamp=ts, device_name=out.warning_device),
+                      done)
+        sent = max(sent, k)
+        level = result.level
+        self.send(StatusMessage(status_code(result.state, level), int(level),
+                                level.name if level else result.state.name, text[:200],
                                 timestamp=ts, device_name=out.warning_device), None)
         now = time.monotonic()
-        if self._plan is not None and now - self._last_plan_sent > 2.0:
+        plan = self._plan
+        if plan is not None and now - self._last_plan_sent > 2.0:
             self._last_plan_sent = now
-            pts = np.stack(self._plan) @ RAS_TO_LPS[:3, :3].T  # LPS -> RAS for Slicer
+            pts = np.stack([plan.entry_lps, plan.target_lps]) @ RAS_TO_LPS[:3, :3].T
             self.send(pyigtl.PointMessage(pts, names=["Entry", "Target"], groups="Plan",
                                           timestamp=ts, device_name=out.plan_device), None)
         return sent

@@ -127,12 +127,17 @@ class OverlayComposer:
         )
 
     def _plan(self, rgb: np.ndarray, result: FrameResult) -> None:
-        if self.plan is None or result.image is None:
+        """The plan where the frame's placement in the planning CT puts it (a slice: only
+        when the path lies within 5 mm of its plane; a projection: always)."""
+        pl = result.placement
+        if self.plan is None or pl is None:
             return
-        ijk = result.image.lps_to_ijk_points(np.stack(self.plan))
-        if result.image.voxels.shape[0] == 1 and np.all(np.abs(ijk[:, 2]) < 5.0):
-            a = (round(ijk[0, 0]), round(ijk[0, 1]))
-            b = (round(ijk[1, 0]), round(ijk[1, 1]))
+        ij, off = pl.project(np.stack(self.plan))
+        if not np.all(np.isfinite(ij)) or np.any(np.abs(ij) > 1e5):
+            return
+        if pl.is_projection or np.all(np.abs(off) < 5.0):
+            a = (round(ij[0, 0]), round(ij[0, 1]))
+            b = (round(ij[1, 0]), round(ij[1, 1]))
             cv2.line(rgb, a, b, (0, 200, 255), 1, cv2.LINE_AA)
             cv2.drawMarker(rgb, b, (0, 200, 255), cv2.MARKER_CROSS, 12, 2)
 
@@ -144,7 +149,7 @@ class OverlayComposer:
         colour = (
             STALE_COLOUR if result.state == GuidanceState.STALE else LEVEL_COLOURS[result.level]
         )
-        worst = max(result.warnings, key=lambda x: x.level, default=None)
+        worst = result.warnings[0] if result.warnings else None
         if result.state == GuidanceState.STALE:
             text = "STALE - " + (result.reasons[0] if result.reasons else "input too old")
         elif worst is not None:
@@ -155,7 +160,8 @@ class OverlayComposer:
                     text += f": {result.reasons[0]}"
         else:
             text = result.state.name
-            if result.state != GuidanceState.OK and result.reasons:
+            if result.reasons and (result.state != GuidanceState.OK
+                                   or result.decision is None):
                 text += f": {result.reasons[0]}"
         if result.state != GuidanceState.STALE and len(result.reasons) > 1:
             text += f" (+{len(result.reasons) - 1} more)"
@@ -168,12 +174,13 @@ class OverlayComposer:
             cv2.putText(rgb, row, (4, int(line_h * (k + 0.75))), cv2.FONT_HERSHEY_SIMPLEX,
                         scale, (255, 255, 255), 1, cv2.LINE_AA)
         lines = []
-        t2t = result.metrics.get("tip_to_target_mm")
-        if t2t is not None and math.isfinite(t2t):
-            lines.append(f"tip-target {t2t:5.1f} mm")
-        off = result.metrics.get("lateral_offset_mm")
-        if off is not None and math.isfinite(off):
-            lines.append(f"off-plan {off:4.1f} mm")
+        d = result.decision
+        if d is not None and not stale:
+            if math.isfinite(d.tip_to_target_mm):
+                lines.append(f"tip-target {d.tip_to_target_mm:5.1f} mm")
+            if math.isfinite(d.lateral_offset_mm):
+                lines.append(f"off-plan {d.lateral_offset_mm:4.1f} mm")
+            lines.append(f"margin +{d.widening.total_mm:.1f} mm")
         if latency_ms is not None:
             lines.append(f"latency {latency_ms:4.0f} ms")
         for k, line in enumerate(lines):

@@ -16,15 +16,17 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from guidance.pipeline.config import PreprocessConfig, SafetyConfig, SegmentConfig
-from guidance.pipeline.frame import NeedleEstimate2D3D, WorkItem
-from guidance.pipeline.plan_check import PlanCheck
-from guidance.records import GuidanceState, WarningLevel
+from guidance.pipeline.config import NavigationConfig, PreprocessConfig, SegmentConfig
+from guidance.pipeline.frame import NeedleEstimate2D3D, Reason, WorkItem
+from guidance.planning.plan import Plan
+from guidance.planning.structures import StructureSet
+from guidance.safety import SafetyCheck, SafetyConfig
 from trackers.needle_detect import RidgeNeedleDetector
 from trackers.needle_filter import NeedleFilter
 from trackers.needle_fit import NeedleRule, needle_evidence
 
 if TYPE_CHECKING:
+    from guidance.navigation.navigator import Navigator
     from models.segmenter import Segmenter
 
 __all__ = ["NeedleStage", "PreprocessStage", "SafetyStage", "SegmentStage", "load_segmenters"]
@@ -46,6 +48,7 @@ class PreprocessStage:
         self._work: np.ndarray | None = None
 
     def process(self, item: WorkItem) -> None:
+        assert item.frame is not None
         vox = item.frame.image.voxels
         plane = vox[vox.shape[0] // 2]  # a 3D volume: its middle slice
         rows, cols = plane.shape[:2]
@@ -98,7 +101,7 @@ def load_segmenters(config: SegmentConfig, modalities: tuple[str, ...]
             card = str(shipped_card(m)) if config.model == "auto" else config.model
             seg = by_card.get(card) or Segmenter(card, chain=chain, threads=config.threads)
             by_card[card] = seg
-            if config.model != "auto" and seg.card.modality != m and config.modality != "auto":
+            if config.model != "auto" and seg.card.modality != m and len(modalities) == 1:
                 raise ValueError(f"model {card} is for {seg.card.modality}, not {m}")
             found[m] = seg
         except (CardError, FileNotFoundError, ValueError, TypeError, RuntimeError) as e:
@@ -178,6 +181,7 @@ class SegmentStage:
         return self._labels
 
     def process(self, item: WorkItem) -> None:
+        assert item.frame is not None
         vox = item.frame.image.voxels
         rows, cols = vox.shape[1], vox.shape[2]
         labels = self._label_buffer(rows, cols)
@@ -188,11 +192,9 @@ class SegmentStage:
             labels.fill(0)
             item.label_names = ("background", "needle")
             if self.config.model != "none":  # configured classical-only is not a failure
-                item.reasons.append(self.load_errors.get(
+                item.add(Reason.MODEL_MISSING, self.load_errors.get(
                     item.modality, f"no model for {item.modality or 'this frame'}")
                     + ": classical detector only")
-                if item.state == GuidanceState.OK:
-                    item.state = GuidanceState.DEGRADED
             if classical is not None:
                 cv2.line(labels, (round(classical.hub_ij[0]), round(classical.hub_ij[1])),
                          (round(classical.tip_ij[0]), round(classical.tip_ij[1])), 1,
@@ -203,6 +205,7 @@ class SegmentStage:
 
     def _model(self, item: WorkItem, seg: Segmenter, classical: NeedleEstimate2D3D | None,
                labels: np.ndarray) -> None:
+        assert item.frame is not None
         img = item.frame.image
         plane = img.voxels[img.voxels.shape[0] // 2]
         spacing = float(img.spacing_mm[0])
@@ -211,16 +214,12 @@ class SegmentStage:
         item.label_names = seg.card.labels
         item.metrics["segment_infer_ms"] = res.infer_ms
         if seg.degraded:
-            item.reasons.append(f"segmentation backend: {seg.degraded_reason}")
-            if item.state == GuidanceState.OK:
-                item.state = GuidanceState.DEGRADED
+            item.add(Reason.BACKEND_FALLBACK, f"segmentation backend: {seg.degraded_reason}")
         if not res.spacing_ok:
             lo, hi = seg.card.spacing_range_mm
-            item.reasons.append(
-                f"frame spacing {res.grid.model_spacing_mm:.3f} mm/px on the model grid is "
-                f"outside the {seg.card.name} training range {lo:.3f}-{hi:.3f}")
-            if item.state == GuidanceState.OK:
-                item.state = GuidanceState.DEGRADED
+            item.add(Reason.SPACING_OUT_OF_RANGE,
+                     f"frame spacing {res.grid.model_spacing_mm:.3f} mm/px on the model grid is "
+                     f"outside the {seg.card.name} training range {lo:.3f}-{hi:.3f}")
         hint = None if self.hub_hint_ij is None else res.grid.to_model_ij(self.hub_hint_ij)
         ev = needle_evidence(res.probs[1], res.grid.model_spacing_mm,
                              seg.card.pixel_spacing_mm, self.rule(seg), hint,
@@ -246,9 +245,9 @@ class SegmentStage:
         if model is None:
             if classical is not None:
                 t = classical.tip_ij
-                item.reasons.append(
-                    f"cross-check: the classical detector sees a needle (tip at pixel "
-                    f"{t[0]:.0f}, {t[1]:.0f}) that the model does not")
+                item.add(Reason.CLASSICAL_ONLY_NEEDLE,
+                         f"cross-check: the classical detector sees a needle (tip at pixel "
+                         f"{t[0]:.0f}, {t[1]:.0f}) that the model does not")
                 item.metrics["crosscheck_agree"] = 0.0
             return None
         if classical is None:
@@ -261,123 +260,139 @@ class SegmentStage:
         item.metrics["crosscheck_angle_deg"] = ang
         if d_mm > self.config.disagree_tip_mm or ang > self.config.disagree_angle_deg:
             item.metrics["crosscheck_agree"] = 0.0
-            item.reasons.append(
-                f"cross-check: model and classical detector disagree (tips {d_mm:.1f} mm "
-                f"apart, axes {ang:.1f} deg)")
-            if item.state == GuidanceState.OK:
-                item.state = GuidanceState.DEGRADED
+            item.add(Reason.DETECTORS_DISAGREE,
+                     f"cross-check: model and classical detector disagree (tips {d_mm:.1f} mm "
+                     f"apart, axes {ang:.1f} deg)")
             return dataclasses.replace(model, confidence=model.confidence * 0.5)
         item.metrics["crosscheck_agree"] = 1.0
         return model
 
 
 class NeedleStage:
-    """Image detection -> 3D needle (in-plane frames), fused with the tracked needle pose
-    in a constant-velocity Kalman filter (``trackers.needle_filter``).
+    """The needle in the planning CT: the tracked needle (``NeedleTip -> CT``) and the
+    needle seen in the image (an ultrasound or CT slice placed in the planning CT), each
+    a check on the other, through a constant-velocity Kalman filter
+    (``trackers.needle_filter``) for the speed and the tracking covariance.
 
-    For a 2D frame whose plane is in LPS (ultrasound: the IMAGE matrix places the scan
-    plane), the detected tip and hub map to LPS directly. For a projection (fluoroscopy)
-    the image gives no depth, so the 3D needle comes from the tracker
-    (``needle_pose``: origin at the tip, +z hub -> tip), and the image detection is shown.
-    A measurement the filter gates out as an outlier makes the frame DEGRADED.
+    - Tracked needle present: it is the needle (the tip as composed through the graph,
+      never smoothed away from the measurement); the image's needle is compared with it
+      and a disagreement beyond the tolerance makes the update DEGRADED with both
+      numbers. For a projection (fluoroscopy) the tracked needle is projected through the
+      C-arm calibration and compared in the image.
+    - No tracked needle: the image's needle placed in the CT (slices only) is filtered;
+      a projection gives no 3D needle.
+    - A measurement the filter gates out as an outlier makes the update DEGRADED.
     """
 
     name = "needle"
 
-    def __init__(self, needle_pose: str, pose_stale_after_s: float, in_plane: bool,
-                 tracker_sigma_mm: float = 0.5) -> None:
-        self.needle_pose = needle_pose
-        self.pose_stale_after_s = pose_stale_after_s
-        self.in_plane = in_plane
-        self.tracker_sigma_mm = tracker_sigma_mm
+    def __init__(self, config: NavigationConfig) -> None:
+        self.config = config
         self.filter = NeedleFilter()
 
-    def _measurements(self, item: WorkItem) -> list[tuple[np.ndarray, np.ndarray, str, float]]:
-        out: list[tuple[np.ndarray, np.ndarray, str, float]] = []
-        pose = item.frame.poses.get(self.needle_pose)
-        if pose is not None:
-            age = (item.frame.received_ns - pose.received_ns) * 1e-9
-            if abs(age) > self.pose_stale_after_s:
-                item.reasons.append(f"{self.needle_pose} is {abs(age):.2f} s old (STALE)")
-                item.state = GuidanceState.STALE
-            elif not pose.valid:
-                item.reasons.append(f"{self.needle_pose} reported invalid by the tracker")
-            else:
-                axis = pose.pose[:3, 2] / max(float(np.linalg.norm(pose.pose[:3, 2])), 1e-12)
-                out.append((pose.pose[:3, 3].copy(), axis, "tracker", self.tracker_sigma_mm))
-        det = item.needle
-        if det is not None and self.in_plane:
-            img = item.frame.image
-            pts = img.ijk_to_lps_points(np.array(
-                [[det.tip_ij[0], det.tip_ij[1], 0.0], [det.hub_ij[0], det.hub_ij[1], 0.0]]))
-            d = pts[0] - pts[1]
-            if np.linalg.norm(d) > 1e-6:
-                # About 1.5 working-grid pixels of localisation noise.
-                sigma = 1.5 * item.work_scale * float(img.spacing_mm[:2].mean())
-                out.append((pts[0], d / np.linalg.norm(d), "image", sigma))
-        return out
+    def _image_needle_ct(self, item: WorkItem) -> tuple[np.ndarray, np.ndarray] | None:
+        det, pl = item.needle, item.placement
+        if det is None or not det.in_image or pl is None or pl.is_projection:
+            return None
+        pts = pl.pixel_to_ct(np.stack([det.tip_ij, det.hub_ij]))
+        d = pts[0] - pts[1]
+        n = float(np.linalg.norm(d))
+        return (pts[0], d / n) if n > 1e-6 else None
+
+    def _compare(self, item: WorkItem, tracked: NeedleEstimate2D3D,
+                 image_ct: tuple[np.ndarray, np.ndarray] | None) -> None:
+        """Tracker against image: DEGRADED with both numbers beyond the tolerance."""
+        c = self.config
+        det, pl = item.needle, item.placement
+        if det is None or not det.in_image or pl is None:
+            return
+        if pl.is_projection:
+            ij, _ = pl.project(np.stack([tracked.tip_lps,
+                                         tracked.tip_lps - 40.0 * tracked.axis_lps]))
+            if not np.all(np.isfinite(ij)):
+                return
+            assert item.frame is not None
+            sp = float(np.mean(item.frame.image.spacing_mm[:2]))
+            d_mm = float(np.linalg.norm(ij[0] - det.tip_ij)) * sp
+            ang = _angle_deg(ij[0] - ij[1], det.tip_ij - det.hub_ij)
+            where = (f"image tip at pixel ({det.tip_ij[0]:.0f}, {det.tip_ij[1]:.0f}), tracked "
+                     f"tip projects to ({ij[0, 0]:.0f}, {ij[0, 1]:.0f})")
+        else:
+            assert image_ct is not None
+            tip_img, axis_img = image_ct
+            _, off = pl.project(tracked.tip_lps[None])
+            if abs(float(off[0])) > c.image_plane_mm:
+                item.metrics["tracked_tip_off_plane_mm"] = float(off[0])
+                return  # the tracked tip is not in the picture: nothing to compare
+            d_mm = float(np.linalg.norm(tip_img - tracked.tip_lps))
+            ang = _angle_deg(axis_img, tracked.axis_lps)
+            where = (f"image tip {np.round(tip_img, 1).tolist()}, tracked tip "
+                     f"{np.round(tracked.tip_lps, 1).tolist()} (planning CT, LPS mm)")
+        item.metrics["tracker_image_tip_mm"] = d_mm
+        item.metrics["tracker_image_angle_deg"] = ang
+        if d_mm > c.image_tracker_tip_mm or ang > c.image_tracker_angle_deg:
+            item.add(Reason.TRACKER_IMAGE_DISAGREE,
+                     f"image and tracker disagree: tips {d_mm:.1f} mm apart (tolerance "
+                     f"{c.image_tracker_tip_mm:g} mm), axes {ang:.1f} deg (tolerance "
+                     f"{c.image_tracker_angle_deg:g} deg); {where}")
 
     def process(self, item: WorkItem) -> None:
         det = item.needle
-        est = None
-        sources = []
-        for tip, axis, source, sigma in self._measurements(item):
-            e = self.filter.update(tip, axis, item.t_s, source, sigma)
-            if e is None:
-                continue
-            est = e
-            sources.append(source)
-            if not e.accepted:
-                item.reasons.append(
-                    f"{source} needle measurement rejected as an outlier "
-                    f"({e.innovation_mm:.1f} mm from the track)")
-                if item.state == GuidanceState.OK:
-                    item.state = GuidanceState.DEGRADED
-        if est is None:
-            if det is None:
-                item.needle = None
-                return
-            item.needle = det  # 2D only (projection without a tracked needle)
+        tracked = item.tracked
+        image_ct = self._image_needle_ct(item)
+        if tracked is not None:
+            self._compare(item, tracked, image_ct)
+            e = self.filter.update(tracked.tip_lps, tracked.axis_lps, item.at_s, "tracker",
+                                   self.config.tracker_sigma_mm)
+            speed, sigma, conf = (e.speed_mm_s, e.tip_sigma_mm, e.confidence) if e is not None \
+                else (0.0, float("nan"), 0.5)
+            if e is not None and not e.accepted:
+                item.add(Reason.OUTLIER, f"tracked needle jumped {e.innovation_mm:.1f} mm from "
+                                         "its track")
+            item.needle = NeedleEstimate2D3D(
+                det.tip_ij if det is not None else NAN2, det.hub_ij if det is not None else NAN2,
+                tracked.tip_lps, tracked.axis_lps, conf,
+                "image+tracker" if det is not None and det.in_image else "tracker", speed, sigma)
             return
-        item.needle = NeedleEstimate2D3D(
-            det.tip_ij if det is not None else NAN2,
-            det.hub_ij if det is not None else NAN2,
-            est.tip_lps, est.axis_lps, est.confidence, "+".join(sources), est.speed_mm_s)
+        if image_ct is None:
+            return  # 2D only, or nothing
+        assert item.frame is not None and det is not None
+        # About 1.5 working-grid pixels of localisation noise.
+        sigma_mm = 1.5 * item.work_scale * float(item.frame.image.spacing_mm[:2].mean())
+        e = self.filter.update(image_ct[0], image_ct[1], item.at_s, "image", sigma_mm)
+        if e is None:
+            return
+        if not e.accepted:
+            item.add(Reason.OUTLIER, f"image needle measurement rejected as an outlier "
+                                     f"({e.innovation_mm:.1f} mm from the track)")
+        item.needle = NeedleEstimate2D3D(det.tip_ij, det.hub_ij, e.tip_lps, e.axis_lps,
+                                         e.confidence, "image", e.speed_mm_s, e.tip_sigma_mm)
 
 
 class SafetyStage:
-    """Needle against the plan (and, when available, the critical structures)."""
+    """The one safety decision (:class:`guidance.safety.SafetyCheck`) of an update with a
+    plan and a 3D needle, its margins widened by the uncertainties declared on the
+    needle's path (``Navigator.widening``) and the latency times the needle's speed."""
 
     name = "safety"
 
-    def __init__(self, config: SafetyConfig) -> None:
+    def __init__(self, config: SafetyConfig, navigator: Navigator) -> None:
         self.config = config
-        self.plan: PlanCheck | None = None
-        self.live_checker: object | None = None  # guidance.planning LiveChecker when loaded
+        self.navigator = navigator
+        self.check: SafetyCheck | None = None
 
-    def set_plan(self, entry_lps: npt.ArrayLike, target_lps: npt.ArrayLike) -> None:
-        """Use this plan from now on (resets hysteresis)."""
-        self.plan = PlanCheck(entry_lps, target_lps, self.config)
+    def set_plan(self, plan: Plan, structures: StructureSet | None) -> None:
+        """Check against this plan (and its structures) from now on."""
+        self.check = SafetyCheck(plan, structures, self.config)
 
     def process(self, item: WorkItem) -> None:
         n = item.needle
-        if self.plan is None:
-            item.reasons.append("no plan loaded: no safety check")
+        if self.check is None:
+            item.add(Reason.NO_PLAN, "no plan loaded (--plan plan.json): no safety check")
             return
         if n is None or not n.has_3d:
-            item.reasons.append("no 3D needle estimate: no safety check")
-            return
-        dev = self.plan.check(n.tip_lps, n.axis_lps, item.t_s, n.speed_mm_s)
-        item.metrics.update(
-            tip_to_target_mm=dev.tip_to_target_mm, lateral_offset_mm=dev.lateral_offset_mm,
-            angle_deg=dev.angle_deg, depth_mm=dev.depth_mm)
-        item.warnings.extend(dev.warnings)
-        checker = self.live_checker
-        if checker is not None:
-            res = checker.check(n.tip_lps, n.axis_lps, item.t_s,  # type: ignore[attr-defined]
-                                needle_speed_mm_s=n.speed_mm_s)
-            item.warnings.extend(res.warnings)
-            for name, v in res.clearance_mm.items():
-                if math.isfinite(v):
-                    item.metrics[f"clearance_{name}_mm"] = float(v)
-        item.level = max([w.level for w in item.warnings], default=WarningLevel.NONE)
+            return  # the loop says why there is no 3D needle
+        widening = self.navigator.widening(
+            item.tip_edges, self.check.plan.target_lps, n.sigma_mm, item.latency_s,
+            n.speed_mm_s, self.config)
+        item.decision = self.check.check(n.tip_lps, n.axis_lps, item.t_s, widening)

@@ -17,7 +17,6 @@ __all__ = [
     "DEFAULT_STRUCTURES",
     "STANDARD_NEEDLES_MM",
     "AutoPlanConfig",
-    "LiveCheckConfig",
     "StructureConfig",
     "StructureSpec",
     "TrajectoryConfig",
@@ -277,71 +276,3 @@ class AutoPlanConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> AutoPlanConfig:
         return _from_mapping(cls, data, "auto-plan config")
-
-
-@dataclass(frozen=True)
-class LiveCheckConfig:
-    """Live safety check: uncertainties, thresholds, hysteresis.
-
-    Uncertainties are 1-sigma (tracking, calibration) or RMS (registration expected
-    TRE), in mm, assumed independent and zero-mean: they combine root-sum-square and are
-    scaled by ``coverage_k``. Latency is not random: the real tip is ``latency_s *
-    speed`` ahead of the displayed one, so that term is added linearly.
-
-    Attributes:
-        tracking_sigma_mm: default tracking error (overridable per check).
-        calibration_sigma_mm: needle tip calibration error.
-        registration_tre_mm: expected TRE of the image-to-tracker registration.
-        latency_s: pose-to-display latency, seconds.
-        coverage_k: multiplier of the combined sigma (2 ~ 95 % for a 1D normal error).
-        caution_extra_mm: CAUTION when within margin + widening + this.
-        danger_ahead_mm: DANGER when the path ahead breaches within this depth.
-        hysteresis_mm: a level is left only when the distance exceeds its threshold by
-            this much.
-        hold_s: a level is left only after the lower level held for this long.
-        shaft_points, ahead_points: fixed number of samples along the shaft and the
-            path ahead (the check cost is bounded by these).
-        ahead_extra_mm: the path ahead extends this far beyond the target depth.
-        lateral_info_mm, lateral_caution_mm: plan deviation (at target depth) levels.
-        angle_info_deg, angle_caution_deg: angle to the plan levels.
-        overshoot_caution_mm: CAUTION when the tip is this far past the target depth.
-    """
-
-    tracking_sigma_mm: float = 0.5
-    calibration_sigma_mm: float = 0.5
-    registration_tre_mm: float = 1.0
-    latency_s: float = 0.1
-    coverage_k: float = 2.0
-    caution_extra_mm: float = 3.0
-    danger_ahead_mm: float = 5.0
-    hysteresis_mm: float = 1.0
-    hold_s: float = 0.3
-    shaft_points: int = 8
-    ahead_points: int = 16
-    ahead_extra_mm: float = 10.0
-    lateral_info_mm: float = 2.0
-    lateral_caution_mm: float = 5.0
-    angle_info_deg: float = 3.0
-    angle_caution_deg: float = 8.0
-    overshoot_caution_mm: float = 2.0
-
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.name.endswith("_points"):
-                if isinstance(value, bool) or not isinstance(value, int) or value < 2:
-                    raise ValueError(f"{f.name} must be an int >= 2, got {value!r}")
-            else:
-                check_nonneg(f.name, value)
-        if self.lateral_caution_mm < self.lateral_info_mm:
-            raise ValueError(
-                f"lateral_caution_mm must be >= lateral_info_mm, got {self.lateral_caution_mm}"
-            )
-        if self.angle_caution_deg < self.angle_info_deg:
-            raise ValueError(
-                f"angle_caution_deg must be >= angle_info_deg, got {self.angle_caution_deg}"
-            )
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> LiveCheckConfig:
-        return _from_mapping(cls, data, "live-check config")

@@ -72,6 +72,18 @@ class CArmGeometry:
             + idx[:, None, None] * m[:3, 1][None, None, :]
         )
 
+    @property
+    def lps_to_pixel(self) -> F64:
+        """(3, 4) projection matrix ``(i, j, 1) ~ P [x; 1]`` of LPS mm points (the same
+        mapping as :meth:`project_points`; row 3 has unit norm and gives the depth along
+        the beam, positive in front of the source): what a C-arm calibration measures."""
+        r = self.carm_to_lps[:3, :3]
+        x, y, z = r[:, 0], r[:, 1], r[:, 2]
+        half = (self.size - 1) / 2.0
+        f = self.sdd_mm / self.pixel_mm
+        m = np.stack([f * x - half * z, f * y - half * z, -z])
+        return np.hstack([m, (-m @ self.source_lps)[:, None]])
+
     def project_points(self, points_lps: npt.ArrayLike) -> F64:
         """Perspective projection of (N, 3) LPS points to (N, 2) detector (i, j) pixels.
 

@@ -75,7 +75,11 @@ def test_demo_writes_summary_and_pngs(tmp_path, capsys):
     for stage in ("preprocess", "segment", "needle", "safety", "overlay"):
         assert set(s["stages_ms"][stage]) == {"p50", "p99"}
     for w in s["warnings"]:
-        assert set(w) == {"t_s", "level", "structure", "distance_mm", "message"}
+        assert set(w) == {"t_s", "level", "structure", "distance_mm", "message", "reason",
+                          "margin_mm"}
+    # The room: calibrations made from the simulated raw data and applied.
+    assert {"NeedleTipToNeedle", "ReferenceToCT", "ImageToProbe"} <= set(s["transforms"])
+    assert len(s["calibrations"]) == 4  # pivot, register, temporal, probe
     pngs = sorted(out.glob("frame_*.png"))
     assert len(pngs) >= 3
     printed = capsys.readouterr().out

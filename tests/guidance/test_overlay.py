@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from guidance.geometry import ImageVolume
-from guidance.pipeline.frame import FrameResult
+from guidance.pipeline.frame import FrameResult, Reason, StateReason
 from guidance.pipeline.overlay import LEVEL_COLOURS, OverlayComposer, wrap_text
 from guidance.records import GuidanceState, SafetyWarning, WarningLevel
 
@@ -40,10 +40,14 @@ def test_wrap_text_breaks_a_word_wider_than_the_line() -> None:
 
 def _result(message: str, size: int, state: GuidanceState = GuidanceState.OK,
             reasons: tuple[str, ...] = ()) -> FrameResult:
+    from tests.guidance.gui.test_display_model import _decision
+
     w = SafetyWarning(1.0, WarningLevel.DANGER, "vertebra_L1", 2.3, message)
     img = ImageVolume(voxels=np.full((1, size, size), 100, np.uint16), ijk_to_lps=np.eye(4))
-    return FrameResult(1, 1.0, 1, state, reasons, None, WarningLevel.DANGER, (w,), {}, {},
-                       img, None)
+    why = Reason.DETECTORS_DISAGREE if state == GuidanceState.DEGRADED else Reason.NO_NEEDLE
+    return FrameResult(seq=1, t_s=1.0, received_ns=1, state=state,
+                       state_reasons=tuple(StateReason(why, r) for r in reasons),
+                       decision=_decision([w]), image=img)
 
 
 def _banner_rows(rgb: np.ndarray) -> int:

@@ -1,4 +1,5 @@
-"""Pipeline stages with fake inputs, STALE handling, config validation, end to end."""
+"""Pipeline machinery with fake inputs: outputs, STALE handling, latest value wins,
+failures, modality, config validation."""
 
 from __future__ import annotations
 
@@ -8,24 +9,32 @@ import time
 
 import cv2
 import numpy as np
-import pyigtl
 import pytest
 
 from guidance.geometry import ImageVolume
 from guidance.io.messages import image_message_from_volume
 from guidance.io.slots import LatestSlots
-from guidance.pipeline.config import ConfigError, PipelineConfig, SafetyConfig, config_from_dict
-from guidance.pipeline.loop import Pipeline
-from guidance.pipeline.plan_check import Hysteresis, PlanCheck
+from guidance.navigation.setup import static_room
+from guidance.pipeline.config import ConfigError, PipelineConfig, config_from_dict
+from guidance.pipeline.loop import Pipeline, modality_of, status_code
+from guidance.planning.plan import Plan
 from guidance.records import GuidanceState, WarningLevel
 
-#: These tests exercise the loop's machinery on painted frames with the classical
-#: detector; the model path is tested in test_segment_stage.py.
-CLASSICAL = config_from_dict({"segment": {"model": "none"}})
+#: These tests exercise the loop's machinery on painted ultrasound-like frames with the
+#: classical detector; the model path is tested in test_segment_stage.py, the room (poses,
+#: calibrations) in test_room.py.
+CLASSICAL = config_from_dict({"segment": {"model": "none"}, "ingest": {"modality": "us"}})
+#: The frames are sent in the Reference frame, taken here as the planning CT.
+REFERENCE_IS_CT = static_room({"ReferenceToCT": np.eye(4)}, "test: reference = CT")
 
 
 def classical(**sections):
-    return config_from_dict({"segment": {"model": "none"}, **sections})
+    ingest = {"modality": "us", **sections.pop("ingest", {})}
+    return config_from_dict({"segment": {"model": "none"}, "ingest": ingest, **sections})
+
+
+def pipeline(slots, config=CLASSICAL, **kw):
+    return Pipeline(slots, config, room=kw.pop("room", REFERENCE_IS_CT), **kw)
 
 
 def frame_msg(seed=0, with_needle=True, size=256, ts=None):
@@ -53,56 +62,22 @@ def collect(pipe: Pipeline, n: int, timeout_s: float = 10.0):
     return got, ev
 
 
-def test_hysteresis_does_not_flicker():
-    h = Hysteresis([(3.0, WarningLevel.CAUTION), (5.0, WarningLevel.DANGER)], margin=0.5)
-    seq = [2.9, 3.0, 2.8, 2.6, 2.4, 5.1, 4.8, 4.4, 1.0]
-    assert [h.update(v).name for v in seq] == [
-        "NONE",
-        "CAUTION",
-        "CAUTION",
-        "CAUTION",
-        "NONE",
-        "DANGER",
-        "DANGER",
-        "CAUTION",
-        "NONE",
-    ]
-
-
-def test_plan_check_geometry():
-    pc = PlanCheck([0, 0, 0], [0, 0, 100], SafetyConfig(uncertainty_mm=0.0))
-    dev = pc.check(np.array([4.0, 0, 50]), np.array([0, 0, 1.0]), 1.0)
-    assert dev.lateral_offset_mm == pytest.approx(4.0)
-    assert dev.depth_mm == pytest.approx(50.0) and dev.angle_deg == pytest.approx(0.0)
-    assert dev.level == WarningLevel.CAUTION
-    assert any("4.0 mm off" in w.message for w in dev.warnings)
-    dev = pc.check(np.array([0, 0, 103.0]), np.array([0, 0, 1.0]), 2.0)
-    assert dev.level == WarningLevel.DANGER and dev.overshoot_mm == pytest.approx(3.0)
-    with pytest.raises(ValueError, match="apart"):
-        PlanCheck([0, 0, 0], [0, 0, 0.5], SafetyConfig())
-
-
-def test_margins_widened_by_speed_and_uncertainty():
-    cfg = SafetyConfig(uncertainty_mm=1.0, latency_s=0.1)
-    slow = PlanCheck([0, 0, 0], [0, 0, 100], cfg).check(
-        np.array([1.5, 0, 40]), np.array([0, 0, 1.0]), 0, 0
-    )
-    fast = PlanCheck([0, 0, 0], [0, 0, 100], cfg).check(
-        np.array([1.5, 0, 40]), np.array([0, 0, 1.0]), 0, 10
-    )
-    assert slow.level == WarningLevel.NONE and fast.level == WarningLevel.CAUTION
-
-
 @pytest.mark.parametrize(
     ("data", "reason"),
     [
-        ({"safety": {"caution_offset_mm": -2}}, "caution_offset_mm must be a number > 0, got -2"),
-        ({"safety": {"caution_ofset_mm": 2}}, "unknown key safety.caution_ofset_mm"),
+        ({"safety": {"caution_extra_mm": -2}}, "safety.caution_extra_mm must be >= 0, got -2"),
+        ({"safety": {"caution_extra": 2}}, "unknown key safety.caution_extra"),
         ({"safty": {}}, "unknown section 'safty'"),
-        ({"safety": {"danger_offset_mm": "5"}}, "must be float"),
+        ({"safety": {"danger_ahead_mm": "5"}}, "must be float"),
         ({"segment": {"polarity": "grey"}}, "polarity"),
-        ({"safety": {"danger_offset_mm": 2.0}}, "larger than caution"),
+        ({"safety": {"lateral_caution_mm": 1.0}}, "lateral_caution_mm must be >= lateral_info"),
         ({"preprocess": {"work_size": True}}, "must be int"),
+        ({"ingest": {"modality": "mri"}}, "ingest.modality must be empty"),
+        ({"ingest": {"needle_pose": "NeedleToReference"}}, "unknown key ingest.needle_pose"),
+        ({"navigation": {"time_base": "gps"}}, "time_base must be sender or receive"),
+        ({"navigation": {"stale_limits_s": {"needle": 0.1}}}, "must look like 'FromToTo'"),
+        ({"navigation": {"stale_limits_s": {"NeedleToReference": 0}}}, "must be a number > 0"),
+        ({"navigation": {"image_frame": "image"}}, "image_frame must be a frame name"),
         ([], "expected an object"),
     ],
 )
@@ -112,19 +87,20 @@ def test_config_errors_name_the_key(data, reason):
 
 
 def test_config_ok_and_ints_for_floats():
-    cfg = config_from_dict({"safety": {"caution_offset_mm": 2}, "ingest": {"image_device": "X"}})
-    assert cfg.safety.caution_offset_mm == 2 and cfg.ingest.image_device == "X"
+    cfg = config_from_dict({"safety": {"caution_extra_mm": 2}, "ingest": {"image_device": "X"},
+                            "navigation": {"stale_limits_s": {"NeedleToReference": 0.1}}})
+    assert cfg.safety.caution_extra_mm == 2 and cfg.ingest.image_device == "X"
+    assert cfg.navigation.stale_limits_s == {"NeedleToReference": 0.1}
 
 
 def test_detects_needle_sends_results_and_overlay():
     slots = LatestSlots()
     sent = []
-    pipe = Pipeline(
-        slots, CLASSICAL,
-        send=lambda m, cb: (sent.append(m), cb and cb(time.monotonic_ns()), 1)[2]
+    pipe = pipeline(
+        slots, send=lambda m, cb: (sent.append(m), cb and cb(time.monotonic_ns()), 1)[2]
     )
     got, ev = collect(pipe, 1)
-    pipe.set_plan([10 * 0.2, 20 * 0.2, 0], [150 * 0.2, 130 * 0.2, 0])
+    pipe.set_plan(Plan([10 * 0.2, 20 * 0.2, 0], [150 * 0.2, 130 * 0.2, 0]))
     pipe.start()
     put(slots, frame_msg())
     assert ev.wait(10)
@@ -132,9 +108,15 @@ def test_detects_needle_sends_results_and_overlay():
     res, rgb = got[0]
     assert res.needle is not None and res.needle.in_image
     np.testing.assert_allclose(res.needle.tip_ij, [150, 130], atol=4)
-    assert res.needle.has_3d  # in-plane frame: LPS from the IMAGE matrix
+    assert res.needle.has_3d  # in-plane frame placed through ReferenceToCT
     np.testing.assert_allclose(res.needle.tip_lps[:2], [30, 26], atol=1.0)
     assert res.state == GuidanceState.OK, res.reasons
+    # A plan without structures: the decision says the anatomy is not checked.
+    assert res.decision is not None and res.decision.reason.value == "anatomy_not_checked"
+    string = next(m for m in sent if m.message_type == "STRING")
+    assert string.string == res.decision.text() and string.string.startswith("CAUTION")
+    status = next(m for m in sent if m.message_type == "STATUS")
+    assert status.code == 1 and status.subcode == int(WarningLevel.CAUTION)
     types = {(m.message_type, m.device_name) for m in sent}
     assert {
         ("IMAGE", "NeedleLabel"),
@@ -153,7 +135,7 @@ def test_detects_needle_sends_results_and_overlay():
 
 def test_stale_when_frames_stop():
     slots = LatestSlots()
-    pipe = Pipeline(slots, config=classical(ingest={"stale_after_s": 0.2}))
+    pipe = pipeline(slots, classical(ingest={"stale_after_s": 0.2}))
     states = []
     ev = threading.Event()
 
@@ -175,7 +157,7 @@ def test_stale_when_frames_stop():
 
 def test_old_frame_is_stale_not_ok():
     slots = LatestSlots()
-    pipe = Pipeline(slots, config=classical(ingest={"stale_after_s": 0.3}))
+    pipe = pipeline(slots, classical(ingest={"stale_after_s": 0.3}))
     got, ev = collect(pipe, 1)
     pipe.start()
     msg = frame_msg()
@@ -186,30 +168,9 @@ def test_old_frame_is_stale_not_ok():
     assert "old when processed" in got[0][0].reasons[0]
 
 
-def test_stale_needle_pose_reported():
-    slots = LatestSlots()
-    pipe = Pipeline(slots, CLASSICAL, frame_kind="projection")
-    got, ev = collect(pipe, 1)
-    pipe.start()
-    m = np.eye(4)
-    slots.put(
-        "NeedleToReference",
-        "TRANSFORM",
-        pyigtl.TransformMessage(m, device_name="NeedleToReference"),
-        0.0,
-        time.monotonic_ns() - int(1e9),
-        "test",
-    )
-    put(slots, frame_msg())
-    assert ev.wait(5)
-    pipe.stop()
-    r = got[0][0]
-    assert r.state == GuidanceState.STALE and any("NeedleToReference" in x for x in r.reasons)
-
-
 def test_no_needle_means_no_guidance():
     slots = LatestSlots()
-    pipe = Pipeline(slots, CLASSICAL)
+    pipe = pipeline(slots)
     got, ev = collect(pipe, 1)
     pipe.start()
     put(slots, frame_msg(with_needle=False))
@@ -220,7 +181,7 @@ def test_no_needle_means_no_guidance():
 
 def test_slow_pipeline_skips_to_newest_frame():
     slots = LatestSlots()
-    pipe = Pipeline(slots, CLASSICAL)
+    pipe = pipeline(slots)
     orig = pipe.segment.process
 
     def slow(item):
@@ -243,7 +204,7 @@ def test_slow_pipeline_skips_to_newest_frame():
 
 def test_a_failing_stage_does_not_stop_the_loop():
     slots = LatestSlots()
-    pipe = Pipeline(slots, CLASSICAL)
+    pipe = pipeline(slots)
     calls = {"n": 0}
     orig = pipe.preprocess.process
 
@@ -265,7 +226,7 @@ def test_a_failing_stage_does_not_stop_the_loop():
     pipe.stop()
     assert got[0][0].state == GuidanceState.NO_GUIDANCE and "boom" in got[0][0].reasons[0]
     assert got[1][0].needle is not None  # the next frame is processed normally
-    assert got[1][0].reasons == ("no plan loaded: no safety check",)
+    assert got[1][0].reasons == ("no plan loaded (--plan plan.json): no safety check",)
 
 
 def test_load_config_file_errors(tmp_path):
@@ -280,25 +241,53 @@ def test_load_config_file_errors(tmp_path):
         load_config(p)
     with pytest.raises(ConfigError, match="cannot read config"):
         load_config(tmp_path / "missing.json")
-    assert PipelineConfig().safety.danger_offset_mm > PipelineConfig().safety.caution_offset_mm
+    assert PipelineConfig().safety.lateral_caution_mm > PipelineConfig().safety.lateral_info_mm
 
 
-def test_identity_and_non_rigid_needle_poses_are_not_trusted():
-    """A tracker's identity matrix ("out of view") and a non-rigid matrix are not used
-    as the needle, however fresh."""
-    for matrix, reason in ((np.eye(4), "reported invalid"), (np.diag([2.0, 1, 1, 1]), None)):
-        slots = LatestSlots()
-        pipe = Pipeline(slots, CLASSICAL, frame_kind="projection")
-        got, ev = collect(pipe, 1)
-        pipe.start()
-        msg = pyigtl.TransformMessage(matrix, device_name="NeedleToReference")
-        slots.put("NeedleToReference", "TRANSFORM", msg, 0.0, time.monotonic_ns(), "test")
-        put(slots, frame_msg())
-        assert ev.wait(5)
-        pipe.stop()
-        r = got[0][0]
-        assert r.needle is None or not r.needle.has_3d  # no 3D needle from that pose
-        if reason:
-            assert any(reason in x for x in r.reasons), r.reasons
-        else:
-            assert pipe.tools.rejected == 1
+def test_modality_from_configuration_or_metadata_never_from_pixels():
+    assert modality_of("fluoro", {"Modality": "US"}) == ("fluoro", "")
+    assert modality_of("", {"Modality": "US"}) == ("us", "")
+    assert modality_of("", {"modality": "rf"}) == ("fluoro", "")
+    assert modality_of("", {"Modality": "CT"}) == ("ct", "")
+    m, why = modality_of("", {"Modality": "MR"})
+    assert m == "" and "unknown modality 'MR'" in why
+    m, why = modality_of("", {})
+    assert m == "" and "--modality" in why
+    # A uint16 frame without metadata is refused, not guessed to be fluoroscopy.
+    slots = LatestSlots()
+    sent = []
+    pipe = pipeline(slots, config_from_dict({"segment": {"model": "none"}}),
+                    send=lambda m, cb: (sent.append(m), 1)[1])
+    got, ev = collect(pipe, 1)
+    pipe.start()
+    img = (np.random.default_rng(0).random((64, 64)) * 60000).astype(np.uint16)
+    msg = image_message_from_volume(ImageVolume(img[None], np.eye(4)), "Image_Reference",
+                                    time.time(), "lps")
+    put(slots, msg)
+    assert ev.wait(5)
+    pipe.stop()
+    r = got[0][0]
+    assert r.state == GuidanceState.NO_GUIDANCE and "refused" in r.reasons[0]
+    assert r.state_reasons[0].reason.code == "modality_unknown"
+    status = next(m for m in sent if m.message_type == "STATUS")
+    assert status.code == 16
+    # With IGTLv3 metadata the same frame is taken as what it says.
+    slots = LatestSlots()
+    pipe = pipeline(slots, config_from_dict({"segment": {"model": "none"}}))
+    got, ev = collect(pipe, 1)
+    pipe.start()
+    msg.header_version = 2
+    msg.metadata = {"Modality": "US"}
+    put(slots, msg)
+    assert ev.wait(5)
+    pipe.stop()
+    assert got[0][0].modality == "us"
+
+
+def test_status_codes_from_state_and_level():
+    assert status_code(GuidanceState.OK, WarningLevel.DANGER) == 2
+    assert status_code(GuidanceState.DEGRADED, WarningLevel.DANGER) == 2
+    assert status_code(GuidanceState.STALE, WarningLevel.DANGER) == 7
+    assert status_code(GuidanceState.OK, WarningLevel.CAUTION) == 1
+    assert status_code(GuidanceState.NO_GUIDANCE, WarningLevel.NONE) == 16
+    assert status_code(GuidanceState.DEGRADED, WarningLevel.INFO) == 13

@@ -57,7 +57,11 @@ def _frame_and_mask(needle_end=(150, 130)) -> tuple[Frame, np.ndarray]:
     cv2.circle(lab, (90, 90), 10, 2, -1)  # nerve
     cv2.circle(lab, (30, 100), 8, 3, -1)  # vessel
     cv2.line(lab, (5, 10), (75, 65), 1, 2)  # needle, model grid = frame / 2
-    return Frame(1, "Image", vol, time.time(), time.monotonic_ns(), {}), lab
+    return Frame(1, "Image", vol, time.time(), time.monotonic_ns()), lab
+
+
+def messages(item: WorkItem) -> list[str]:
+    return [r.message for r in item.reasons]
 
 
 def _run(stage: SegmentStage, frame: Frame) -> WorkItem:
@@ -89,7 +93,7 @@ def test_disagreement_halves_confidence_degrades_and_is_reported() -> None:
                  _frame_and_mask()[0])
     item = _run(SegmentStage(SegmentConfig(), {"us": ScriptedSegmenter(lab)}), frame)  # type: ignore[dict-item]
     assert item.state == GuidanceState.DEGRADED
-    assert any("disagree" in r for r in item.reasons), item.reasons
+    assert any("disagree" in r for r in messages(item)), item.reasons
     assert item.metrics["crosscheck_agree"] == 0.0
     assert item.needle is not None and agree.needle is not None
     assert item.needle.confidence < 0.6 * agree.needle.confidence
@@ -100,7 +104,7 @@ def test_classical_only_needle_is_reported_not_used() -> None:
     lab[lab == 1] = 0  # the model sees no needle; the painted one is still in the image
     item = _run(SegmentStage(SegmentConfig(), {"us": ScriptedSegmenter(lab)}), frame)  # type: ignore[dict-item]
     assert item.needle is None
-    assert any("classical detector sees a needle" in r for r in item.reasons)
+    assert any("classical detector sees a needle" in r for r in messages(item))
 
 
 def test_curved_model_evidence_is_not_a_needle_and_the_rule_is_configurable() -> None:
@@ -110,7 +114,7 @@ def test_curved_model_evidence_is_not_a_needle_and_the_rule_is_configurable() ->
     item = _run(SegmentStage(SegmentConfig(), {"us": ScriptedSegmenter(lab)}), frame)  # type: ignore[dict-item]
     assert item.needle is None
     assert item.metrics["needle_scatter_mm"] > 0.45
-    assert any("classical detector sees a needle" in r for r in item.reasons)
+    assert any("classical detector sees a needle" in r for r in messages(item))
     loose = SegmentConfig(needle_max_scatter_mm=50.0, needle_min_collinear=0.0)
     item = _run(SegmentStage(loose, {"us": ScriptedSegmenter(lab)}), frame)  # type: ignore[dict-item]
     assert item.needle is not None
@@ -143,7 +147,7 @@ def test_a_ct_model_needle_must_be_a_line_not_an_edge() -> None:
     assert plate.needle is None
     assert plate.metrics["needle_flank_asymmetry"] > 0.55
     # the classical detector still sees the drawn needle, and says so
-    assert any("classical detector sees a needle" in r for r in plate.reasons)
+    assert any("classical detector sees a needle" in r for r in messages(plate))
     # an ultrasound model's rule does not look at the flanks
     us = _run(SegmentStage(SegmentConfig(), {"us": ScriptedSegmenter(  # type: ignore[dict-item]
         lab, image=edge)}), frame)
@@ -155,11 +159,11 @@ def test_backend_fallback_and_spacing_out_of_range_degrade() -> None:
     seg = ScriptedSegmenter(lab, degraded_reason="tensorrt failed: engine mismatch")
     item = _run(SegmentStage(SegmentConfig(), {"us": seg}), frame)  # type: ignore[dict-item]
     assert item.state == GuidanceState.DEGRADED
-    assert any("engine mismatch" in r for r in item.reasons)
+    assert any("engine mismatch" in r for r in messages(item))
     item = _run(SegmentStage(SegmentConfig(), {"us": ScriptedSegmenter(lab, spacing_ok=False)}),  # type: ignore[dict-item]
                 frame)
     assert item.state == GuidanceState.DEGRADED
-    assert any("training range" in r for r in item.reasons)
+    assert any("training range" in r for r in messages(item))
 
 
 def test_missing_model_falls_back_to_classical_degraded(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -169,7 +173,7 @@ def test_missing_model_falls_back_to_classical_degraded(tmp_path) -> None:  # ty
     frame, _ = _frame_and_mask()
     item = _run(SegmentStage(cfg, segs, errors), frame)
     assert item.state == GuidanceState.DEGRADED
-    assert any("absent.json" in r and "classical detector only" in r for r in item.reasons)
+    assert any("absent.json" in r and "classical detector only" in r for r in messages(item))
     assert item.needle is not None  # the classical detector still finds the painted needle
     # Chosen on purpose, classical-only is not a failure.
     item = _run(SegmentStage(dataclasses.replace(cfg, model="none"), {}, {}), frame)

@@ -13,8 +13,13 @@ from PyQt5.QtGui import QColor, QImage
 from guidance.geometry import ImageVolume
 from guidance.io.messages import image_message_from_volume
 from guidance.io.slots import LatestSlots
+from guidance.navigation.setup import static_room
 from guidance.pipeline.config import IngestConfig, PipelineConfig, SegmentConfig
 from guidance.pipeline.loop import Pipeline
+
+#: The synthetic frames are sent in the Reference frame, which these tests take as the
+#: planning CT (a static ReferenceToCT identity, declared here, not a calibration file).
+REFERENCE_IS_CT = static_room({"ReferenceToCT": np.eye(4)}, "test: reference = CT")
 
 SPACING_MM = 0.2
 #: The needle in the synthetic frames, pixels (col, row): hub and tip.
@@ -40,9 +45,9 @@ def make_pipeline(stale_after_s: float = 0.3) -> tuple[Pipeline, LatestSlots]:
     (no reverberations), which the shipped ultrasound model, trained on simulated
     needles, does not take for one."""
     slots = LatestSlots()
-    cfg = PipelineConfig(ingest=IngestConfig(stale_after_s=stale_after_s),
+    cfg = PipelineConfig(ingest=IngestConfig(stale_after_s=stale_after_s, modality="us"),
                          segment=SegmentConfig(model="none"))
-    return Pipeline(slots, cfg), slots
+    return Pipeline(slots, cfg, room=REFERENCE_IS_CT), slots
 
 
 class Feeder:

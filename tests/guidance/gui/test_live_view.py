@@ -18,7 +18,6 @@ from guidance.gui.feed import LiveFeed, RecordControl
 from guidance.gui.live_model import build_view_model
 from guidance.gui.live_view import LiveView
 from guidance.planning.config import StructureConfig, StructureSpec
-from guidance.planning.live_check import LiveChecker
 from guidance.planning.plan import Plan
 from guidance.planning.structures import build_structures
 from guidance.records import GuidanceState, SafetyWarning, WarningLevel
@@ -41,7 +40,7 @@ def live(qtbot):
     pipe, slots = make_pipeline()
     entry, tip = px_to_lps(HUB_IJ), px_to_lps(TIP_IJ)
     target = tip + (tip - entry) / np.linalg.norm(tip - entry) * 5.0
-    pipe.set_plan(entry, target)
+    pipe.set_plan(Plan(entry, target))
     pipe.start()
     view = LiveView(LiveFeed(pipe, slots), poll_ms=20)
     qtbot.addWidget(view)
@@ -68,7 +67,7 @@ def test_trajectory_drawn_where_the_plan_projects(qtbot, live):
     view, pipe, _feeder, _plan = live
     # A plan away from the needle (so that the needle does not cover it).
     entry, target = px_to_lps((20, 220)), px_to_lps((200, 170))
-    pipe.set_plan(entry, target)
+    pipe.set_plan(Plan(entry, target))
     qtbot.waitUntil(lambda: view.model is not None and not view.model.stale, timeout=TIMEOUT_MS)
     qtbot.waitUntil(lambda: view.canvas.renderer.plan is not None
                     and np.allclose(view.canvas.renderer.plan[1], target), timeout=TIMEOUT_MS)
@@ -108,7 +107,7 @@ def test_danger_banner_when_a_structure_is_breached(qtbot, live):
     ss = build_structures(ImageVolume(ball, m), {1: "spinal_cord"}, cfg,
                           roi_center_lps=[30.0, 30.0, 0.0], roi_half_size_mm=45.0,
                           use_cache=False)
-    pipe.safety.live_checker = LiveChecker(Plan(entry, target), ss)
+    pipe.set_plan(Plan(entry, target), ss)
     qtbot.waitUntil(lambda: view.model is not None and view.model.level == WarningLevel.DANGER
                     and "spinal_cord" in view.model.text, timeout=TIMEOUT_MS)
     view.canvas.repaint()
@@ -171,9 +170,11 @@ def test_long_warning_is_wrapped_not_cut(qtbot):
             "calibration, registration and latency included) " * 2).strip()
     w = SafetyWarning(0.0, WarningLevel.DANGER, "nerve_root_L1_left (derived)", 0.3, text)
     from guidance.pipeline.frame import FrameResult
+    from tests.guidance.gui.test_display_model import _decision
 
-    res = FrameResult(1, 0.0, 1, GuidanceState.OK, (), None, WarningLevel.DANGER, (w,), {}, {},
-                      ImageVolume(np.zeros((1, 512, 512), np.uint8), np.eye(4)), None)
+    res = FrameResult(seq=1, t_s=0.0, received_ns=1, state=GuidanceState.OK,
+                      decision=_decision([w]),
+                      image=ImageVolume(np.zeros((1, 512, 512), np.uint8), np.eye(4)))
     model = build_view_model(res, res, 1, 0.5)
     img = QImage(512, 512, QImage.Format.Format_RGB32)
     r.render(img, res, model, {1: "needle"})

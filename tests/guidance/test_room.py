@@ -1,0 +1,298 @@
+"""``guidance run`` in a (simulated) procedure room, fed as a room feeds it: the tracker
+sends the needle marker's pose 160 mm from the tip on its own connection, the patient
+reference is registered to the planning CT with a 25 deg rotation, frames lag 80 ms
+behind their timestamps, and the calibration files are made by ``guidance calibrate``
+from the room's raw data. Ground truth: the simulated needle."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from guidance.cli.session import LiveSession
+from guidance.navigation.setup import load_room
+from guidance.pipeline.config import IngestConfig, PipelineConfig, config_from_dict
+from guidance.pipeline.frame import FrameResult
+from guidance.pipeline.overlay import LEVEL_COLOURS
+from guidance.records import GuidanceState, WarningLevel
+from guidance.sim.room import RoomParams, SimulatedRoom, plan_path, stream_room
+from tests.guidance.room_helpers import (
+    Received3D,
+    angle_deg,
+    calibration_files,
+    connect,
+    real_ct_or_skip,
+)
+
+SPEED_MM_S = 10.0
+
+
+def _disc_approach() -> tuple[np.ndarray, np.ndarray]:
+    from guidance.sim.anatomy import disc_approach
+    from guidance.sim.params import FluoroParams
+
+    fp = FluoroParams()
+    a = disc_approach(fp.disc_levels[0], fp.disc_levels[1], fp.approach_left, fp.approach_deg,
+                      fp.target_posterior_mm, fp.target_lateral_mm)
+    return a.entry_lps, a.target_lps
+
+
+def _collect(session: LiveSession) -> list[FrameResult]:
+    """Every result of the session's pipeline (in-process ground-truth access)."""
+    results: list[FrameResult] = []
+    original = session.pipeline.on_result
+
+    def on_result(result: FrameResult, rgb: np.ndarray) -> None:
+        results.append(result)
+        if original is not None:
+            original(result, rgb)
+
+    session.pipeline.on_result = on_result
+    return results
+
+
+def _stream(room: SimulatedRoom, session: LiveSession, seconds: float, start_s: float,
+            images: bool, slicer: Received3D) -> None:
+    tracker = connect(session.port, slicer)
+    scanner = connect(session.port) if images else None
+    stop = threading.Event()
+    stream_room(room, tracker.send, scanner.send if scanner else None, 15.0, seconds, stop,
+                start_s=start_s)
+    # Wait (on a condition, not a fixed sleep) until the last updates went out.
+    deadline = time.monotonic() + 5.0
+    n = -1
+    while time.monotonic() < deadline and n != len(slicer.messages):
+        n = len(slicer.messages)
+        stop.wait(0.3)
+    tracker.stop()
+    if scanner is not None:
+        scanner.stop()
+
+
+@pytest.fixture(scope="module")
+def nav_room(tmp_path_factory: pytest.TempPathFactory) -> tuple[SimulatedRoom, list[Path]]:
+    """Navigation without images on the real CT: needle at 10 mm/s along the disc
+    approach, marker 160 mm from the tip, registration 25 deg, 80 ms image lag."""
+    real_ct_or_skip()
+    entry, target = _disc_approach()
+    room = SimulatedRoom(plan_path(entry, target, SPEED_MM_S), RoomParams(), seed=3)
+    files = calibration_files(room, tmp_path_factory.mktemp("room"),
+                              ("pivot", "fiducials", "temporal"))
+    return room, files
+
+
+def test_tracked_tip_in_the_planning_ct_matches_the_truth(nav_room, tmp_path) -> None:
+    room, files = nav_room
+    assert room.params.tip_length_mm >= 150 and room.params.reference_rotation_deg == 25.0
+    session = LiveSession(listen=0, room=load_room(files), out_dir=tmp_path / "run")
+    results = _collect(session)
+    session.start()
+    slicer = Received3D()
+    _stream(room, session, 3.0, 1.0, images=False, slicer=slicer)
+    summary = session.stop()
+    tips = slicer.tips_lps()
+    assert len(tips) >= 0.8 * 3.0 * room.params.pose_hz  # one update per needle pose
+    errors, angles = [], []
+    for ts, tip, axis in tips:
+        true_tip, true_axis = room.truth_at_timestamp(ts)
+        errors.append(float(np.linalg.norm(tip - true_tip)))
+        angles.append(angle_deg(axis, true_axis))
+    assert np.median(errors) <= 1.0, np.median(errors)
+    assert np.percentile(errors, 95) <= 2.0, np.percentile(errors, 95)
+    assert max(angles) <= 2.0, max(angles)
+    # The marker is 160 mm from the tip: had it been reported as the tip, the test fails.
+    marker = room.marker_to_reference(room.sim_time(tips[0][0]), None)
+    marker_ct = (room.reference_to_ct @ marker)[:3, 3]
+    assert np.linalg.norm(marker_ct - room.truth_at_timestamp(tips[0][0])[0]) > 150
+    # Every update was a pose update, with its latency measured like a frame's.
+    assert summary["pose_updates"] >= len(tips) and summary["frames_processed"] == 0
+    assert summary["latency_ms"]["p50"] > 0
+    # No plan given: the tip is sent, and the state says there is no safety check.
+    poses = [r for r in results if r.kind == "pose"]
+    assert poses and all(r.state == GuidanceState.NO_GUIDANCE for r in poses)
+    assert all(r.state_reasons[0].reason.code == "no_plan" for r in poses)
+
+
+def test_without_the_pivot_file_no_guidance_names_the_missing_transform(nav_room,
+                                                                        tmp_path) -> None:
+    room, files = nav_room
+    no_pivot = [f for f in files if not f.name.startswith("pivot")]
+    session = LiveSession(listen=0, room=load_room(no_pivot))
+    results = _collect(session)
+    session.start()
+    slicer = Received3D()
+    _stream(room, session, 1.5, 1.0, images=False, slicer=slicer)
+    session.stop()
+    assert slicer.tips_lps() == []  # no tip sent: a marker is never reported as a tip
+    assert results and all(r.state == GuidanceState.NO_GUIDANCE for r in results
+                           if r.kind == "pose")
+    r = next(r for r in results if r.kind == "pose")
+    assert r.state_reasons[0].reason.code == "missing_transform"
+    assert "missing NeedleTipToNeedle" in r.reasons[0]
+    assert "guidance calibrate pivot --tool Needle" in r.reasons[0]
+    # Once the tracker stops, STALE ("no needle pose for ..."): leave those out.
+    strings = [m.message.string for m in slicer.of("GuidanceWarning")
+               if m.message_type == "STRING" and not m.message.string.startswith("STALE")]
+    assert len(strings) >= 60
+    assert all(s.startswith("NO_GUIDANCE") and "NeedleTipToNeedle" in s for s in strings)
+    status = [m.message for m in slicer.of("GuidanceWarning") if m.message_type == "STATUS"
+              and m.message.code != 7]
+    assert len(status) >= 60 and all(s.code == 16 for s in status)
+
+
+def test_frames_use_the_pose_at_the_time_they_show(tmp_path) -> None:
+    """Fluoroscopy frames 80 ms late: with the temporal calibration the tracked needle is
+    taken at the frame's time minus the lag; without it the tip is 0.8 mm ahead (10 mm/s),
+    and the C-arm calibration places the plan where it projects."""
+    real_ct_or_skip()
+    from guidance.sim import make_scanner
+
+    scanner = make_scanner("fluoro", size=256, seed=1)
+    scanner.path = plan_path(scanner.entry_lps, scanner.target_lps, SPEED_MM_S)
+    room = SimulatedRoom(scanner.path, RoomParams(), seed=1, scanner=scanner)
+    files = calibration_files(room, tmp_path / "room",
+                              ("pivot", "fiducials", "temporal", "carm"))
+    medians = {}
+    for with_lag in (True, False):
+        use = [f for f in files if with_lag or not f.name.startswith("temporal")]
+        session = LiveSession(listen=0, room=load_room(use))
+        results = _collect(session)
+        session.start()
+        _stream(room, session, 2.0, 2.0, images=True, slicer=Received3D())
+        session.stop()
+        frames = [r for r in results if r.kind == "frame" and r.needle is not None
+                  and r.needle.has_3d]
+        assert len(frames) >= 20
+        errors = [np.linalg.norm(r.needle.tip_lps
+                                 - room.truth_at_timestamp(r.timestamp_s, image=True)[0])
+                  for r in frames]
+        medians[with_lag] = float(np.median(errors))
+        if with_lag:
+            r = frames[-1]
+            assert r.at_s == pytest.approx(r.timestamp_s - load_room(use).lag_s)
+            # The plan's target projects where the simulator's C-arm puts it.
+            assert r.placement is not None and r.placement.is_projection
+            ij, _ = r.placement.project(scanner.target_lps[None])
+            truth_ij = scanner.geometry.project_points(scanner.target_lps[None])
+            assert np.linalg.norm(ij - truth_ij) < 2.0  # pixels (0.59 mm at 256 px)
+    assert medians[True] <= 1.0, medians
+    assert medians[False] > medians[True] + 0.4, medians  # 80 ms x 10 mm/s = 0.8 mm
+
+
+def test_without_a_carm_calibration_the_overlay_says_it_is_not_registered(tmp_path) -> None:
+    real_ct_or_skip()
+    from guidance.sim import make_scanner
+
+    scanner = make_scanner("fluoro", size=256, seed=2)
+    room = SimulatedRoom(scanner.path, RoomParams(), seed=2, scanner=scanner)
+    files = calibration_files(room, tmp_path / "room", ("pivot", "fiducials", "temporal"))
+    session = LiveSession(listen=0, room=load_room(files))
+    results = _collect(session)
+    session.start()
+    _stream(room, session, 1.0, 10.0, images=True, slicer=Received3D())
+    session.stop()
+    frames = [r for r in results if r.kind == "frame"]
+    assert frames
+    for r in frames:
+        assert r.placement is None
+        assert any("overlay not registered" in m and "calibrate carm" in m for m in r.reasons)
+    # A notice, not a change of state: the tracked needle is still guidance (here
+    # NO_GUIDANCE only because no plan is loaded).
+    for r in frames:
+        notice = [x for x in r.state_reasons if x.reason.code == "overlay_not_registered"]
+        assert notice and notice[0].state == GuidanceState.OK
+        assert {x.reason.code for x in r.state_reasons} <= {"overlay_not_registered",
+                                                             "no_plan", "detectors_disagree",
+                                                             "no_needle"}
+    assert any(r.needle is not None and r.needle.has_3d for r in frames)
+
+
+def test_needle_steered_towards_the_aorta_warns_danger_before_the_margin(tmp_path) -> None:
+    """From the plan's entry towards the aorta: DANGER naming the aorta over OpenIGTLink
+    (STRING and STATUS) and in the overlay while the true tip is still at least the
+    aorta's margin away."""
+    real_ct_or_skip()
+    from guidance.cli.demo_planning import prepare_plan
+    from guidance.data import load_real_labels, structure_names
+
+    entry, target = _disc_approach()
+    plan, structures = prepare_plan(entry, target, tmp_path)
+    labels = load_real_labels()
+    aorta_id = {v: k for k, v in structure_names().items()}["aorta"]
+    k, j, i = np.nonzero(labels.voxels == aorta_id)
+    pts = labels.ijk_to_lps_points(np.stack([i, j, k], 1))
+    aorta = pts[np.abs(pts[:, 2] - plan.target_lps[2]) < 5].mean(axis=0)
+    room = SimulatedRoom(plan_path(plan.entry_lps, aorta, SPEED_MM_S), RoomParams(), seed=4)
+    files = calibration_files(room, tmp_path / "room", ("pivot", "fiducials"))
+    session = LiveSession(listen=0, room=load_room(files))
+    session.pipeline.set_plan(plan, structures)
+    results = _collect(session)
+    session.start()
+    slicer = Received3D()
+    _stream(room, session, 5.5, 6.0, images=False, slicer=slicer)  # 65 -> 120 mm deep
+    session.stop()
+    danger = [r for r in results if r.decision is not None
+              and r.decision.level == WarningLevel.DANGER and r.decision.structure == "aorta"]
+    assert danger, [r.decision.text() for r in results if r.decision is not None][-3:]
+    first = danger[0]
+    aorta_sdf = structures.get("aorta")
+    true_tip = room.truth_at_timestamp(first.at_s)[0]
+    ijk = structures.to_grid_ijk(true_tip[None])
+    true_clearance = float(aorta_sdf.sdf.sample_ijk(ijk)[0])
+    assert true_clearance >= aorta_sdf.margin_mm, true_clearance
+    assert "aorta" in first.decision.text() and "margin" in first.decision.text()
+    # Over OpenIGTLink: the STRING names the aorta, the STATUS says DANGER (code 2).
+    strings = [m for m in slicer.of("GuidanceWarning") if m.message_type == "STRING"]
+    assert any(s.message.string.startswith("DANGER") and "aorta" in s.message.string
+               for s in strings)
+    assert any(m.message.code == 2 and m.message.subcode == int(WarningLevel.DANGER)
+               for m in slicer.of("GuidanceWarning") if m.message_type == "STATUS")
+    # In the overlay: the banner is DANGER red and says aorta.
+    rgb = session.pipeline.overlay.compose(first)
+    assert tuple(rgb[2, 2]) == LEVEL_COLOURS[WarningLevel.DANGER]
+    # And the margin used is the aorta's plus the declared widening, shown in the STRING.
+    assert first.decision.margin_mm == pytest.approx(
+        aorta_sdf.margin_mm + first.decision.widening.total_mm)
+    notes = " ".join(first.decision.widening.notes)
+    assert "NeedleTipToNeedle RMS" in notes and "ReferenceToCT expected TRE" in notes
+
+
+def test_a_pose_older_than_its_limit_makes_the_frame_stale(nav_room) -> None:
+    """The tracker stops while frames keep coming: the frames are STALE, naming the pose."""
+    room, files = nav_room
+    config = config_from_dict({"ingest": {"modality": "us"}, "segment": {"model": "none"},
+                               "navigation": {"stale_limits_s": {"NeedleToReference": 0.1}}})
+    session = LiveSession(listen=0, room=load_room(files), config=config)
+    results = _collect(session)
+    session.start()
+    tracker = connect(session.port)
+    room.clock(1.0)
+    now = time.time()
+    rng = np.random.default_rng(0)
+    for msg in room.pose_messages(1.0, now, rng):
+        tracker.send(msg)
+    from guidance.geometry import ImageVolume
+    from guidance.io.messages import image_message_from_volume
+
+    img = np.zeros((1, 64, 64), np.uint8)
+    stop = threading.Event()
+    stop.wait(0.3)  # the pose is now older than its 0.1 s limit
+    tracker.send(image_message_from_volume(ImageVolume(img, np.eye(4)), "Image_Reference",
+                                           now + 0.3, "lps"))
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not any(r.kind == "frame" for r in results):
+        stop.wait(0.05)
+    tracker.stop()
+    session.stop()
+    frame = next(r for r in results if r.kind == "frame")
+    assert frame.state == GuidanceState.STALE
+    assert any("NeedleToReference" in m and "limit 0.10 s" in m for m in frame.reasons)
+
+
+def test_pipeline_config_keeps_modality_out_of_pixels() -> None:
+    assert PipelineConfig().ingest.modality == ""
+    assert IngestConfig(modality="ct").modality == "ct"
