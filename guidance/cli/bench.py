@@ -50,24 +50,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fps", type=positive_float, default=15.0)
     p.add_argument("--seconds", type=positive_float, default=20.0, help="per phase")
     p.add_argument("--json", type=Path, default=Path("bench.json"), metavar="FILE")
-    p.add_argument("--stage", choices=("all", "transport", "pipeline", "segment", "render"),
+    p.add_argument("--stage", choices=("all", "transport", "pipeline", "segment", "render",
+                                       "tracked"),
                    default="all",
                    help="all = transport + pipeline; segment = model backends "
                         "(guidance.cli.bench_segment); render = GUI drawing "
-                        "(guidance.cli.bench_render)")
-    from guidance.cli import bench_render, bench_segment
+                        "(guidance.cli.bench_render); tracked = navigation from poses "
+                        "(guidance.cli.bench_tracked)")
+    from guidance.cli import bench_render, bench_segment, bench_tracked
 
     bench_segment.add_arguments(p)
     bench_render.add_arguments(p)
+    bench_tracked.add_arguments(p)
     p.set_defaults(func=run)
 
 
 class _Sender:
-    def __init__(self, size: int, fps: float, seconds: float) -> None:
+    """The sender process (``guidance.cli.bench_sender``) with its arguments."""
+
+    def __init__(self, size: int, fps: float, seconds: float,
+                 argv: list[str] | None = None) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        argv = argv if argv is not None else ["--size", str(size), "--fps", str(fps),
+                                              "--seconds", str(seconds)]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "guidance.cli.bench_sender", "--size", str(size),
-             "--fps", str(fps), "--seconds", str(seconds)],
+            [sys.executable, "-m", "guidance.cli.bench_sender", *argv],
             stdout=subprocess.PIPE, text=True, env=env)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().split()
@@ -75,6 +82,10 @@ class _Sender:
             self.proc.kill()
             raise RuntimeError(f"bench sender failed to start: {line}")
         self.port = int(line[1])
+
+    @classmethod
+    def start(cls, argv: list[str]) -> _Sender:
+        return cls(0, 0.0, 0.0, argv)
 
     def wait(self) -> int:
         assert self.proc.stdout is not None
@@ -213,6 +224,10 @@ def _histogram(path: Path, series: dict[str, list[float]], title: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.stage == "tracked" or args.tracked:
+        from guidance.cli import bench_tracked
+
+        return bench_tracked.run(args)
     if args.stage == "segment":
         from guidance.cli import bench_segment
 

@@ -1,5 +1,9 @@
 """Frame sender for ``guidance bench`` (run as ``python -m guidance.cli.bench_sender``).
 
+With ``--tracked`` it is the tracker of ``guidance bench --tracked`` instead: the
+simulated room's needle marker poses (``NeedleToReference``, :mod:`guidance.sim.room`) at
+``--pose-hz``, each stamped with the sender's room time, no frames.
+
 A separate process, so that the receiver under test has the interpreter to itself. It
 listens on a loopback port, and once a client connects streams pre-rendered, pre-packed
 frames (TRANSFORM + IMAGE) at a fixed rate with plain ``sendall``. Each message's
@@ -70,7 +74,11 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--frames", type=int, default=30)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tracked", action="store_true", help="marker poses of the room only")
+    ap.add_argument("--pose-hz", type=float, default=60.0)
     args = ap.parse_args()
+    if args.tracked:
+        return _tracked(args)
     # Pack every frame once: the measured path starts when the bytes go to the kernel.
     packed = [bytearray(image_message_from_volume(v, "Image_Reference", 0.0, "lps").pack())
               for v in frames(args.size, args.frames, args.seed)]
@@ -109,6 +117,50 @@ def main() -> int:
     except OSError:
         pass
     stop.wait(0.2)
+    conn.close()
+    srv.close()
+    return 0
+
+
+def _listen() -> tuple[socket.socket, socket.socket]:
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    print(f"READY {srv.getsockname()[1]}", flush=True)
+    conn, _ = srv.accept()
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    threading.Thread(target=_drain, args=(conn,), daemon=True).start()
+    return srv, conn
+
+
+def _tracked(args: argparse.Namespace) -> int:
+    """The room's tracker: marker poses at ``--pose-hz`` for ``--seconds``."""
+    from guidance.cli.bench_tracked import bench_room
+
+    room = bench_room(args.seed)
+    rng = np.random.default_rng([args.seed, 1])
+    srv, conn = _listen()
+    period = 1.0 / args.pose_hz
+    stop = threading.Event()
+    t0 = time.monotonic()
+    room.clock(2.0)
+    n = 0
+    try:
+        while time.monotonic() - t0 < args.seconds:
+            t_rel = n * period
+            # A needle going back and forth along the plan: always on its path.
+            t_sim = 2.0 + 6.0 * abs(((t_rel / 6.0) % 2.0) - 1.0)
+            for msg in room.pose_messages(t_sim, room._wall0 + t_rel, rng):
+                conn.sendall(msg.pack())
+            n += 1
+            delay = t0 + n * period - time.monotonic()
+            if delay > 0:
+                stop.wait(delay)
+    except OSError as e:
+        print(f"bench_sender: receiver went away: {e}", file=sys.stderr)
+    print(f"SENT {n}", flush=True)
+    stop.wait(0.3)
     conn.close()
     srv.close()
     return 0

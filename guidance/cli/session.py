@@ -92,7 +92,7 @@ class LiveSession:
 
     def _on_result(self, result: FrameResult, rgb: Any) -> None:
         self.last_result = result
-        if self.writer is not None:
+        if self.writer is not None and rgb is not None:
             self.writer.offer(result, rgb)
 
     def start(self) -> LiveSession:

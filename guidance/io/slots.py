@@ -59,6 +59,7 @@ class DeviceCounters:
 class _Slot:
     item: Received | None = None
     taken_seq: int = 0
+    next_seq: int = 0
     counters: DeviceCounters = field(default_factory=DeviceCounters)
 
 
@@ -82,8 +83,10 @@ class LatestSlots:
         self.unknown_types: dict[str, int] = {}
 
     def add_listener(self, fn: Callable[[Received], None]) -> None:
-        """Call ``fn(item)`` (from the receiving thread) for every message put; used by
-        the recorder. ``fn`` must be quick and must not raise."""
+        """Call ``fn(item)`` (from the receiving thread) for every message put, before
+        the message is visible to consumers (so that what a listener derives from it --
+        a pose in the transform graph -- is there when a consumer wakes on it). ``fn``
+        must be quick and must not raise."""
         with self._cond:
             self._listeners.append(fn)
 
@@ -96,22 +99,28 @@ class LatestSlots:
         received_ns: int,
         peer: str,
     ) -> Received:
-        """Store a message as the newest for its device and wake waiting consumers."""
+        """Give a message to the listeners, then store it as the newest for its device
+        and wake waiting consumers."""
         with self._cond:
             slot = self._slots.get(device_name)
             if slot is None:
                 slot = self._slots[device_name] = _Slot()
-            prev = slot.item
-            if prev is not None and prev.seq > slot.taken_seq:
-                slot.counters.dropped += 1
-            seq = (prev.seq if prev is not None else 0) + 1
-            item = Received(seq, device_name, message_type, message, timestamp_s, received_ns, peer)
-            slot.item = item
-            slot.counters.received += 1
+            slot.next_seq += 1
+            seq = slot.next_seq
             listeners = list(self._listeners)
-            self._cond.notify_all()
+        item = Received(seq, device_name, message_type, message, timestamp_s, received_ns, peer)
         for fn in listeners:
             fn(item)
+        with self._cond:
+            prev = slot.item
+            if prev is None or seq > prev.seq:  # two senders of one device: newest wins
+                if prev is not None and prev.seq > slot.taken_seq:
+                    slot.counters.dropped += 1
+                slot.item = item
+            else:
+                slot.counters.dropped += 1
+            slot.counters.received += 1
+            self._cond.notify_all()
         return item
 
     def count_unknown(self, message_type: str) -> None:

@@ -78,6 +78,8 @@ SendFn = Callable[[MessageBase, Callable[[int], None] | None], int]
 _MODALITY_TERMS = {"US": "us", "CT": "ct", "XA": "fluoro", "RF": "fluoro", "DX": "fluoro",
                    "CR": "fluoro", "RG": "fluoro", "FLUORO": "fluoro", "FLUOROSCOPY": "fluoro"}
 _NAN2 = np.full(2, np.nan)
+#: Overlays composed per second at most for pose updates (no image; the tracker's rate).
+POSE_OVERLAY_HZ = 15.0
 
 
 def modality_of(configured: str, metadata: object) -> tuple[str, str]:
@@ -144,8 +146,9 @@ class Pipeline:
         slots: where received messages arrive.
         config: stage configuration.
         send: the transport's send (``None``: results are not sent).
-        on_result: called with each result and its overlay (RGB, a reused buffer) from
-            the processing thread; keep it quick (hand off to another thread).
+        on_result: called with each result and its overlay (RGB, a reused buffer; ``None``
+            for the pose updates between two overlays, see ``POSE_OVERLAY_HZ``) from the
+            processing thread; keep it quick (hand off to another thread).
         room: the calibration files' content (static transforms, declared
             uncertainties, lag, C-arm intrinsics).
     """
@@ -155,7 +158,7 @@ class Pipeline:
         slots: LatestSlots,
         config: PipelineConfig | None = None,
         send: SendFn | None = None,
-        on_result: Callable[[FrameResult, np.ndarray], None] | None = None,
+        on_result: Callable[[FrameResult, np.ndarray | None], None] | None = None,
         room: RoomSetup | None = None,
     ) -> None:
         self.slots = slots
@@ -188,6 +191,7 @@ class Pipeline:
         self._last_plan_sent = 0.0
         self._plan: Plan | None = None
         self._last_image_ns = 0
+        self._last_pose_overlay_ns = 0
         self._tip_live_names: frozenset[str] = frozenset()
         self.last_error = ""
 
@@ -408,8 +412,15 @@ class Pipeline:
             self._finish(e2e, expect_send=False)  # nobody to send to
         stage_ms["output"] = (time.monotonic_ns() - t_out) * 1e-6
         t_ov = time.monotonic_ns()
-        rgb = self.overlay.compose(result, (t_ov - rec.received_ns) * 1e-6)
-        stage_ms["overlay"] = (time.monotonic_ns() - t_ov) * 1e-6
+        rgb: np.ndarray | None = None
+        if item.frame is not None or (t_ov - self._last_pose_overlay_ns) * 1e-9 >= \
+                1.0 / POSE_OVERLAY_HZ:
+            # Pose updates come at the tracker's rate: their overlay (no image) at most
+            # POSE_OVERLAY_HZ; the outputs go out on every one.
+            rgb = self.overlay.compose(result, (t_ov - rec.received_ns) * 1e-6)
+            stage_ms["overlay"] = (time.monotonic_ns() - t_ov) * 1e-6
+            if item.frame is None:
+                self._last_pose_overlay_ns = t_ov
         self._finish(e2e, overlay_ns=time.monotonic_ns())
         for name, ms in stage_ms.items():
             self.stats.add(name, ms)
@@ -436,8 +447,11 @@ class Pipeline:
             self._latest = result
         self.last_result = result
         self.states[result.state.name] = self.states.get(result.state.name, 0) + 1
-        if self.on_result is not None:
-            self.on_result(result, rgb if rgb is not None else self.overlay.compose(result))
+        if self.on_result is None:
+            return
+        if rgb is None and result.kind != "pose":
+            rgb = self.overlay.compose(result)
+        self.on_result(result, rgb)
 
     def _report_stale(self, idle_s: float) -> None:
         self.stale_reports += 1
@@ -497,8 +511,14 @@ class Pipeline:
             # plan too (navigation), never when it is stale or its chain is broken.
             m = pose_from_tip_axis(n.tip_lps, n.axis_lps)
             tip_ts = item.at_s if math.isfinite(item.at_s) else ts
+
+            def tip_done(ns: int) -> None:
+                # Input received -> tip handed to the kernel (``guidance bench --tracked``).
+                self.stats.add("tip_sent", (ns - rec.received_ns) * 1e-6)
+                done(ns)
+
             k = self.send(pyigtl.TransformMessage(RAS_TO_LPS @ m, timestamp=tip_ts,
-                                                  device_name=out.tip_device), done)
+                                                  device_name=out.tip_device), tip_done)
             sent = max(sent, k)
         text = result_text(result)
         k = self.send(pyigtl.StringMessage(text, timestamp=ts, device_name=out.warning_device),

@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
-__all__ = ["SignedDistanceField", "compute_sdf"]
+__all__ = ["SdfStack", "SignedDistanceField", "compute_sdf"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -72,6 +72,71 @@ class SignedDistanceField:
                 self.distances_mm, coords, order=1, mode="nearest", prefilter=False
             )
         return out
+
+
+class SdfStack:
+    """Many distance fields sampled at the same points in one vectorised pass.
+
+    The live safety check samples every structure's field at the same ~25 points per
+    needle pose; one ``map_coordinates`` call per field costs its call overhead 20-30
+    times. Here every field's values are packed into one flat float32 buffer and the
+    trilinear interpolation of all fields at all points is a handful of array operations
+    (the same values as :meth:`SignedDistanceField.sample_ijk`: trilinear inside each
+    box, ``cap_mm`` outside it or for an absent structure).
+
+    Args:
+        fields: the fields, in the order of the rows of :meth:`sample`.
+    """
+
+    def __init__(self, fields: list[SignedDistanceField]) -> None:
+        if not fields:
+            raise ValueError("SdfStack needs at least one field")
+        parts, base = [], []
+        n = 0
+        for f in fields:
+            base.append(n)
+            parts.append(f.distances_mm.ravel())
+            n += f.distances_mm.size
+        self._flat = np.concatenate(parts).astype(np.float32, copy=False)
+        self._base = np.array(base, dtype=np.int64)
+        shape = np.array([f.distances_mm.shape[::-1] for f in fields], dtype=np.int64)  # i,j,k
+        self._hi = (shape - 1).astype(np.float64)[:, None, :]
+        self._hi_i = (shape - 1)[:, None, :]
+        self._stride = np.stack([np.ones(len(fields), np.int64), shape[:, 0],
+                                 shape[:, 0] * shape[:, 1]], axis=1)[:, None, :]
+        scale = np.array([float(f.scale_ij) for f in fields])
+        off = np.array([f.offset_ijk for f in fields], dtype=np.float64)
+        # local = (ijk - offset) in k; ((ijk - offset) - (s - 1) / 2) / s in i and j.
+        self._mul = np.stack([1.0 / scale, 1.0 / scale, np.ones_like(scale)], axis=1)[:, None, :]
+        shift = off.copy()
+        shift[:, :2] += 0.5 * (scale[:, None] - 1.0)
+        self._shift = shift[:, None, :]
+        self._present = np.array([f.present for f in fields])[:, None]
+        self._cap = np.array([f.cap_mm for f in fields])[:, None]
+
+    def sample(self, ijk: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        """(S, N) float64 mm: every field at (N, 3) fractional parent-grid indices."""
+        local = (ijk[None, :, :] - self._shift) * self._mul
+        inside = np.all((local >= 0.0) & (local <= self._hi), axis=2) & self._present
+        loc = np.clip(local, 0.0, self._hi)
+        lo = np.floor(loc)
+        w = loc - lo
+        i0 = lo.astype(np.int64)
+        i1 = np.minimum(i0 + 1, self._hi_i)
+        s = self._stride
+        a0 = i0 * s
+        a1 = i1 * s
+        base = self._base[:, None]
+        flat = self._flat
+        wi, wj, wk = w[..., 0], w[..., 1], w[..., 2]
+        out = np.zeros(local.shape[:2])
+        for ck, wk_ in ((a0[..., 2], 1.0 - wk), (a1[..., 2], wk)):
+            for cj, wj_ in ((a0[..., 1], 1.0 - wj), (a1[..., 1], wj)):
+                row = base + ck + cj
+                v0 = flat[row + a0[..., 0]]
+                v1 = flat[row + a1[..., 0]]
+                out += (wk_ * wj_) * (v0 * (1.0 - wi) + v1 * wi)
+        return np.where(inside, out, self._cap)
 
 
 def compute_sdf(

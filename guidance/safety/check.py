@@ -38,6 +38,7 @@ import numpy as np
 import numpy.typing as npt
 
 from guidance.planning.plan import Plan
+from guidance.planning.sdf import SdfStack
 from guidance.planning.structures import StructureSet
 from guidance.records import SafetyReason, SafetyWarning, WarningLevel
 from guidance.safety.config import SafetyConfig
@@ -114,18 +115,8 @@ class SafetyCheck:
         inv = structures.grid.lps_to_ijk
         self._r = inv[:3, :3].T.copy()
         self._t = inv[:3, 3].copy()
-        self._sdfs = [s.sdf for s in structures.structures]
-        # Parent-grid boxes of every field, to skip fields no sample point falls in
-        # (they read cap_mm everywhere) without calling into them.
-        lo, hi = [], []
-        for sdf in self._sdfs:
-            shape = np.array(sdf.distances_mm.shape[::-1], dtype=np.float64)
-            scale = np.array([sdf.scale_ij, sdf.scale_ij, 1.0])
-            lo.append(sdf.offset_ijk.astype(np.float64))
-            hi.append(sdf.offset_ijk + shape * scale - 1.0 if sdf.present
-                      else np.full(3, -np.inf))
-        self._box_lo = np.array(lo)[:, None, :]
-        self._box_hi = np.array(hi)[:, None, :]
+        # Every field sampled at every point in one vectorised pass.
+        self._stack = SdfStack([s.sdf for s in structures.structures])
         self._cap = structures.cap_mm
 
     def reset(self) -> None:
@@ -252,34 +243,41 @@ class SafetyCheck:
         known = bool(np.all(structures.in_roi(ijk)))
 
         eff = self._margins + widen
-        breach, breach_name = math.inf, ""
         n_body = 1 + self._n_shaft
-        touched = np.any(np.all((ijk >= self._box_lo) & (ijk <= self._box_hi), axis=2), axis=1)
-        far = np.full(len(ijk), self._cap)
-        for s, sdf in enumerate(self._sdfs):
-            d = sdf.sample_ijk(ijk) if touched[s] else far
+        d = self._stack.sample(ijk)  # (structures, points)
+        d_now = d[:, :n_body].min(axis=1)
+        d_ahead = d[:, n_body:]
+        closest = np.minimum(d_now, d_ahead.min(axis=1))
+        # The first point ahead within the (widened) margin, linearly interpolated
+        # between the last safe and the first breaching sample.
+        hit = d_ahead < eff[:, None]
+        first = np.argmax(hit, axis=1)
+        breach_s = np.full(len(eff), math.inf)
+        has_hit = hit.any(axis=1)
+        breach_s[has_hit] = ahead_s[first[has_hit]]
+        interp = has_hit & (first > 0)
+        if interp.any():
+            rows = np.flatnonzero(interp)
+            k = first[rows]
+            prev_d, cur_d = d_ahead[rows, k - 1], d_ahead[rows, k]
+            frac = (prev_d - eff[rows]) / np.maximum(prev_d - cur_d, 1e-9)
+            prev_s = ahead_s[k - 1]
+            breach_s[rows] = prev_s + frac * (ahead_s[k] - prev_s)
+        breach_s[d[:, 0] < eff] = 0.0
+        breach, breach_name = math.inf, ""
+        for s in range(len(eff)):
             name = self._names[s]
-            d_now = float(d[:n_body].min())
-            d_ahead = d[n_body:]
-            closest = float(min(d_now, float(d_ahead.min())))
             clearances.append(Clearance(
-                name, closest if known else math.nan, float(eff[s]), bool(self._hard[s]),
-                capped=known and closest >= self._cap))
+                name, float(closest[s]) if known else math.nan, float(eff[s]),
+                bool(self._hard[s]), capped=known and closest[s] >= self._cap))
             if not self._hard[s]:
                 continue
-            hit = np.flatnonzero(d_ahead < eff[s])
-            s_breach = 0.0 if d[0] < eff[s] else (
-                float(ahead_s[hit[0]]) if hit.size else math.inf)
-            if hit.size and hit[0] > 0 and d[0] >= eff[s]:
-                # Linear interpolation between the last safe and first breaching sample.
-                prev_d, prev_s = float(d_ahead[hit[0] - 1]), float(ahead_s[hit[0] - 1])
-                cur_d = float(d_ahead[hit[0]])
-                frac = (prev_d - eff[s]) / max(prev_d - cur_d, 1e-9)
-                s_breach = prev_s + frac * (s_breach - prev_s)
+            s_breach = float(breach_s[s])
             if s_breach < breach:
                 breach, breach_name = s_breach, name
-            findings[name] = self._structure_finding(name, d_now, s_breach, float(eff[s]),
-                                                     float(self._margins[s]), widen, t_s)
+            findings[name] = self._structure_finding(name, float(d_now[s]), s_breach,
+                                                     float(eff[s]), float(self._margins[s]),
+                                                     widen, t_s)
         if not known:
             findings["region"] = _Finding(
                 self._hold("region", WarningLevel.CAUTION, t_s),
