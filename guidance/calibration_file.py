@@ -234,11 +234,13 @@ def validate_document(doc: object, source: str = "<document>") -> CalibrationFil
     """
     if not isinstance(doc, dict):
         raise CalibrationFileError(f"{source}: must be a JSON object, got {type(doc).__name__}")
+    if doc.get("format") != FORMAT_NAME:
+        # Say first what the file is not (a plan.json given as --calibration, say).
+        raise _fail(source, "format", f"must be {FORMAT_NAME!r}, got {doc.get('format')!r}: "
+                                      "not a calibration file of guidance calibrate")
     for key in _COMMON:
         if key not in doc:
             raise _fail(source, key, "missing")
-    if doc["format"] != FORMAT_NAME:
-        raise _fail(source, "format", f"must be {FORMAT_NAME!r}, got {doc['format']!r}")
     if doc["format_version"] != FORMAT_VERSION:
         raise _fail(source, "format_version", f"unsupported version {doc['format_version']!r}")
     kind = doc["kind"]

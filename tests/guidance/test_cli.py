@@ -6,7 +6,10 @@ import json
 import socket
 import subprocess
 import sys
+import threading
+import time
 
+import numpy as np
 import pytest
 
 from guidance.cli.main import main
@@ -214,3 +217,83 @@ def test_fluoro_demo_plans_checks_and_verifies(tmp_path):
     s = json.loads((out / "summary.json").read_text())
     # The live check against the CT's structures ran: structure names in the warnings.
     assert any(w["structure"] not in ("plan", "target") for w in s["warnings"])
+
+
+def test_sigterm_stops_run_gracefully_with_summary_and_a_readable_recording(tmp_path):
+    """SIGTERM (what a service manager or `kill` sends) ends `guidance run` as Ctrl-C does:
+    summary.json written, the recording closed with every message received in it."""
+    import signal
+
+    import pyigtl
+
+    from guidance.io.igtl import IgtlClient
+
+    port = free_port()
+    rec, out = tmp_path / "session.igtlrec", tmp_path / "run"
+    run = subprocess.Popen(
+        [sys.executable, "-m", "guidance.cli.main", "run", "--listen", str(port), "--out",
+         str(out), "--record", str(rec), "--modality", "us"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert run.stdout is not None
+        assert "listening" in run.stdout.readline()
+        client = IgtlClient("127.0.0.1", port).start()
+        assert client.wait_connected(10.0)
+        m = np.eye(4)
+        for k in range(20):  # 20 tools (one device each: the client sends latest-per-device)
+            m[0, 3] = k + 1
+            client.send(pyigtl.TransformMessage(m, device_name=f"Tool{k}ToReference"))
+        # Wait (on a condition) until the server has recorded them.
+        def recorded_transforms() -> int:
+            if not rec.exists():
+                return 0
+            return sum(r.header.message_type == "TRANSFORM" for r in read_recording(rec))
+
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and recorded_transforms() < 20:
+            threading.Event().wait(0.05)
+        client.stop()
+        run.send_signal(signal.SIGTERM)
+        _out, err = run.communicate(timeout=30)
+    finally:
+        run.kill()
+    assert run.returncode == 0, err
+    assert "SIGTERM: stopping" in err
+    s = json.loads((out / "summary.json").read_text())
+    assert len(s["transforms"]) == 20 and "Tool19ToReference" in s["transforms"]
+    recorded = [r for r in read_recording(rec) if r.header.message_type == "TRANSFORM"]
+    assert len(recorded) == 20
+
+
+def test_a_second_signal_exits_at_once(tmp_path):
+    """The first signal asks for a graceful stop; a second one, while that stop hangs,
+    exits immediately with 128 + the signal."""
+    import signal
+
+    script = tmp_path / "hang.py"
+    script.write_text(
+        "import threading, sys\n"
+        "from guidance.cli.common import StopSignals\n"
+        "stop = threading.Event()\n"
+        "signals = StopSignals(stop)\n"
+        "print('ready', flush=True)\n"
+        "stop.wait(30)\n"
+        "print('stopping gracefully, but hanging', flush=True)\n"
+        "threading.Event().wait(30)\n"
+        "sys.exit(0)\n")
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        proc.send_signal(signal.SIGTERM)
+        assert "hanging" in proc.stdout.readline()
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=10)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGINT
+    assert time.monotonic() - t0 < 5
+    err = proc.stderr.read() if proc.stderr else ""
+    assert "SIGTERM: stopping" in err and "SIGINT again: exiting now" in err

@@ -18,6 +18,7 @@ from guidance.navigation.setup import load_room
 from guidance.pipeline.config import IngestConfig, PipelineConfig, config_from_dict
 from guidance.pipeline.frame import FrameResult
 from guidance.pipeline.overlay import LEVEL_COLOURS
+from guidance.planning.plan import Plan
 from guidance.records import GuidanceState, WarningLevel
 from guidance.sim.room import RoomParams, SimulatedRoom, plan_path, stream_room
 from tests.guidance.room_helpers import (
@@ -296,3 +297,48 @@ def test_a_pose_older_than_its_limit_makes_the_frame_stale(nav_room) -> None:
 def test_pipeline_config_keeps_modality_out_of_pixels() -> None:
     assert PipelineConfig().ingest.modality == ""
     assert IngestConfig(modality="ct").modality == "ct"
+
+
+def test_ultrasound_frames_are_placed_and_checked_against_the_tracked_needle(tmp_path) -> None:
+    """Ultrasound: each frame placed through Image -> Probe -> Reference -> CT; the needle
+    seen in the image agrees with the tracked one. A probe calibration 6 mm off makes the
+    frames DEGRADED, with both tips in the reason."""
+    import json
+
+    from guidance.sim import make_scanner
+
+    scanner = make_scanner("us", size=256, seed=0)
+    room = SimulatedRoom(scanner.path, RoomParams(), seed=0, scanner=scanner)
+    files = calibration_files(room, tmp_path / "room",
+                              ("pivot", "fiducials", "temporal", "probe"))
+    probe = next(f for f in files if f.name.startswith("probe"))
+    doc = json.loads(probe.read_text())
+    doc["transforms"]["ImageToProbe"][0][3] += 6.0
+    doc["image_to_probe"][0][3] += 6.0
+    wrong = tmp_path / "probe-wrong.json"
+    wrong.write_text(json.dumps(doc))
+    speed = scanner.path.needle.speed_mm_s
+    start = max(0.0, scanner.path.plan_length_mm / speed - 3.0)
+    outcome = {}
+    for name, use in (("right", files), ("wrong", [f for f in files if f != probe] + [wrong])):
+        config = config_from_dict({"segment": {"model": "none"}})
+        session = LiveSession(listen=0, room=load_room(use), config=config)
+        session.pipeline.set_plan(Plan(scanner.entry_lps, scanner.target_lps))
+        results = _collect(session)
+        session.start()
+        _stream(room, session, 2.0, start, images=True, slicer=Received3D())
+        session.stop()
+        outcome[name] = [r for r in results if r.kind == "frame"
+                         and "tracker_image_tip_mm" in r.metrics]
+    right, wrong_frames = outcome["right"], outcome["wrong"]
+    assert len(right) >= 10 and len(wrong_frames) >= 10
+    assert all(r.placement is not None and r.placement.path == ("Image", "Probe", "Reference",
+                                                                "CT") for r in right)
+    assert np.median([r.metrics["tracker_image_tip_mm"] for r in right]) < 1.5
+    assert not any(x.reason.code == "tracker_image_disagree" for r in right
+                   for x in r.state_reasons)
+    degraded = [r for r in wrong_frames if r.state == GuidanceState.DEGRADED]
+    assert len(degraded) >= 0.8 * len(wrong_frames)
+    why = next(x.message for x in degraded[0].state_reasons
+               if x.reason.code == "tracker_image_disagree")
+    assert "image and tracker disagree" in why and "image tip" in why and "tracked tip" in why
