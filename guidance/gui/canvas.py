@@ -160,6 +160,7 @@ class LiveRenderer:
             p.setRenderHint(QPainter.Antialiasing, True)
             p.setRenderHint(QPainter.TextAntialiasing, True)
             if not model.stale and shown is not None:
+                self._outlines(p, shown)
                 self._plan(p, shown)
                 self._needle(p, shown)
             inset = max(14.0, area.width() / 60) + 6  # inside the STALE border
@@ -212,6 +213,27 @@ class LiveRenderer:
         qimg = QImage(self._disp.data, iw, ih, iw * 3,  # type: ignore[call-overload]
                       QImage.Format_RGB888)
         p.drawImage(QPointF(x0, y0), qimg)
+
+    def _outlines(self, p: QPainter, result: FrameResult) -> None:
+        """The plan's structures where the C-arm calibration projects them, named."""
+        if not result.outlines or self.image_rect.isEmpty():
+            return
+        p.save()
+        p.setClipRect(self.image_rect)
+        p.setPen(QPen(theme.OUTLINE_COLOUR, 2))
+        p.setFont(theme.font(max(12, int(self.image_rect.height() / 60))))
+        for o in result.outlines:
+            for poly in o.polygons:
+                xy = self.to_device(poly)
+                path = QPainterPath(QPointF(*xy[0]))
+                for x, y in xy[1:]:
+                    path.lineTo(QPointF(x, y))
+                path.closeSubpath()
+                p.drawPath(path)
+            top = min(o.polygons, key=lambda q: float(q[:, 1].min()))
+            x, y = self.to_device(top[np.argmin(top[:, 1])][None])[0]
+            p.drawText(QPointF(x, y - 4), o.structure)
+        p.restore()
 
     def _plan(self, p: QPainter, result: FrameResult) -> None:
         if self.plan is None or self.image_rect.isEmpty():
@@ -300,7 +322,8 @@ class LiveRenderer:
         fm = QFontMetrics(theme.font(px))
         items: list[tuple[str, QColor]] = [
             (name, QColor(*theme.class_colour(cid, name))) for cid, name in names.items()]
-        items += [("needle axis", theme.DETECTED_NEEDLE), ("plan / target", theme.PLAN_COLOUR)]
+        items += [("needle axis", theme.DETECTED_NEEDLE), ("plan / target", theme.PLAN_COLOUR),
+                  ("planned structures", theme.OUTLINE_COLOUR)]
         line_h = fm.height() + 4
         box_w = max(fm.horizontalAdvance(t) for t, _ in items) + 2.6 * px
         box = QRectF(area.x() + 8, area.bottom() - 8 - line_h * len(items) - 8, box_w,

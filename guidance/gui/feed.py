@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from guidance.gui.live_model import StreamStatus, stream_state
 from guidance.io.recording import Recorder, RecordingError
 from guidance.io.slots import LatestSlots
+from guidance.navigation.navigator import POSE_TYPES
 from guidance.pipeline.frame import FrameResult
 from guidance.pipeline.loop import Pipeline
 
@@ -152,7 +153,10 @@ class LiveFeed:
             age = (now - it.received_ns) * 1e-9
             thr = (self.pipeline.config.ingest.stale_after_s if it.message_type == "IMAGE"
                    else self.pipeline.config.navigation.pose_stale_after_s)
+            # Every pose reaches the transform graph as it arrives (a slots listener):
+            # a pose replaced in its slot before the loop woke is not lost.
+            dropped = 0 if it.message_type in POSE_TYPES or c is None else c.dropped
             out.append(StreamStatus(name, it.message_type, age, c.received if c else 0,
-                                    c.dropped if c else 0, stream_state(age, thr)))
+                                    dropped, stream_state(age, thr)))
         out.sort(key=lambda s: (s.message_type != "IMAGE", s.name))
         return tuple(out)

@@ -12,6 +12,7 @@ __all__ = [
     "DETECTED_NEEDLE",
     "LEVEL_COLOURS",
     "NO_GUIDANCE_COLOUR",
+    "OUTLINE_COLOUR",
     "PLAN_COLOUR",
     "STALE_COLOUR",
     "apply_dark_theme",
@@ -35,6 +36,8 @@ STALE_HATCH = QColor(255, 210, 0)
 NO_GUIDANCE_COLOUR = QColor(70, 50, 100)
 DEGRADED_COLOUR = QColor(120, 90, 20)
 PLAN_COLOUR = QColor(0, 220, 255)
+#: The plan's structures projected by the C-arm calibration (fluoroscopy).
+OUTLINE_COLOUR = QColor(255, 140, 0)
 DETECTED_NEEDLE = QColor(0, 255, 120)
 STREAM_COLOURS = {"LIVE": QColor(40, 200, 90), "LATE": QColor(230, 160, 0),
                   "LOST": QColor(220, 40, 40)}

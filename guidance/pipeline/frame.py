@@ -10,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from guidance.geometry import ImageVolume
+from guidance.pipeline.outlines import Outline
 from guidance.pipeline.placement import FramePlacement
 from guidance.records import GuidanceState, SafetyWarning, WarningLevel
 from guidance.safety.decision import SafetyDecision
@@ -167,6 +168,7 @@ class WorkItem:
     modality: str = ""
     label_names: tuple[str, ...] = ("background", "needle")
     placement: FramePlacement | None = None
+    outlines: tuple[Outline, ...] = ()
     placement_edges: tuple[EdgeUse, ...] = ()
     tip_edges: tuple[EdgeUse, ...] = ()
     latency_s: float = 0.0
@@ -200,6 +202,8 @@ class FrameResult:
         stage_ms: time spent per stage, ms.
         image: the frame as received (for display), ``labels`` the label map on its grid.
         placement: where the frame lies in the planning CT (``None``: not placed).
+        outlines: the plan's critical structures projected into the frame (fluoroscopy
+            with a C-arm calibration).
         label_names: class name per label value of ``labels`` (index = value).
         modality: ``us``, ``fluoro`` or ``ct``.
         device_name: the input's device name.
@@ -221,6 +225,7 @@ class FrameResult:
     image: ImageVolume | None = None
     labels: np.ndarray | None = None
     placement: FramePlacement | None = None
+    outlines: tuple[Outline, ...] = ()
     label_names: tuple[str, ...] = ("background", "needle")
     modality: str = ""
     device_name: str = ""

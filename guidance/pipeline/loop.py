@@ -53,6 +53,7 @@ from guidance.pipeline.frame import (
     WorkItem,
     state_of,
 )
+from guidance.pipeline.outlines import StructureOutlines
 from guidance.pipeline.overlay import OverlayComposer
 from guidance.pipeline.stages import (
     NeedleStage,
@@ -190,6 +191,7 @@ class Pipeline:
         self._latest_lock = threading.Lock()
         self._last_plan_sent = 0.0
         self._plan: Plan | None = None
+        self._outlines: StructureOutlines | None = None
         self._last_image_ns = 0
         self._last_pose_overlay_ns = 0
         self._tip_live_names: frozenset[str] = frozenset()
@@ -204,6 +206,9 @@ class Pipeline:
         if not isinstance(plan, Plan):
             raise TypeError(f"plan must be a Plan, got {type(plan).__name__}")
         self.safety.set_plan(plan, structures)
+        self._outlines = (StructureOutlines(structures,
+                                            path_lps=(plan.entry_lps, plan.target_lps))
+                          if structures is not None else None)
         self.overlay.plan = (plan.entry_lps, plan.target_lps)
         self._plan = plan
         self.segment.hub_hint_ij = None
@@ -330,6 +335,8 @@ class Pipeline:
         placement, problem, edges = nav.place(frame_name, image, projection, at_s, t)
         item.placement = placement
         item.placement_edges = edges
+        if placement is not None and self._outlines is not None:
+            item.outlines = self._outlines.project(placement, image.voxels.shape[1:3])
         if problem is not None:
             item.add(problem.reason, problem.message)
         stage_ms["ingest"] = (time.monotonic_ns() - t_start) * 1e-6
@@ -404,7 +411,8 @@ class Pipeline:
             kind="frame" if item.frame is not None else "pose",
             state_reasons=tuple(item.reasons), needle=item.needle, decision=item.decision,
             metrics=dict(item.metrics), stage_ms=stage_ms, image=image, labels=item.labels,
-            placement=item.placement, label_names=item.label_names, modality=item.modality,
+            placement=item.placement, outlines=item.outlines, label_names=item.label_names,
+            modality=item.modality,
             device_name=rec.device_name, timestamp_s=rec.timestamp_s, at_s=item.at_s)
         t_out = time.monotonic_ns()
         e2e = _E2E(rec.received_ns)

@@ -15,7 +15,7 @@ import numpy.typing as npt
 from guidance.pipeline.frame import FrameResult
 from guidance.records import GuidanceState, WarningLevel
 
-__all__ = ["LABEL_COLOURS", "LEVEL_COLOURS", "OverlayComposer", "wrap_text"]
+__all__ = ["LABEL_COLOURS", "LEVEL_COLOURS", "OUTLINE_COLOUR", "OverlayComposer", "wrap_text"]
 
 #: RGB per label id (1 needle, 2 nerve, 3 vessel / vertebra).
 LABEL_COLOURS = {1: (255, 220, 0), 2: (255, 0, 255), 3: (0, 160, 255)}
@@ -27,6 +27,8 @@ LEVEL_COLOURS = {
     WarningLevel.DANGER: (210, 0, 0),
 }
 STALE_COLOUR = (128, 128, 128)
+#: RGB of the projected structure outlines (fluoroscopy with a C-arm calibration).
+OUTLINE_COLOUR = (255, 140, 0)
 
 
 def wrap_text(text: str, width_px: int, scale: float) -> list[str]:
@@ -98,6 +100,7 @@ class OverlayComposer:
                 if m.any():
                     contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
                     cv2.drawContours(rgb, contours, -1, colour, 1)
+        self._outlines(rgb, result)
         self._plan(rgb, result)
         n = result.needle
         if n is not None and n.in_image:
@@ -125,6 +128,19 @@ class OverlayComposer:
         cv2.convertScaleAbs(
             plane.astype(np.float32, copy=False), dst=out, alpha=scale, beta=-float(lo) * scale
         )
+
+    @staticmethod
+    def _outlines(rgb: np.ndarray, result: FrameResult) -> None:
+        """The plan's structures where the C-arm calibration projects them, named."""
+        h = rgb.shape[0]
+        scale = max(0.3, h / 1400.0)
+        for o in result.outlines:
+            polys = [np.round(p).astype(np.int32).reshape(-1, 1, 2) for p in o.polygons]
+            cv2.polylines(rgb, polys, True, OUTLINE_COLOUR, 1, cv2.LINE_AA)
+            top = min((p for p in o.polygons), key=lambda p: float(p[:, 1].min()))
+            x, y = top[np.argmin(top[:, 1])]
+            cv2.putText(rgb, o.structure, (int(x), max(int(y) - 3, 8)),
+                        cv2.FONT_HERSHEY_SIMPLEX, scale, OUTLINE_COLOUR, 1, cv2.LINE_AA)
 
     def _plan(self, rgb: np.ndarray, result: FrameResult) -> None:
         """The plan where the frame's placement in the planning CT puts it (a slice: only
