@@ -200,7 +200,8 @@ def _pipeline(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _histogram(path: Path, series: dict[str, list[float]], title: str) -> None:
+def _histogram(path: Path, series: dict[str, list[float]], title: str,
+               ylabel: str = "frames") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -215,7 +216,7 @@ def _histogram(path: Path, series: dict[str, list[float]], title: str) -> None:
                     alpha=0.6, label=f"{name} (p99 {np.percentile(v, 99):.2f} ms)")
     ax.set_xscale("log")
     ax.set_xlabel("latency, ms (log scale)")
-    ax.set_ylabel("frames")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()

@@ -145,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
     write_summary(args.json, out)
     png = args.json.with_suffix(".png")
     _histogram(png, series, f"guidance bench --tracked: pose received -> tip sent, "
-                            f"{args.pose_hz:g} Hz")
+                            f"{args.pose_hz:g} Hz", ylabel="needle poses")
     met = "met" if out["target"]["met"] else "NOT met"
     print(f"p99 {full['p99']:.2f} ms (target <= 5 ms: {met}); full check / tip only p99 "
           f"ratio {out['p99_ratio_full_check_over_tip_only']}")

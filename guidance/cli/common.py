@@ -187,10 +187,12 @@ def print_summary(summary: dict[str, Any], title: str) -> None:
         return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.1f}"
 
     print(f"== {title} ==")
+    poses = summary.get("pose_updates", 0)
     print(
         f"frames: received {summary['frames_received']}, processed "
         f"{summary['frames_processed']}, dropped {summary['frames_dropped']}, "
         f"stale reports {summary['stale_reports']}"
+        + (f"; needle pose updates (no images) {poses}" if poses else "")
     )
     print(
         f"end-to-end latency ms: p50 {f(lat['p50'])}  p95 {f(lat['p95'])}  "

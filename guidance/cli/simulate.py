@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, default=256, help="frame size in pixels (default 256)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--seconds", type=positive_float, help="stop after this long (default: Ctrl-C)")
-    dst = p.add_mutually_exclusive_group(required=True)
+    dst = p.add_mutually_exclusive_group()
     dst.add_argument("--listen", type=port_number, metavar="PORT")
     dst.add_argument("--connect", type=host_port, metavar="HOST:PORT")
     p.add_argument("--bind", default="127.0.0.1", metavar="ADDR")
@@ -126,6 +126,8 @@ def make_room_or_fail(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     if args.tracked:
         return _run_room(args)
+    if args.listen is None and args.connect is None:
+        raise UsageError("give --listen PORT or --connect HOST:PORT")
     if args.modality == "none" or args.write_inputs or args.plan:
         raise UsageError("--modality none, --write-inputs and --plan need --tracked")
     scanner = make_scanner_or_fail(args.modality, args.size, args.seed)
@@ -168,6 +170,10 @@ def _run_room(args: argparse.Namespace) -> int:
             raise UsageError(f"--write-inputs {args.write_inputs}: {e}") from e
         print("simulate: calibration inputs " + ", ".join(str(p) for p in written.values()),
               flush=True)
+        if args.listen is None and args.connect is None:
+            return 0  # the inputs only
+    elif args.listen is None and args.connect is None:
+        raise UsageError("give --listen PORT or --connect HOST:PORT (or --write-inputs DIR)")
     stop = threading.Event()
     closers = []
     if args.listen is not None:

@@ -316,7 +316,8 @@ class SafetyCheck:
             msg = f"{name}: {d_now:.1f} mm now, breach of {margin} {s_breach:.1f} mm ahead"
         else:
             reason = SafetyReason.NEAR_STRUCTURE
-            msg = f"{name}: {d_now:.1f} mm ({margin})"
+            msg = (f"{name}: {d_now:.1f} mm, near the {eff:.1f} mm margin ({base:g} + "
+                   f"{widen:.1f} mm uncertainty)")
         return _Finding(level, reason, d_now, eff, msg)
 
     def _hold(self, key: str, level: WarningLevel, t_s: float) -> WarningLevel:

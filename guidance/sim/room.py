@@ -93,8 +93,9 @@ class RoomParams:
             marker frame's orientation is arbitrary in a real tool).
         reference_rotation_deg: rotation of ``ReferenceToCT``, degrees.
         reference_axis: its axis (normalised here).
-        reference_offset_mm: the reference marker's origin from the plan's entry point in
-            the planning CT, mm (on the patient's back, beside the entry).
+        reference_origin_mm: the reference marker's origin in the planning CT (LPS mm;
+            the default is on the back of the real CT's patient above L1), fixed whatever
+            the needle's path, so that calibration data written once serve every run.
         pose_jitter_mm, pose_jitter_deg: tracker noise of every marker pose (1 sigma).
         image_lag_s: a frame stamped ``t`` shows the room at ``t - image_lag_s``.
         pose_hz: tracker rate, Hz.
@@ -111,7 +112,7 @@ class RoomParams:
     marker_tilt_deg: float = 20.0
     reference_rotation_deg: float = 25.0
     reference_axis: tuple[float, float, float] = (0.3, -0.5, 0.8)
-    reference_offset_mm: tuple[float, float, float] = (-40.0, 30.0, 60.0)
+    reference_origin_mm: tuple[float, float, float] = (64.0, 142.0, -235.0)
     pose_jitter_mm: float = 0.08
     pose_jitter_deg: float = 0.02
     image_lag_s: float = 0.08
@@ -176,7 +177,7 @@ class SimulatedRoom:
         self.scanner = scanner
         self.modality: str = getattr(scanner, "modality", "none") if scanner else "none"
         rot = _rotation(p.reference_axis, p.reference_rotation_deg)
-        self.reference_to_ct = _rigid(rot, path.entry_lps + np.asarray(p.reference_offset_mm))
+        self.reference_to_ct = _rigid(rot, np.asarray(p.reference_origin_mm, dtype=np.float64))
         self.ct_to_reference = np.linalg.inv(self.reference_to_ct)
         self.reference_to_tracker = _rigid(_rotation((1.0, 0.2, -0.1), 140.0),
                                            (120.0, -80.0, -1500.0))
