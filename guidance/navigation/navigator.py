@@ -226,7 +226,26 @@ class Navigator:
         if not q.ok:
             return None, _edge_problem(q, "frame not placed"), q.edges
         placement = FramePlacement("slice", q.matrix @ image.ijk_to_lps, path=q.path)
-        return placement, None, q.edges
+        return placement, self._spacing_problem(image, q.edges), q.edges
+
+    def _spacing_problem(self, image: ImageVolume, edges: tuple[EdgeUse, ...]
+                         ) -> StateReason | None:
+        """A probe calibration holds for the pixel spacing it was made with: a frame
+        with another (the depth was changed on the scanner) does not fit it."""
+        for e in edges:
+            unc = self.setup.uncertainties.get(e.name)
+            if unc is None or unc.pixel_spacing_mm is None:
+                continue
+            got = image.spacing_mm[:2]
+            want = unc.pixel_spacing_mm
+            if np.any(np.abs(got - want) > 0.01 * want):
+                return StateReason(
+                    Reason.SPACING_NOT_CALIBRATED,
+                    f"the frame's pixel spacing {got[0]:.3f} x {got[1]:.3f} mm is not the "
+                    f"{want[0]:.3f} x {want[1]:.3f} mm the probe calibration "
+                    f"{unc.source} was made with (depth changed?): placement unsure; "
+                    "calibrate the probe at this depth")
+        return None
 
     def _place_projection(self, at_s: float | None, now: int
                           ) -> tuple[FramePlacement | None, StateReason | None,

@@ -65,6 +65,8 @@ class EdgeUncertainty:
         fiducials_mm: registration: (N, 3) fiducials in the fixed frame, or ``None``.
         fle_mm: registration: RMS fiducial localisation error used, mm.
         targets_mm, target_tre_mm: registration: the file's own targets and TREs.
+        pixel_spacing_mm: probe calibration: the (2,) image pixel spacing it was made
+            with, mm (frames with another spacing do not fit it), else ``None``.
     """
 
     edge: str
@@ -75,6 +77,7 @@ class EdgeUncertainty:
     fle_mm: float = math.nan
     targets_mm: F64 = field(default_factory=lambda: np.zeros((0, 3)))
     target_tre_mm: F64 = field(default_factory=lambda: np.zeros(0))
+    pixel_spacing_mm: F64 | None = None
 
     def at(self, point_fixed_mm: F64 | None) -> tuple[float, str]:
         """(uncertainty mm, how it was found) at a point of the fixed frame (for a
@@ -202,8 +205,9 @@ def room_setup(files: Sequence[CalibrationFile]) -> RoomSetup:
                 unc[name] = EdgeUncertainty(name, "calibration", float(f.values["rms_mm"]),
                                             f.source)
             elif f.kind == "probe":
-                unc[name] = EdgeUncertainty(name, "calibration", float(f.values["rms_mm"]),
-                                            f.source)
+                unc[name] = EdgeUncertainty(
+                    name, "calibration", float(f.values["rms_mm"]), f.source,
+                    pixel_spacing_mm=np.asarray(f.values["pixel_spacing_mm"], np.float64))
             elif f.kind == "register":
                 unc[name] = _registration_uncertainty(name, f)
             elif f.kind == "carm":

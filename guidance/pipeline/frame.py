@@ -44,6 +44,7 @@ class Reason(enum.Enum):
     MODEL_MISSING = ("model_missing", GuidanceState.DEGRADED)
     BACKEND_FALLBACK = ("backend_fallback", GuidanceState.DEGRADED)
     SPACING_OUT_OF_RANGE = ("spacing_out_of_range", GuidanceState.DEGRADED)
+    SPACING_NOT_CALIBRATED = ("spacing_not_calibrated", GuidanceState.DEGRADED)
     DETECTORS_DISAGREE = ("detectors_disagree", GuidanceState.DEGRADED)
     TRACKER_IMAGE_DISAGREE = ("tracker_image_disagree", GuidanceState.DEGRADED)
     OUTLIER = ("outlier", GuidanceState.DEGRADED)

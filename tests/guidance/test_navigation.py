@@ -276,3 +276,28 @@ def test_the_receive_loop_keeps_serving_a_good_tracker_after_a_bad_one() -> None
         bad.stop()
         good.stop()
         session.stop()
+
+
+def test_a_frame_whose_spacing_is_not_the_probe_calibrations_is_degraded(tmp_path) -> None:
+    from guidance.geometry import ImageVolume
+
+    probe = _write(tmp_path / "probe.json", "probe", {
+        "image_to_probe": _rigid(0, (-20.0, 1.0, 0.0)), "pixel_spacing_mm": np.array([0.2, 0.2]),
+        "rms_mm": 0.4, "in_plane_rms_mm": 0.3, "out_of_plane_rms_mm": 0.2,
+        "residuals_mm": np.full(6, 0.4)}, {"ImageToProbe": _rigid(0, (-20.0, 1.0, 0.0))})
+    nav = Navigator(load_room([probe, _register(tmp_path / "r.json")]))
+    nav.graph.update("ProbeToReference", _rigid(20, (10, 20, 30)))
+    same = ImageVolume(np.zeros((1, 64, 64), np.uint8), np.diag([0.2, 0.2, 1.0, 1.0]))
+    placement, problem, edges = nav.place("Image", same, False, None)
+    assert placement is not None and problem is None
+    assert [e.name for e in edges] == ["ImageToProbe", "ProbeToReference", "ReferenceToCT"]
+    deeper = ImageVolume(np.zeros((1, 64, 64), np.uint8), np.diag([0.25, 0.25, 1.0, 1.0]))
+    placement, problem, _ = nav.place("Image", deeper, False, None)
+    assert placement is not None and problem is not None
+    assert problem.reason.code == "spacing_not_calibrated" and "0.250 x 0.250 mm" in problem.message
+    # Without the probe calibration the frame is not placed, and the link is named.
+    nav2 = Navigator(load_room([_register(tmp_path / "r2.json")]))
+    nav2.graph.update("ProbeToReference", _rigid(20, (10, 20, 30)))
+    placement, problem, _ = nav2.place("Image", same, False, None)
+    assert placement is None and problem is not None
+    assert "missing ImageToProbe" in problem.message and "calibrate probe" in problem.message

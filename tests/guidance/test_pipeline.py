@@ -291,3 +291,28 @@ def test_status_codes_from_state_and_level():
     assert status_code(GuidanceState.OK, WarningLevel.CAUTION) == 1
     assert status_code(GuidanceState.NO_GUIDANCE, WarningLevel.NONE) == 16
     assert status_code(GuidanceState.DEGRADED, WarningLevel.INFO) == 13
+
+
+def test_a_frame_in_an_unknown_frame_is_not_placed_and_says_which_transform_lacks():
+    """IMAGE device ``Image_Scanner``: its matrix maps to frame Scanner, which nothing joins
+    to the planning CT: segmented, not placed, no 3D needle, the missing link named."""
+    slots = LatestSlots()
+    sent = []
+    pipe = pipeline(slots, send=lambda m, cb: (sent.append(m), 1)[1])
+    got, ev = collect(pipe, 1)
+    pipe.start()
+    msg = frame_msg()
+    msg.device_name = "Image_Scanner"
+    put(slots, msg)
+    assert ev.wait(5)
+    pipe.stop()
+    r = got[0][0]
+    assert r.needle is not None and r.needle.in_image and not r.needle.has_3d
+    assert r.placement is None
+    codes = [x.reason.code for x in r.state_reasons]
+    assert "frame_not_placed" in codes and "no_3d_needle" in codes
+    assert any("missing ScannerToCT" in m for m in r.reasons)
+    assert r.state == GuidanceState.NO_GUIDANCE
+    label = next(m for m in sent if m.message_type == "IMAGE")
+    # Not placed: the label map goes back on the frame's own geometry.
+    np.testing.assert_allclose(label.ijk_to_world_matrix[:3, :3], np.diag([-0.2, -0.2, 1.0]))
