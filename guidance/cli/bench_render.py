@@ -121,6 +121,9 @@ class _Feed:
         self.result: Any = None
         self._plan = plan
 
+    def latest_picture(self) -> Any:
+        return self.result
+
     def latest(self) -> Any:
         return self.result
 

@@ -119,6 +119,8 @@ def run(args: argparse.Namespace) -> int:
     if plan is not None:
         session.pipeline.set_plan(plan, structures)
     session.start()
+    if plan is not None:
+        _load_navigation_ct(session, plan, args.plan)
     where = (f"listening on {args.bind}:{session.port}" if args.listen is not None
              else f"connecting to {args.connect[0]}:{args.connect[1]}")
     if args.gui:
@@ -136,6 +138,24 @@ def run(args: argparse.Namespace) -> int:
     summary = session.stop()
     print_summary(summary, "guidance run")
     return 0
+
+
+def _load_navigation_ct(session: LiveSession, plan: Plan, plan_path: str) -> None:
+    """Read the planning CT in the background (seconds for a DICOM series) for the
+    picture of navigation from poses alone; until then, and if it fails (logged), pose
+    updates have no picture -- their outputs do not wait for it."""
+    import logging
+
+    from guidance.planning.plan import PlanError
+    from guidance.planning.provenance import load_plan_ct
+
+    def load() -> None:
+        try:
+            session.pipeline.set_navigation_ct(load_plan_ct(plan, plan_path))
+        except PlanError as e:
+            logging.getLogger(__name__).warning("no navigation picture: %s", e)
+
+    threading.Thread(target=load, name="navigation-ct", daemon=True).start()
 
 
 def _run_gui(session: LiveSession, args: argparse.Namespace) -> None:

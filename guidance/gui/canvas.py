@@ -405,7 +405,7 @@ class LiveRenderer:
         self._fit(p, QRectF(box.x(), box.y() + bh * 0.04, bw, bh * 0.55), "STALE",
                   int(bh * 0.5), True, _CENTRE)
         age = "no frame yet" if not math.isfinite(model.age_s) else \
-            f"newest frame {model.age_s:.1f} s old"
+            f"newest input {model.age_s:.1f} s old"
         p.setPen(QColor(255, 255, 255))
         self._fit(p, QRectF(box.x() + 12, box.y() + bh * 0.58, bw - 24, bh * 0.38),
                   f"{age}\nnot current: do not guide on this image", int(bh * 0.15), True,

@@ -92,6 +92,8 @@ class FeedLike(Protocol):
 
     def latest(self) -> FrameResult | None: ...
 
+    def latest_picture(self) -> FrameResult | None: ...
+
     def plan(self) -> tuple[Any, Any] | None: ...
 
     def frames_dropped(self) -> int: ...
@@ -127,6 +129,12 @@ class LiveFeed:
     def latest(self) -> FrameResult | None:
         """The newest result (never blocks for long: one lock)."""
         return self.pipeline.latest()
+
+    def latest_picture(self) -> FrameResult | None:
+        """The newest result with an image: a frame, or the planning CT resliced along
+        the needle for navigation from poses alone (drawn at most 15 times a second,
+        while every pose gives a result)."""
+        return self.pipeline.latest_picture()
 
     def plan(self) -> tuple[Any, Any] | None:
         """(entry_lps, target_lps) of the loaded plan, LPS mm, or ``None``."""

@@ -175,13 +175,14 @@ def build_view_model(
     cur = result if result is not None and (result.image is not None
                                             or result.kind == "pose") else shown
     if stale:
+        what = "needle pose" if shown is not None and shown.kind == "pose" else "frame"
         if shown is None:
             why = "no frame received yet"
         elif result is not None and result.state == GuidanceState.STALE and result.reasons \
                 and age_s <= stale_after_s:
             why = result.reasons[0]  # e.g. the needle pose is too old
         else:
-            why = f"no new frame for {age_s:.1f} s"
+            why = f"no new {what} for {age_s:.1f} s"
         text = f"{why} - image and numbers are NOT current"
         metrics = _metrics(cur, True) if cur is not None else ()
         return LiveViewModel(True, age_s, GuidanceState.STALE, WarningLevel.NONE, "STALE",

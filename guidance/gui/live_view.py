@@ -209,9 +209,11 @@ class LiveView(QWidget):
         if new:
             self.last_result = result
             self.results_taken += 1
-            if result is not None and result.image is not None:
-                self.shown = result
-                self._times.append(now_ns * 1e-9)
+        picture = self.feed.latest_picture()
+        if picture is not None and picture is not self.shown:
+            self.shown = picture
+            self._times.append(now_ns * 1e-9)
+            new = True
         fps = math.nan
         if len(self._times) >= 2 and now_ns * 1e-9 - self._times[-1] < 2.0:
             fps = (len(self._times) - 1) / max(self._times[-1] - self._times[0], 1e-6)

@@ -23,6 +23,7 @@ the loop reports STALE instead of repeating the last result.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import threading
@@ -53,8 +54,10 @@ from guidance.pipeline.frame import (
     WorkItem,
     state_of,
 )
+from guidance.pipeline.navview import NavigationView
 from guidance.pipeline.outlines import StructureOutlines
 from guidance.pipeline.overlay import OverlayComposer
+from guidance.pipeline.placement import FramePlacement
 from guidance.pipeline.stages import (
     NeedleStage,
     PreprocessStage,
@@ -188,10 +191,13 @@ class Pipeline:
         self._thread: threading.Thread | None = None
         self._t0_ns = time.monotonic_ns()
         self._latest: FrameResult | None = None
+        self._latest_picture: FrameResult | None = None
         self._latest_lock = threading.Lock()
         self._last_plan_sent = 0.0
         self._plan: Plan | None = None
         self._outlines: StructureOutlines | None = None
+        self._structures: StructureSet | None = None
+        self._navview: NavigationView | None = None
         self._last_image_ns = 0
         self._last_pose_overlay_ns = 0
         self._tip_live_names: frozenset[str] = frozenset()
@@ -206,6 +212,8 @@ class Pipeline:
         if not isinstance(plan, Plan):
             raise TypeError(f"plan must be a Plan, got {type(plan).__name__}")
         self.safety.set_plan(plan, structures)
+        self._structures = structures
+        self._navview = None  # built again for this plan by set_navigation_ct
         self._outlines = (StructureOutlines(structures,
                                             path_lps=(plan.entry_lps, plan.target_lps))
                           if structures is not None else None)
@@ -213,6 +221,12 @@ class Pipeline:
         self._plan = plan
         self.segment.hub_hint_ij = None
         self._last_plan_sent = 0.0
+
+    def set_navigation_ct(self, ct: ImageVolume) -> None:
+        """The planning CT (HU, LPS) for the picture of navigation from poses alone: the
+        CT resliced along the needle with the plan's structures (:mod:`navview`). May be
+        called from another thread (a loader) once the CT is read."""
+        self._navview = NavigationView(ct, self._structures)
 
     @property
     def plan(self) -> Plan | None:
@@ -235,6 +249,11 @@ class Pipeline:
         """The newest result (latest-value slot for the GUI)."""
         with self._latest_lock:
             return self._latest
+
+    def latest_picture(self) -> FrameResult | None:
+        """The newest result that carries an image (latest-value slot for the GUI)."""
+        with self._latest_lock:
+            return self._latest_picture
 
     @property
     def frames_dropped(self) -> int:
@@ -423,8 +442,11 @@ class Pipeline:
         rgb: np.ndarray | None = None
         if item.frame is not None or (t_ov - self._last_pose_overlay_ns) * 1e-9 >= \
                 1.0 / POSE_OVERLAY_HZ:
-            # Pose updates come at the tracker's rate: their overlay (no image) at most
-            # POSE_OVERLAY_HZ; the outputs go out on every one.
+            # Pose updates come at the tracker's rate: their picture (the planning CT
+            # resliced along the needle, when loaded) at most POSE_OVERLAY_HZ, after the
+            # outputs went out on every one.
+            if item.frame is None:
+                result = self._navigation_picture(result)
             rgb = self.overlay.compose(result, (t_ov - rec.received_ns) * 1e-6)
             stage_ms["overlay"] = (time.monotonic_ns() - t_ov) * 1e-6
             if item.frame is None:
@@ -435,6 +457,18 @@ class Pipeline:
         self.stats.add("processing", (time.monotonic_ns() - t_start) * 1e-6)
         self.stats.add("queue_wait", (t_start - rec.received_ns) * 1e-6)
         self._publish(result, rgb)
+
+    def _navigation_picture(self, result: FrameResult) -> FrameResult:
+        """A pose update's result with the reslice of the planning CT along its needle."""
+        nav, n, plan = self._navview, result.needle, self._plan
+        if nav is None or n is None or not n.has_3d:
+            return result
+        view = nav.render(n.tip_lps, n.axis_lps,
+                          plan.direction_lps if plan is not None else None)
+        return dataclasses.replace(
+            result, image=view.image, labels=view.labels, label_names=view.label_names,
+            placement=FramePlacement("slice", view.image.ijk_to_lps, path=("CT",)),
+            needle=dataclasses.replace(n, tip_ij=view.tip_ij, hub_ij=view.hub_ij))
 
     def _finish(self, e2e: _E2E, sent_ns: int = 0, overlay_ns: int = 0,
                 expect_send: bool = True) -> None:
@@ -453,6 +487,8 @@ class Pipeline:
     def _publish(self, result: FrameResult, rgb: np.ndarray | None) -> None:
         with self._latest_lock:
             self._latest = result
+            if result.image is not None:
+                self._latest_picture = result
         self.last_result = result
         self.states[result.state.name] = self.states.get(result.state.name, 0) + 1
         if self.on_result is None:
@@ -505,7 +541,8 @@ class Pipeline:
         def done(ns: int) -> None:
             self._finish(e2e, sent_ns=ns)
 
-        if out.send_labels and result.labels is not None and result.image is not None:
+        if (out.send_labels and result.kind == "frame" and result.labels is not None
+                and result.image is not None):
             # On the frame's grid, placed in the planning CT when the frame is.
             pl = result.placement
             m = pl.ijk_to_ct if pl is not None and pl.ijk_to_ct is not None \

@@ -26,6 +26,7 @@ import numpy.typing as npt
 from guidance.planning.config import StructureConfig
 
 if TYPE_CHECKING:
+    from guidance.geometry import ImageVolume
     from guidance.planning.plan import Plan
     from guidance.planning.structures import StructureSet
 
@@ -34,6 +35,7 @@ __all__ = [
     "PlanAnatomy",
     "SourceRef",
     "file_sha256",
+    "load_plan_ct",
     "load_plan_structures",
     "record_anatomy",
 ]
@@ -306,6 +308,65 @@ class _Progress:
             self.progress(fraction, message)
 
 
+def _anatomy_of(plan: Plan, plan_path: str | Path | None
+                ) -> tuple[str, PlanAnatomy, Path]:
+    """(name for messages, the anatomy, the folder relative paths start from)."""
+    from guidance.planning.plan import PlanError
+
+    where = str(plan_path) if plan_path is not None else "plan"
+    if plan.anatomy is None:
+        raise PlanError(f"{where}: records no anatomy (written by an older guidance plan or "
+                        "by hand): re-plan with guidance plan to check the structures live")
+    base = Path(plan_path).parent if plan_path is not None else Path.cwd()
+    return where, plan.anatomy, base
+
+
+def _checked_path(ref: SourceRef, what: str, where: str, base: Path) -> Path:
+    """The recorded file, refused (PlanError) when missing or changed."""
+    from guidance.data import RealDataMissing
+    from guidance.planning.plan import PlanError
+
+    if ref.arg == REAL and what in _REAL_INDEX:
+        try:
+            path = _real_path(what)
+        except RealDataMissing as e:
+            raise PlanError(f"{where}: {what} real (embedded CT): {e}") from e
+    else:
+        path = base / ref.path  # an absolute recorded path stays as it is
+    try:
+        now = file_sha256(path)
+    except FileNotFoundError as e:
+        raise PlanError(f"{where}: {what} {path} missing (recorded at planning): restore "
+                        "it or re-plan") from e
+    except (OSError, ValueError) as e:
+        raise PlanError(f"{where}: {what} {path} cannot be read: {e}") from e
+    if now != ref.sha256:
+        raise PlanError(
+            f"{where}: {what} {path} changed since planning (sha256 {ref.sha256[:8]}... "
+            f"recorded, {now[:8]}... now): re-plan or give the original file")
+    return path
+
+
+def load_plan_ct(plan: Plan, plan_path: str | Path | None = None,
+                 progress: ProgressFn | None = None) -> ImageVolume:
+    """The planning CT a plan records, checked unchanged (for the navigation view).
+
+    Raises:
+        guidance.planning.plan.PlanError: no anatomy, the CT missing, changed or
+            unreadable (one line naming the plan and the file).
+    """
+    from guidance.data import RealDataMissing, load_real_ct
+    from guidance.io.dicom_series import DicomSeriesError, load_ct
+    from guidance.planning.plan import PlanError
+
+    where, anatomy, base = _anatomy_of(plan, plan_path)
+    path = _checked_path(anatomy.ct, "CT", where, base)
+    try:
+        return load_real_ct() if anatomy.ct.arg == REAL else load_ct(path, progress=progress)
+    except (DicomSeriesError, RealDataMissing) as e:
+        raise PlanError(f"{where}: CT {path}: {e}") from e
+
+
 def load_plan_structures(
     plan: Plan, plan_path: str | Path | None = None, progress: ProgressFn | None = None
 ) -> StructureSet:
@@ -334,34 +395,11 @@ def load_plan_structures(
     from guidance.planning.plan import PlanError
     from guidance.planning.structures import build_structures
 
-    where = str(plan_path) if plan_path is not None else "plan"
-    anatomy = plan.anatomy
-    if anatomy is None:
-        raise PlanError(f"{where}: records no anatomy (written by an older guidance plan or "
-                        "by hand): re-plan with guidance plan to check the structures live")
-    base = Path(plan_path).parent if plan_path is not None else Path.cwd()
+    where, anatomy, base = _anatomy_of(plan, plan_path)
     step = _Progress(progress)
 
     def checked(ref: SourceRef, what: str) -> Path:
-        if ref.arg == REAL and what in _REAL_INDEX:
-            try:
-                path = _real_path(what)
-            except RealDataMissing as e:
-                raise PlanError(f"{where}: {what} real (embedded CT): {e}") from e
-        else:
-            path = base / ref.path  # an absolute recorded path stays as it is
-        try:
-            now = file_sha256(path)
-        except FileNotFoundError as e:
-            raise PlanError(f"{where}: {what} {path} missing (recorded at planning): restore "
-                            "it or re-plan") from e
-        except (OSError, ValueError) as e:
-            raise PlanError(f"{where}: {what} {path} cannot be read: {e}") from e
-        if now != ref.sha256:
-            raise PlanError(
-                f"{where}: {what} {path} changed since planning (sha256 {ref.sha256[:8]}... "
-                f"recorded, {now[:8]}... now): re-plan or give the original file")
-        return path
+        return _checked_path(ref, what, where, base)
 
     step(0.0, "checking the CT")
     checked(anatomy.ct, "CT")

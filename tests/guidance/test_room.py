@@ -342,3 +342,43 @@ def test_ultrasound_frames_are_placed_and_checked_against_the_tracked_needle(tmp
     why = next(x.message for x in degraded[0].state_reasons
                if x.reason.code == "tracker_image_disagree")
     assert "image and tracker disagree" in why and "image tip" in why and "tracked tip" in why
+
+
+def test_navigation_from_poses_draws_the_planning_ct_along_the_needle(tmp_path) -> None:
+    """No image stream: the pose updates' picture is the planning CT resliced through the
+    needle, the tip where the placement puts it, the plan's structures as labels."""
+    real_ct_or_skip()
+    from scipy import ndimage
+
+    from guidance.cli.demo_planning import prepare_plan
+    from guidance.data import load_real_ct
+
+    entry, target = _disc_approach()
+    plan, structures = prepare_plan(entry, target, tmp_path)
+    room = SimulatedRoom(plan_path(plan.entry_lps, plan.target_lps, SPEED_MM_S),
+                         RoomParams(), seed=5)
+    files = calibration_files(room, tmp_path / "room", ("pivot", "fiducials"))
+    session = LiveSession(listen=0, room=load_room(files), out_dir=tmp_path / "run")
+    session.pipeline.set_plan(plan, structures)
+    ct = load_real_ct()
+    session.pipeline.set_navigation_ct(ct)
+    results = _collect(session)
+    session.start()
+    _stream(room, session, 1.5, 4.0, images=False, slicer=Received3D())
+    summary = session.stop()
+    pictures = [r for r in results if r.kind == "pose" and r.image is not None]
+    poses = [r for r in results if r.kind == "pose"]
+    # At most POSE_OVERLAY_HZ pictures, every pose an update.
+    assert 10 <= len(pictures) <= 0.5 * len(poses)
+    r = pictures[-1]
+    assert r.placement is not None and r.needle is not None
+    np.testing.assert_allclose(r.placement.pixel_to_ct(r.needle.tip_ij[None])[0],
+                               r.needle.tip_lps, atol=1e-6)
+    # The picture is the CT: the HU at the tip's pixel is the CT's there.
+    col, row = np.round(r.needle.tip_ij).astype(int)
+    tip_vox = ct.lps_to_ijk_points(r.placement.pixel_to_ct([[col, row]]))[0]
+    want = ndimage.map_coordinates(ct.voxels.astype(np.float32), tip_vox[::-1, None], order=1)
+    assert abs(float(r.image.voxels[0, row, col]) - float(want[0])) <= 1.0
+    assert r.label_names[0] == "background" and len(r.label_names) > 5
+    assert r.labels is not None and r.labels.max() > 0  # structures near the needle
+    assert summary["pngs"]  # the headless picture is written for pose updates too
