@@ -82,14 +82,7 @@ def main() -> int:
     # Pack every frame once: the measured path starts when the bytes go to the kernel.
     packed = [bytearray(image_message_from_volume(v, "Image_Reference", 0.0, "lps").pack())
               for v in frames(args.size, args.frames, args.seed)]
-    srv = socket.socket()
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(1)
-    print(f"READY {srv.getsockname()[1]}", flush=True)
-    conn, _ = srv.accept()
-    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    threading.Thread(target=_drain, args=(conn,), daemon=True).start()
+    srv, conn = _listen()
     period = 1.0 / args.fps
     stop = threading.Event()
     pose = np.eye(4)
@@ -123,6 +116,8 @@ def main() -> int:
 
 
 def _listen() -> tuple[socket.socket, socket.socket]:
+    """Listen on a loopback port, say READY <port>, accept one receiver (its answers read
+    and discarded)."""
     srv = socket.socket()
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     srv.bind(("127.0.0.1", 0))

@@ -117,6 +117,14 @@ def _edge_problem(q: TransformQuery, what: str) -> StateReason:
                                           f"{e.max_age_s:.2f} s): {what}")
 
 
+def _rss_or_default(values: list[float], default: float, what: str, notes: list[str]) -> float:
+    """Root sum of squares of the declared values, else the default (noted)."""
+    if values:
+        return math.sqrt(sum(v * v for v in values))
+    notes.append(f"{what} {default:.2f} mm not declared on the path (configuration default)")
+    return default
+
+
 class Navigator:
     """The transform graph of one session and the room's calibrations.
 
@@ -293,18 +301,8 @@ class Navigator:
             value, note = unc.at(point)
             (reg if unc.kind == "registration" else cal).append(value)
             notes.append(note)
-        if cal:
-            calibration = math.sqrt(sum(v * v for v in cal))
-        else:
-            calibration = config.calibration_sigma_mm
-            notes.append(f"calibration {calibration:.2f} mm not declared on the path "
-                         "(configuration default)")
-        if reg:
-            registration = math.sqrt(sum(v * v for v in reg))
-        else:
-            registration = config.registration_tre_mm
-            notes.append(f"registration {registration:.2f} mm not declared on the path "
-                         "(configuration default)")
+        calibration = _rss_or_default(cal, config.calibration_sigma_mm, "calibration", notes)
+        registration = _rss_or_default(reg, config.registration_tre_mm, "registration", notes)
         if not math.isfinite(tracking_mm):
             tracking_mm = config.tracking_sigma_mm
             notes.append(f"tracking {tracking_mm:.2f} mm (configuration default)")
