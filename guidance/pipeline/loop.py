@@ -286,37 +286,44 @@ class Pipeline:
         seen: dict[str, int] = {}
         seq = 0
         types = ("IMAGE", *POSE_TYPES) if nav.pose_updates else ("IMAGE",)
-        idle_s = 0.0
+        last_update_ns = last_stale_ns = time.monotonic_ns()
         while not self._stop.is_set():
-            timeout = ingest.stale_after_s
-            if self._pose_mode(time.monotonic_ns()):
-                timeout = nav.pose_stale_after_s
+            now = time.monotonic_ns()
+            limit = nav.pose_stale_after_s if self._pose_mode(now) else ingest.stale_after_s
+            # Wake up at the latest when the input turns stale: poses that lead to no
+            # update (a probe's, say, with frames) must not keep a STALE report away.
+            wait_s = max(limit - (now - max(last_update_ns, last_stale_ns)) * 1e-9, 1e-3)
             if ingest.image_device and not nav.pose_updates:
-                item = self.slots.wait_newer(ingest.image_device, seq, timeout)
+                item = self.slots.wait_newer(ingest.image_device, seq, wait_s)
             else:
-                item = self.slots.wait_any(types, seen, timeout)
-            if item is None:
-                idle_s += timeout
-                self._report_stale(idle_s)
-                continue
-            idle_s = 0.0
-            try:
-                if item.message_type == "IMAGE":
-                    if ingest.image_device and item.device_name != ingest.image_device:
-                        continue
-                    seq = item.seq
-                    self._process_frame(item)
-                elif self._pose_mode(time.monotonic_ns()) and self._is_needle_pose(item):
-                    self._process_pose(item)
-            except Exception as e:  # a bad input must not stop the loop
-                self.last_error = f"{item.device_name}#{item.seq}: {e}"
-                log.exception("pipeline failed on %s", self.last_error)
-                self._publish(FrameResult(
-                    seq=item.seq, t_s=self._t(), received_ns=item.received_ns,
-                    state=GuidanceState.NO_GUIDANCE, kind="none",
-                    state_reasons=(StateReason(Reason.PROCESSING_FAILED,
-                                               f"processing failed: {e}"),),
-                    device_name=item.device_name), None)
+                item = self.slots.wait_any(types, seen, wait_s)
+            updated = False
+            if item is not None:
+                try:
+                    if item.message_type == "IMAGE":
+                        if not ingest.image_device or item.device_name == ingest.image_device:
+                            seq = item.seq
+                            updated = True
+                            self._process_frame(item)
+                    elif self._pose_mode(time.monotonic_ns()) and self._is_needle_pose(item):
+                        updated = True
+                        self._process_pose(item)
+                except Exception as e:  # a bad input must not stop the loop
+                    self.last_error = f"{item.device_name}#{item.seq}: {e}"
+                    log.exception("pipeline failed on %s", self.last_error)
+                    self._publish(FrameResult(
+                        seq=item.seq, t_s=self._t(), received_ns=item.received_ns,
+                        state=GuidanceState.NO_GUIDANCE, kind="none",
+                        state_reasons=(StateReason(Reason.PROCESSING_FAILED,
+                                                   f"processing failed: {e}"),),
+                        device_name=item.device_name), None)
+            now = time.monotonic_ns()
+            if updated:
+                last_update_ns = now
+            elif (now - last_update_ns) * 1e-9 >= limit and \
+                    (now - last_stale_ns) * 1e-9 >= limit:
+                last_stale_ns = now
+                self._report_stale((now - last_update_ns) * 1e-9)
 
     def _is_needle_pose(self, item: Received) -> bool:
         """A pose on the needle's chain: a needle's own pose or a live edge of the last

@@ -316,3 +316,31 @@ def test_a_frame_in_an_unknown_frame_is_not_placed_and_says_which_transform_lack
     label = next(m for m in sent if m.message_type == "IMAGE")
     # Not placed: the label map goes back on the frame's own geometry.
     np.testing.assert_allclose(label.ijk_to_world_matrix[:3, :3], np.diag([-0.2, -0.2, 1.0]))
+
+
+def test_frames_that_stop_are_stale_even_while_other_poses_stream():
+    """A probe pose at 100 Hz leads to no update (no tracked needle): it must not keep
+    the STALE report away when the frames stop."""
+    slots = LatestSlots()
+    pipe = pipeline(slots, classical(ingest={"stale_after_s": 0.2}))
+    stale = threading.Event()
+
+    def on_result(r, rgb):
+        if r.state == GuidanceState.STALE and "no frame" in r.reasons[0]:
+            stale.set()
+
+    pipe.on_result = on_result
+    pipe.start()
+    put(slots, frame_msg())
+    m = np.eye(4)
+    m[0, 3] = 5.0
+    deadline = time.monotonic() + 3.0
+    import pyigtl
+
+    while not stale.is_set() and time.monotonic() < deadline:
+        put(slots, pyigtl.TransformMessage(m, timestamp=time.time(),
+                                           device_name="ProbeToReference"))
+        stale.wait(0.01)
+    pipe.stop()
+    assert stale.is_set()
+    assert pipe.navigator.graph.has("ProbeToReference")  # the poses were taken
