@@ -337,10 +337,13 @@ def test_frames_that_stop_are_stale_even_while_other_poses_stream():
     deadline = time.monotonic() + 3.0
     import pyigtl
 
+    t0 = time.monotonic()
     while not stale.is_set() and time.monotonic() < deadline:
         put(slots, pyigtl.TransformMessage(m, timestamp=time.time(),
                                            device_name="ProbeToReference"))
         stale.wait(0.01)
+    waited = time.monotonic() - t0
     pipe.stop()
     assert stale.is_set()
+    assert waited < 1.0  # 0.2 s limit: STALE while the poses still stream
     assert pipe.navigator.graph.has("ProbeToReference")  # the poses were taken
