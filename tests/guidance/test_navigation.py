@@ -301,3 +301,18 @@ def test_a_frame_whose_spacing_is_not_the_probe_calibrations_is_degraded(tmp_pat
     placement, problem, _ = nav2.place("Image", same, False, None)
     assert placement is None and problem is not None
     assert "missing ImageToProbe" in problem.message and "calibrate probe" in problem.message
+
+
+def test_run_refuses_a_plan_whose_anatomy_cannot_be_checked(tmp_path, capsys) -> None:
+    """`run --plan` rebuilds the plan's structures from its recorded, hash-checked files;
+    a plan that records none (an older one) or whose labels changed is refused."""
+    from guidance.planning.plan import Plan
+
+    old = tmp_path / "old-plan.json"
+    Plan(np.zeros(3), np.array([0.0, 0.0, 50.0]), "0,0,50").save(old)
+    argv = ["run", "--listen", "47997", "--seconds", "0.1", "--plan", str(old)]
+    assert cli_main.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "records no anatomy" in err and "old-plan.json" in err
+    assert cli_main.main(["run", "--listen", "47997", "--plan", str(tmp_path / "none.json")]) == 2
+    assert "no such plan file" in capsys.readouterr().err
