@@ -154,6 +154,8 @@ def summary_dict(
             "state": last.state.name,
             "reasons": [r.to_json() for r in last.state_reasons],
             "decision": None if last.decision is None else last.decision.to_json()},
+        "calibrations": list(pipeline.navigator.setup.files),
+        "room": pipeline.navigator.setup.describe(),
         "transforms": list(pipeline.navigator.graph.names()),
         "pose_rejections": dict(tools.rejections),
         "peak_rss_mb": round(usage.ru_maxrss / 1024.0, 1),

@@ -123,8 +123,7 @@ def run(args: argparse.Namespace) -> int:
     stop.wait(0.3)
     tracker.stop()
     scanner_link.stop()
-    summary = session.stop({"modality": args.modality, "frames_sent": n,
-                            "calibrations": list(setup.files)})
+    summary = session.stop({"modality": args.modality, "frames_sent": n})
     print_summary(summary, f"guidance demo ({args.modality})")
     if planned is not None and last[0] is not None:
         from guidance.cli.demo_planning import verify_final_needle
