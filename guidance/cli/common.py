@@ -148,6 +148,7 @@ def summary_dict(
         "latency_ms": {k: e2e[k] for k in ("p50", "p95", "p99", "max")},
         "stages_ms": stages,
         "states": dict(pipeline.states),
+        "reasons": dict(pipeline.reason_counts),
         "decisions": dict(pipeline.decisions),
         "warnings": [w.to_json() for w in pipeline.warnings_log],
         "last_state": None if last is None else {

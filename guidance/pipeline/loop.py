@@ -185,6 +185,8 @@ class Pipeline:
         self.warnings_log: list[SafetyWarning] = []
         self.decisions: dict[str, int] = {}
         self.states: dict[str, int] = {}
+        #: Updates per state reason code (what made states what they were).
+        self.reason_counts: dict[str, int] = {}
         self.last_result: FrameResult | None = None
         self._active: dict[str, WarningLevel] = {}
         self._stop = threading.Event()
@@ -498,6 +500,8 @@ class Pipeline:
                 self._latest_picture = result
         self.last_result = result
         self.states[result.state.name] = self.states.get(result.state.name, 0) + 1
+        for r in result.state_reasons:
+            self.reason_counts[r.reason.code] = self.reason_counts.get(r.reason.code, 0) + 1
         if self.on_result is None:
             return
         if rgb is None and result.kind != "pose":

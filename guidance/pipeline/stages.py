@@ -307,16 +307,23 @@ class NeedleStage:
         if det is None or not det.in_image or pl is None:
             return
         if pl.is_projection:
+            # Pixels per mm at the tip's depth (magnification): 1 mm across the beam.
+            assert pl.ct_to_pixel is not None
+            beam = pl.ct_to_pixel[2, :3]
+            across = np.cross(beam, [1.0, 0.0, 0.0] if abs(beam[0]) < 0.9 * np.linalg.norm(beam)
+                              else [0.0, 1.0, 0.0])
+            across /= np.linalg.norm(across)
             ij, _ = pl.project(np.stack([tracked.tip_lps,
-                                         tracked.tip_lps - 40.0 * tracked.axis_lps]))
+                                         tracked.tip_lps - 40.0 * tracked.axis_lps,
+                                         tracked.tip_lps + across]))
             if not np.all(np.isfinite(ij)):
                 return
-            assert item.frame is not None
-            sp = float(np.mean(item.frame.image.spacing_mm[:2]))
-            d_mm = float(np.linalg.norm(ij[0] - det.tip_ij)) * sp
+            px_per_mm = float(np.linalg.norm(ij[2] - ij[0]))
+            d_mm = float(np.linalg.norm(ij[0] - det.tip_ij)) / max(px_per_mm, 1e-9)
             ang = _angle_deg(ij[0] - ij[1], det.tip_ij - det.hub_ij)
             where = (f"image tip at pixel ({det.tip_ij[0]:.0f}, {det.tip_ij[1]:.0f}), tracked "
-                     f"tip projects to ({ij[0, 0]:.0f}, {ij[0, 1]:.0f})")
+                     f"tip projects to ({ij[0, 0]:.0f}, {ij[0, 1]:.0f}); mm at the tip's "
+                     "depth")
         else:
             assert image_ct is not None
             tip_img, axis_img = image_ct
