@@ -1,7 +1,8 @@
 """``guidance simulate``: a simulated scanner, or a whole simulated room (``--tracked``).
 
 Without ``--tracked``: frames (IMAGE ``Image_Reference``) and the simulator's tool poses
-in the planning CT's frame, as before. With ``--tracked``: the room of
+(``NeedleTipToReference``: the tip itself) in the planning CT's frame; ``guidance run``
+then needs a ``ReferenceToCT`` (identity) to use them. With ``--tracked``: the room of
 :mod:`guidance.sim.room` -- a tracker sending the needle *marker's* pose
 (``NeedleToReference``, 150+ mm from the tip, with jitter) at its own rate, a patient
 reference that is not the CT (registration needed), frames that lag behind their

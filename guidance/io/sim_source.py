@@ -1,9 +1,12 @@
 """Stream a simulated scanner over OpenIGTLink at a fixed frame rate.
 
 Each tick sends the frame as an IMAGE (device ``Image_Reference``, the PLUS naming for
-an image in the Reference frame) and every tool pose as a TRANSFORM (``NeedleToReference``
-...), all with the same sender timestamp. Timing uses deadlines on the monotonic clock
-waited with ``Event.wait`` (interruptible, no drift accumulation).
+an image in the Reference frame, with IGTLv3 metadata ``Modality``) and every tool pose
+as a TRANSFORM (``NeedleTipToReference`` ...), all with the same sender timestamp. The
+simulator's Reference is the planning CT's frame; ``guidance simulate --tracked``
+(:mod:`guidance.sim.room`) is the room, with a marker and a registration. Timing uses
+deadlines on the monotonic clock waited with ``Event.wait`` (interruptible, no drift
+accumulation).
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ import pyigtl
 from pyigtl.messages import MessageBase
 
 from guidance.io.messages import image_message_from_volume
+
+#: DICOM modality term sent as IGTLv3 metadata ``Modality`` per simulated modality.
+MODALITY_TERMS = {"us": "US", "fluoro": "RF", "ct": "CT"}
 
 __all__ = ["IMAGE_DEVICE", "stream_scanner"]
 
@@ -62,7 +68,12 @@ def stream_scanner(
             break
         frame = scanner.frame(n, start_s + t_sim)
         ts = time.time()
-        send(image_message_from_volume(frame.image, IMAGE_DEVICE, ts, coordinate_system))
+        msg = image_message_from_volume(frame.image, IMAGE_DEVICE, ts, coordinate_system)
+        modality = MODALITY_TERMS.get(getattr(scanner, "modality", ""))
+        if modality:  # IGTLv3 metadata: what the frame is, not guessed from its pixels
+            msg.header_version = 2
+            msg.metadata = {"Modality": modality}
+        send(msg)
         for name, m in frame.poses.items():
             send(pyigtl.TransformMessage(m, timestamp=ts, device_name=name))
         if on_frame is not None:

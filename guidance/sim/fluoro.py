@@ -231,7 +231,7 @@ class FluoroScanner:
             t_s=float(t_s),
             image=ImageVolume(voxels=img[None], ijk_to_lps=self._ijk_to_lps.copy()),
             poses={
-                "NeedleToReference": needle_pose(state),
+                "NeedleTipToReference": needle_pose(state),
                 "CArmToReference": g.carm_to_lps.copy(),
                 "FocalSpotToReference": self._source_pose.copy(),
             },

@@ -130,5 +130,5 @@ class NeedlePath:
 
 
 def needle_pose(state: NeedleState) -> F64:
-    """NeedleToReference 4x4: origin at the tip, +z along the axis (hub -> tip)."""
+    """NeedleTipToReference 4x4: origin at the tip, +z along the axis (hub -> tip)."""
     return pose_from_tip_axis(state.tip_lps, state.axis_lps)

@@ -42,6 +42,7 @@ from pyigtl.messages import MessageBase
 
 from guidance.geometry import ImageVolume
 from guidance.io.messages import image_message_from_volume
+from guidance.io.sim_source import MODALITY_TERMS
 from guidance.sim.frames import SimFrame
 from guidance.sim.needle_path import NeedlePath
 from trackers.pose import pose_from_tip_axis
@@ -50,8 +51,6 @@ __all__ = ["RoomParams", "SimulatedRoom", "plan_path", "stream_room"]
 
 F64 = npt.NDArray[np.float64]
 
-#: DICOM modality term sent as IGTLv3 metadata ``Modality`` per simulated modality.
-MODALITY_TERMS = {"us": "US", "fluoro": "RF", "ct": "CT"}
 
 
 def _rotation(axis: npt.ArrayLike, angle_deg: float) -> F64:

@@ -396,7 +396,7 @@ class UltrasoundScanner:
             t_s=float(t_s),
             image=ImageVolume(voxels=img8[None], ijk_to_lps=self._ijk_to_lps.copy()),
             poses={
-                "NeedleToReference": needle_pose(state),
+                "NeedleTipToReference": needle_pose(state),
                 "ProbeToReference": self.probe_to_lps.copy(),
             },
             truth=truth,

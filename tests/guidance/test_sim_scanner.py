@@ -81,15 +81,15 @@ def test_frame_types_and_shapes(modality: str, dtype: type, names: tuple[str, ..
     assert f.truth.tip_lps.shape == (3,) and f.truth.axis_lps.shape == (3,)
     assert f.truth.tip_ij.shape == (2,) and f.truth.axis_ij.shape == (2,)
     assert math.isclose(float(np.linalg.norm(f.truth.axis_lps)), 1.0, rel_tol=1e-9)
-    assert "NeedleToReference" in f.poses
+    assert "NeedleTipToReference" in f.poses
     assert ("ProbeToReference" if modality == "us" else "CArmToReference") in f.poses
     for name, pose in f.poses.items():
         assert pose.shape == (4, 4) and pose.dtype == np.float64, name
         assert np.allclose(pose[:3, :3] @ pose[:3, :3].T, np.eye(3), atol=1e-9), name
         assert np.allclose(pose[3], [0, 0, 0, 1]), name
     # the needle pose's origin is the tip and its z axis the needle axis
-    np.testing.assert_allclose(f.poses["NeedleToReference"][:3, 3], f.truth.tip_lps)
-    np.testing.assert_allclose(f.poses["NeedleToReference"][:3, 2], f.truth.axis_lps)
+    np.testing.assert_allclose(f.poses["NeedleTipToReference"][:3, 3], f.truth.tip_lps)
+    np.testing.assert_allclose(f.poses["NeedleTipToReference"][:3, 2], f.truth.axis_lps)
     assert sc.entry_lps.shape == (3,) and sc.target_lps.shape == (3,)
 
 
