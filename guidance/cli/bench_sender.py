@@ -22,6 +22,7 @@ import struct
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pyigtl
@@ -82,22 +83,32 @@ def main() -> int:
     # Pack every frame once: the measured path starts when the bytes go to the kernel.
     packed = [bytearray(image_message_from_volume(v, "Image_Reference", 0.0, "lps").pack())
               for v in frames(args.size, args.frames, args.seed)]
-    srv, conn = _listen()
-    period = 1.0 / args.fps
-    stop = threading.Event()
     pose = np.eye(4)
+
+    def tick(conn: socket.socket, n: int, _t_rel: float) -> None:
+        raw = packed[n % len(packed)]
+        pose[0, 3] = n * 0.1
+        tr = bytearray(pyigtl.TransformMessage(pose, device_name="NeedleToReference").pack())
+        ts = time.monotonic()
+        _stamp(tr, ts)
+        _stamp(raw, ts)
+        conn.sendall(tr)
+        conn.sendall(raw)
+
+    return _paced(args.seconds, 1.0 / args.fps, tick)
+
+
+def _paced(seconds: float, period: float,
+           tick: Callable[[socket.socket, int, float], None]) -> int:
+    """Accept the receiver, call ``tick(conn, n, n * period)`` on a deadline every
+    ``period`` for ``seconds``, say SENT <n>, close."""
+    srv, conn = _listen()
+    stop = threading.Event()
     t0 = time.monotonic()
     n = 0
     try:
-        while time.monotonic() - t0 < args.seconds:
-            raw = packed[n % len(packed)]
-            pose[0, 3] = n * 0.1
-            tr = bytearray(pyigtl.TransformMessage(pose, device_name="NeedleToReference").pack())
-            ts = time.monotonic()
-            _stamp(tr, ts)
-            _stamp(raw, ts)
-            conn.sendall(tr)
-            conn.sendall(raw)
+        while time.monotonic() - t0 < seconds:
+            tick(conn, n, n * period)
             n += 1
             delay = t0 + n * period - time.monotonic()
             if delay > 0:
@@ -135,30 +146,15 @@ def _tracked(args: argparse.Namespace) -> int:
 
     room = bench_room(args.seed)
     rng = np.random.default_rng([args.seed, 1])
-    srv, conn = _listen()
-    period = 1.0 / args.pose_hz
-    stop = threading.Event()
-    t0 = time.monotonic()
     room.clock(2.0)
-    n = 0
-    try:
-        while time.monotonic() - t0 < args.seconds:
-            t_rel = n * period
-            # A needle going back and forth along the plan: always on its path.
-            t_sim = 2.0 + 6.0 * abs(((t_rel / 6.0) % 2.0) - 1.0)
-            for msg in room.pose_messages(t_sim, room._wall0 + t_rel, rng):
-                conn.sendall(msg.pack())
-            n += 1
-            delay = t0 + n * period - time.monotonic()
-            if delay > 0:
-                stop.wait(delay)
-    except OSError as e:
-        print(f"bench_sender: receiver went away: {e}", file=sys.stderr)
-    print(f"SENT {n}", flush=True)
-    stop.wait(0.3)
-    conn.close()
-    srv.close()
-    return 0
+
+    def tick(conn: socket.socket, _n: int, t_rel: float) -> None:
+        # A needle going back and forth along the plan: always on its path.
+        t_sim = 2.0 + 6.0 * abs(((t_rel / 6.0) % 2.0) - 1.0)
+        for msg in room.pose_messages(t_sim, room.wall0 + t_rel, rng):
+            conn.sendall(msg.pack())
+
+    return _paced(args.seconds, 1.0 / args.pose_hz, tick)
 
 
 if __name__ == "__main__":

@@ -137,7 +137,7 @@ class OverlayComposer:
         for o in result.outlines:
             polys = [np.round(p).astype(np.int32).reshape(-1, 1, 2) for p in o.polygons]
             cv2.polylines(rgb, polys, True, OUTLINE_COLOUR, 1, cv2.LINE_AA)
-            top = min((p for p in o.polygons), key=lambda p: float(p[:, 1].min()))
+            top = min(o.polygons, key=lambda p: float(p[:, 1].min()))
             x, y = top[np.argmin(top[:, 1])]
             cv2.putText(rgb, o.structure, (int(x), max(int(y) - 3, 8)),
                         cv2.FONT_HERSHEY_SIMPLEX, scale, OUTLINE_COLOUR, 1, cv2.LINE_AA)

@@ -166,6 +166,8 @@ class SimulatedRoom:
         reference_to_tracker: (4, 4) true ``ReferenceToTracker`` (the camera 1.5 m away).
         tip_to_marker: (4, 4) true ``NeedleTipToNeedle``.
         image_to_probe: (4, 4) true ``ImageToProbe`` (ultrasound only, else ``None``).
+        wall0: the wall time (s, the messages' timestamps) of simulation time
+            ``start_s`` (:meth:`clock`).
     """
 
     def __init__(self, path: NeedlePath, params: RoomParams | None = None, seed: int = 0,
@@ -196,7 +198,7 @@ class SimulatedRoom:
             n = int(scanner.size)
             self.image_to_probe = _rigid(np.eye(3), [-(n - 1) / 2.0 * s, 0.5 * s, 0.0])
             self._ijk_to_image = np.diag([s, s, 1.0, 1.0])
-        self._wall0 = time.time()
+        self.wall0 = time.time()
         self._start_s = 0.0
 
     # -- truth -------------------------------------------------------------------------
@@ -210,11 +212,11 @@ class SimulatedRoom:
         """Anchor simulation time ``start_s`` at wall time ``wall0`` (default now): the
         timestamps of the streamed messages are wall times."""
         self._start_s = float(start_s)
-        self._wall0 = time.time() if wall0 is None else float(wall0)
+        self.wall0 = time.time() if wall0 is None else float(wall0)
 
     def sim_time(self, timestamp_s: float) -> float:
         """Simulation time of a sender timestamp (wall clock)."""
-        return self._start_s + (timestamp_s - self._wall0)
+        return self._start_s + (timestamp_s - self.wall0)
 
     def truth_at_timestamp(self, timestamp_s: float, image: bool = False) -> tuple[F64, F64]:
         """Truth for a message stamped ``timestamp_s``: a pose shows that time, a frame
@@ -448,12 +450,12 @@ def stream_room(
     rng = np.random.default_rng([room.seed, 0x7EAC])
 
     def pose_tick(n: int, t_rel: float) -> None:
-        ts = room._wall0 + t_rel
+        ts = room.wall0 + t_rel
         for msg in room.pose_messages(start_s + t_rel, ts, rng):
             send_pose(msg)
 
     def image_tick(n: int, t_rel: float) -> None:
-        ts = room._wall0 + t_rel
+        ts = room.wall0 + t_rel
         msg, frame = room.image_message(n, start_s + t_rel - room.params.image_lag_s, ts)
         assert send_image is not None
         send_image(msg)
