@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from guidance.planning.config import check_nonneg
+from guidance.planning.config import _from_mapping, check_nonneg
 
 __all__ = ["SafetyConfig"]
 
@@ -82,10 +82,4 @@ class SafetyConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SafetyConfig:
         """Build from a mapping; an unknown key is an error naming it."""
-        if not isinstance(data, Mapping):
-            raise TypeError(f"safety must be a mapping, got {type(data).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"safety: unknown key(s) {unknown}; allowed: {sorted(names)}")
-        return cls(**dict(data))
+        return _from_mapping(cls, data, "safety")
