@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from guidance.cli.common import (
     StopSignals,
     host_port,
+    int_at_least,
     port_number,
     positive_float,
     print_summary,
@@ -65,8 +67,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seconds", type=positive_float, help="stop after this long (default: Ctrl-C)")
     p.add_argument("--no-crc", action="store_true", help="do not verify message CRCs")
     p.add_argument("--max-body-mb", type=positive_float, default=256.0,
-                   help="largest accepted message body, MiB (default 256)")
+                   help="largest accepted message body, MiB (default 256); memory follows "
+                        "the bytes that arrive, not the size a header declares")
+    p.add_argument("--message-timeout", type=positive_float, default=10.0, metavar="S",
+                   help="a whole message must arrive within this many seconds from its "
+                        "first byte, else its connection is closed (default 10)")
+    p.add_argument("--max-connections", type=int_at_least(1), default=16, metavar="N",
+                   help="with --listen: connections open at once; more are refused and "
+                        "logged (default 16)")
+    p.add_argument("--allow", type=allow_list, metavar="HOST[,HOST]",
+                   help="with --listen: accept only these peers (IP, network such as "
+                        "10.0.0.0/24, or host name; default: any peer that reaches the "
+                        "port -- see --bind)")
     p.set_defaults(func=run)
+
+
+def allow_list(text: str) -> tuple[Any, ...]:
+    """``--allow`` as networks (argparse type)."""
+    from guidance.io.igtl import parse_allow_list
+
+    try:
+        return parse_allow_list(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def load_room_or_fail(paths: list[Path]) -> RoomSetup:
@@ -112,13 +135,20 @@ def run(args: argparse.Namespace) -> int:
         plan, structures = load_plan_or_fail(args.plan)
         print(f"plan: {args.plan} ({len(structures.structures)} structures checked live)")
     transport = TransportConfig(max_body_bytes=int(args.max_body_mb * 1024 * 1024),
-                                check_crc=not args.no_crc)
+                                check_crc=not args.no_crc,
+                                message_timeout_s=args.message_timeout,
+                                max_connections=args.max_connections,
+                                allow=args.allow or ())
+    if args.connect is not None and (args.allow or args.max_connections != 16):
+        raise UsageError("--allow and --max-connections apply to --listen, not --connect")
     session = LiveSession(listen=args.listen, connect=args.connect, config=config,
                           out_dir=args.out, record=args.record, transport=transport,
                           bind=args.bind, room=room)
     if plan is not None:
         session.pipeline.set_plan(plan, structures)
     session.start()
+    if session.server is not None and session.server.exposure:
+        print(f"guidance run: WARNING: {session.server.exposure}", file=sys.stderr, flush=True)
     if plan is not None:
         _load_navigation_ct(session, plan, args.plan)
     where = (f"listening on {args.bind}:{session.port}" if args.listen is not None
@@ -137,7 +167,22 @@ def run(args: argparse.Namespace) -> int:
             print(f"guidance run: stopped by {signals.received}", flush=True)
     summary = session.stop()
     print_summary(summary, "guidance run")
+    print_transport(summary.get("transport", {}))
     return 0
+
+
+def print_transport(t: dict[str, Any]) -> None:
+    """The transport's rejections and refusals, one line each (nothing when clean)."""
+    if t.get("rejected"):
+        print("transport: rejected " + ", ".join(f"{k} {v}" for k, v in t["rejected"].items())
+              + (f"; last: {t['last_errors'][-1]}" if t.get("last_errors") else ""))
+    if t.get("refused_connections"):
+        print("transport: connections refused "
+              + ", ".join(f"{k} {v}" for k, v in t["refused_connections"].items()))
+    if t.get("listener_errors"):
+        print(f"transport: {t['listener_errors']} listener errors (see the log)")
+    if t.get("exposure_warning"):
+        print(f"transport: WARNING: {t['exposure_warning']}")
 
 
 def _load_navigation_ct(session: LiveSession, plan: Plan, plan_path: str) -> None:

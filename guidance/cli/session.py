@@ -9,7 +9,7 @@ from typing import Any
 
 from guidance.cli.common import FrameWriter, summary_dict, write_summary
 from guidance.cli.main import UsageError
-from guidance.io.igtl import IgtlClient, IgtlServer, TransportConfig
+from guidance.io.igtl import ConnectionStats, IgtlClient, IgtlServer, TransportConfig
 from guidance.io.recording import Recorder, RecordingError
 from guidance.io.slots import LatestSlots
 from guidance.navigation.setup import RoomSetup
@@ -125,16 +125,33 @@ class LiveSession:
 
     def transport_counters(self) -> dict[str, Any]:
         """Rejections and connection counts for the summary."""
-        conns = []
+        total = ConnectionStats()
+        extra: dict[str, Any] = {}
         if self.server is not None:
-            conns = [c.stats for c in self.server.connections()] + self.server.closed_connections
-        elif self.client is not None and self.client.stats is not None:
-            conns = [self.client.stats]
+            srv = self.server
+            total.merge(srv.closed_totals)
+            open_now = srv.connections()
+            for c in open_now:
+                total.merge(c.stats)
+            extra = {
+                "connections": srv.closed_count + len(open_now),
+                "refused_connections": dict(srv.refused),
+                "closed": [{"reason": s.close_reason, "rejected": dict(s.rejected)}
+                           for s in srv.closed_connections if s.rejected],
+                "exposure_warning": srv.exposure,
+            }
+        elif self.client is not None:
+            if self.client.stats is not None:
+                total.merge(self.client.stats)
+            extra = {"connections": self.client.connections_made}
         return {
-            "bad_crc": sum(s.bad_crc for s in conns),
-            "malformed": sum(s.malformed for s in conns),
+            "bad_crc": total.bad_crc,
+            "malformed": total.malformed,
+            "rejected": dict(sorted(total.rejected.items())),
+            "last_errors": list(total.errors[-5:]),
             "unknown_types": dict(self.slots.unknown_types),
-            "connections": len(conns),
+            "listener_errors": self.slots.listener_errors,
+            **extra,
             "devices": {k: vars(v) for k, v in self.slots.counters().items()},
         }
 

@@ -38,25 +38,47 @@ class BufferPool:
         self.allocations = 0
         self.overflow_allocations = 0
 
-    def acquire(self, nbytes: int) -> bytearray:
-        """A buffer of at least ``nbytes`` bytes that nobody else references."""
+    def acquire(self, nbytes: int, start_bytes: int | None = None) -> bytearray:
+        """A buffer nobody else references: a pooled one of at least ``nbytes`` bytes
+        when one is free, else a new one.
+
+        Args:
+            nbytes: bytes wanted.
+            start_bytes: when given and a new buffer is needed, it is only
+                ``min(nbytes, start_bytes)`` long; the caller enlarges it with :meth:`grow`
+                as data arrives (memory follows the bytes received, not a size declared).
+        """
+        size = nbytes if start_bytes is None else min(nbytes, max(1, start_bytes))
         with self._lock:
             bufs = self._bufs
+            free_small = -1
             for idx in range(len(bufs)):
                 buf = bufs[idx]
                 if sys.getrefcount(buf) <= _FREE_REFCOUNT:
                     if len(buf) >= nbytes:
                         return buf
-                    # Free but too small (a larger frame size): replace it once.
-                    new = bytearray(nbytes)
-                    self._bufs[idx] = new
-                    self.allocations += 1
-                    return new
-            new = bytearray(nbytes)
+                    free_small = idx
+            new = bytearray(size)
             self.allocations += 1
-            if len(self._bufs) < self._max:
+            if free_small >= 0:  # free but too small (a larger frame size): replace it
+                self._bufs[free_small] = new
+            elif len(self._bufs) < self._max:
                 self._bufs.append(new)
             else:
                 self.overflow_allocations += 1
                 log.debug("buffer pool exhausted (%d in use); temporary buffer", self._max)
             return new
+
+    def grow(self, buf: bytearray, nbytes: int, keep_bytes: int) -> bytearray:
+        """A buffer of ``nbytes`` holding ``buf[:keep_bytes]``; it replaces ``buf`` in the
+        pool (``buf`` itself may still be referenced by the caller, so it is copied, not
+        resized)."""
+        new = bytearray(nbytes)
+        new[:keep_bytes] = memoryview(buf)[:keep_bytes]
+        with self._lock:
+            self.allocations += 1
+            for idx, b in enumerate(self._bufs):
+                if b is buf:
+                    self._bufs[idx] = new
+                    break
+        return new

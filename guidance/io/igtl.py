@@ -11,11 +11,20 @@ What it guarantees (DESIGN.md, issue "live guidance loop"):
 * Latest value wins per device name (received/dropped counters per device), in and out:
   a slow peer never makes our outgoing queue grow either.
 * Robust: the body size is checked against a cap before allocating; bad CRC, malformed
-  or unknown messages are rejected with a logged reason and the connection goes on
-  (or, when framing itself is lost, only that connection is closed); a message stalled
-  half-way is dropped after ``body_timeout_s``; dead peers are found by TCP keepalive
-  and failed sends; the server serves several clients at once; the client reconnects
-  with exponential backoff; the server binds to loopback unless told otherwise.
+  or unknown messages, and any error of the decoder on one message, are rejected with a
+  logged reason counted per reason (``ConnectionStats.rejected``) and the connection
+  goes on (or, when framing itself is lost, only that connection is closed, with its
+  reason); a connection is never left open without its reader: whatever ends the
+  receive loop closes the socket.
+* Bounded by what arrives, not by what is declared: a body buffer not already in the
+  pool starts at 1 MiB and doubles as bytes arrive; a message must arrive whole within
+  ``message_timeout_s`` (a 1 byte/s sender is dropped) and its bytes must not stop for
+  ``body_timeout_s``; the server caps its connections (``max_connections``) and may
+  accept only listed hosts (``allow``), each refusal logged with its reason.
+* Dead peers are found by TCP keepalive and failed sends; the server serves several
+  clients at once; the client reconnects with exponential backoff; the server binds to
+  loopback unless told otherwise, and says so loudly when it is not (OpenIGTLink has no
+  authentication: :func:`exposure_warning`).
 * Every message carries the sender's timestamp and our ``time.monotonic_ns()`` at the
   moment its last byte was received.
 """
@@ -23,18 +32,26 @@ What it guarantees (DESIGN.md, issue "live guidance loop"):
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import socket
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from pyigtl.messages import MessageBase
 
 from guidance.io.bufferpool import BufferPool
-from guidance.io.messages import HEADER_SIZE, MalformedMessage, crc64, decode, parse_header
+from guidance.io.messages import (
+    HEADER_SIZE,
+    Header,
+    MalformedMessage,
+    crc64,
+    decode,
+    parse_header,
+)
 from guidance.io.slots import LatestSlots
 
 __all__ = [
@@ -44,6 +61,8 @@ __all__ = [
     "IgtlServer",
     "RawListener",
     "TransportConfig",
+    "exposure_warning",
+    "parse_allow_list",
     "parse_host_port",
 ]
 
@@ -54,6 +73,11 @@ log = logging.getLogger(__name__)
 RawListener = Callable[[bytes, memoryview, int, str], None]
 
 _SMALL_BODY = 64 * 1024
+#: A body buffer not already in the pool starts this large and doubles as bytes arrive.
+_GROW_START = 1024 * 1024
+#: Refusals of one reason are logged at most this often (a flood of 300 connections
+#: writes a few lines, with counts, not 300).
+_REFUSAL_LOG_EVERY_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -61,31 +85,54 @@ class TransportConfig:
     """Transport settings.
 
     Attributes:
-        max_body_bytes: largest accepted body; larger ones are refused before allocating.
+        max_body_bytes: largest accepted body; larger ones are refused before allocating
+            (and what is allocated grows with the bytes that arrive, not the declaration).
         check_crc: verify the CRC-64 of every body (on by default).
         body_timeout_s: a message whose bytes stop arriving for this long is dropped
             with its connection (truncated-then-stalled peer).
+        message_timeout_s: a whole message (header and body) must arrive within this
+            long from its first byte, else the connection is closed (a trickling
+            sender). 10 s holds a 256 MiB body at 200 Mbit/s.
         keepalive_s: TCP keepalive idle/interval base used to detect dead peers.
         send_timeout_s: a send blocked this long marks the peer dead.
+        max_connections: server only: connections open at once; more are refused (logged).
+        allow: server only: peers accepted (IP networks; empty: any peer). See
+            :func:`parse_allow_list`.
     """
 
     max_body_bytes: int = 256 * 1024 * 1024
     check_crc: bool = True
     body_timeout_s: float = 5.0
+    message_timeout_s: float = 10.0
     keepalive_s: float = 2.0
     send_timeout_s: float = 5.0
+    max_connections: int = 16
+    allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
     def __post_init__(self) -> None:
         if self.max_body_bytes < 1:
             raise ValueError(f"max_body_bytes must be >= 1, got {self.max_body_bytes}")
-        for name in ("body_timeout_s", "keepalive_s", "send_timeout_s"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("body_timeout_s", "message_timeout_s", "keepalive_s", "send_timeout_s"):
+            value = getattr(self, name)
+            if not value > 0 or value == float("inf"):
+                raise ValueError(f"{name} must be a finite number > 0, got {value}")
+        if self.max_connections < 1:
+            raise ValueError(f"max_connections must be >= 1, got {self.max_connections}")
 
 
 @dataclass
 class ConnectionStats:
-    """Counters of one connection."""
+    """Counters of one connection.
+
+    Attributes:
+        rejected: messages (or, for ``stalled``, ``message_timeout``, ``bad_header``,
+            ``internal``, the connection) rejected, per reason code: ``bad_crc``,
+            ``malformed`` (fails its type's checks), ``decode:<ExceptionType>`` (the
+            decoder failed), ``listener:<ExceptionType>`` (a consumer of the message
+            failed; the message is still delivered), ``send:<ExceptionType>``...
+        errors: the last 20 reasons in words.
+        close_reason: why the connection closed ("" while open).
+    """
 
     messages: int = 0
     bytes: int = 0
@@ -94,12 +141,109 @@ class ConnectionStats:
     unknown: int = 0
     sent: int = 0
     send_dropped: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    close_reason: str = ""
 
     def note_error(self, reason: str) -> None:
         """Keep the last few rejection reasons for status displays."""
         self.errors.append(reason)
         del self.errors[:-20]
+
+    def reject(self, code: str, text: str) -> None:
+        """Count a rejection under ``code`` and keep its text."""
+        self.rejected[code] = self.rejected.get(code, 0) + 1
+        self.note_error(text)
+
+    def merge(self, other: ConnectionStats) -> None:
+        """Add ``other``'s counters to these (totals over closed connections)."""
+        for name in ("messages", "bytes", "bad_crc", "malformed", "unknown", "sent",
+                     "send_dropped"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for code, n in other.rejected.items():
+            self.rejected[code] = self.rejected.get(code, 0) + n
+        self.errors.extend(other.errors)
+        del self.errors[:-20]
+
+
+def parse_allow_list(text: str | Iterable[str]) -> tuple[ipaddress.IPv4Network
+                                                         | ipaddress.IPv6Network, ...]:
+    """``HOST[,HOST...]`` as networks: an IP (``10.0.0.7``), a network
+    (``10.0.0.0/24``) or a host name, resolved now to its addresses.
+
+    Raises:
+        ValueError: naming the entry that is neither.
+    """
+    items = [t.strip() for t in (text.split(",") if isinstance(text, str) else text)]
+    nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    for item in items:
+        if not item:
+            raise ValueError(f"allow list: empty entry in {text!r}")
+        try:
+            nets.append(ipaddress.ip_network(item, strict=False))
+            continue
+        except ValueError:
+            pass
+        try:
+            infos = socket.getaddrinfo(item, None, proto=socket.IPPROTO_TCP)
+        except OSError as e:
+            raise ValueError(f"allow list: {item!r} is not an IP, a network or a known "
+                             f"host name ({e})") from None
+        for info in infos:
+            nets.append(ipaddress.ip_network(str(info[4][0]).split("%", 1)[0]))
+    return tuple(dict.fromkeys(nets))
+
+
+def _allowed(host: str, allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+             ) -> bool:
+    if not allow:
+        return True
+    try:
+        addr = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return any(addr in net for net in allow if net.version == addr.version)
+
+
+def exposure_warning(host: str, allow: tuple[ipaddress.IPv4Network
+                                             | ipaddress.IPv6Network, ...] = ()) -> str | None:
+    """A warning when ``host`` is not a loopback address (``None`` when it is).
+
+    OpenIGTLink has no authentication and no encryption: whoever reaches the port can
+    send frames and poses and read the results.
+    """
+    try:
+        addrs = {info[4][0] for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)}
+    except OSError:
+        addrs = {host}
+    if addrs and all(ipaddress.ip_address(str(a).split("%", 1)[0]).is_loopback for a in addrs):
+        return None
+    who = ("only from " + ", ".join(str(n) for n in allow)) if allow else "from any host"
+    return (f"listening on {host} (not loopback), accepting connections {who}: OpenIGTLink "
+            "has no authentication or encryption; anyone who reaches this port can send "
+            "frames and poses and read the results. Use it only on an isolated network, "
+            "behind a firewall or VPN, with --allow HOST[,HOST] listing the scanner and "
+            "tracker hosts.")
+
+
+class _RefusalLog:
+    """Log refusals of one kind at most every few seconds, with the count between."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def __call__(self, code: str, text: str) -> None:
+        now = time.monotonic()
+        if now - self._last.get(code, -1e9) < _REFUSAL_LOG_EVERY_S:
+            self._held[code] = self._held.get(code, 0) + 1
+            return
+        held = self._held.pop(code, 0)
+        self._last[code] = now
+        more = f" ({held} more refused for the same reason since the last line)" if held else ""
+        log.warning("%s%s", text, more)
 
 
 class _PeerClosed(Exception):
@@ -107,7 +251,11 @@ class _PeerClosed(Exception):
 
 
 class _Stalled(Exception):
-    pass
+    """A message that stopped arriving (``stalled``) or took too long (``message_timeout``)."""
+
+    def __init__(self, code: str, text: str) -> None:
+        super().__init__(text)
+        self.code = code
 
 
 def parse_host_port(text: str, what: str = "address") -> tuple[str, int]:
@@ -196,6 +344,7 @@ class Connection:
         if self._closed.is_set():
             return
         self._closed.set()
+        self.stats.close_reason = reason
         log.info("connection %s closed: %s", self.peer, reason)
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
@@ -229,6 +378,14 @@ class Connection:
             self._out_cond.notify()
 
     def _send_loop(self) -> None:
+        try:
+            self._send_messages()
+        except Exception as e:  # last resort: never a connection without its sender
+            log.exception("%s: send loop failed", self.peer)
+            self.stats.reject(f"send:{type(e).__name__}", f"send loop failed: {e}")
+            self.close(f"send loop failed: {type(e).__name__}: {e}")
+
+    def _send_messages(self) -> None:
         while True:
             with self._out_cond:
                 while not self._outgoing and not self._closed.is_set():
@@ -243,7 +400,11 @@ class Connection:
                 return
             self.stats.sent += 1
             if on_sent is not None:
-                on_sent(time.monotonic_ns())
+                try:
+                    on_sent(time.monotonic_ns())
+                except Exception as e:  # the caller's bookkeeping; the message went out
+                    log.exception("%s: on_sent callback failed", self.peer)
+                    self.stats.reject(f"on_sent:{type(e).__name__}", f"on_sent failed: {e}")
 
     def _sendall(self, data: bytes) -> None:
         # sendall with an overall deadline, without touching the socket's timeout (the
@@ -266,16 +427,29 @@ class Connection:
 
     # -- receiving -------------------------------------------------------------------
 
-    def _recv_exact(self, view: memoryview, n: int, crc: int | None) -> int | None:
-        """Fill ``view[:n]``; returns the running CRC (or None when not checked)."""
+    def _recv_exact(self, view: memoryview, n: int, crc: int | None, deadline: float) -> int | None:
+        """Fill ``view[:n]`` before ``deadline`` (monotonic s), no gap longer than
+        ``body_timeout_s``; returns the running CRC (or None when not checked)."""
         got = 0
         sock = self.sock
+        cfg = self.config
         while got < n:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise _Stalled(
+                    "message_timeout",
+                    f"message incomplete after {cfg.message_timeout_s:g} s "
+                    f"(message_timeout_s): {got} of {n} bytes",
+                )
+            sock.settimeout(min(cfg.body_timeout_s, remaining))
             try:
                 k = sock.recv_into(view[got:n])
             except TimeoutError:
+                if time.monotonic() >= deadline - 1e-3:
+                    continue  # the whole-message deadline: reported at the top of the loop
                 raise _Stalled(
-                    f"message stalled: {got} of {n} bytes after {self.config.body_timeout_s} s"
+                    "stalled",
+                    f"message stalled: {got} of {n} bytes after {cfg.body_timeout_s:g} s",
                 ) from None
             if k == 0:
                 raise _PeerClosed(f"peer closed the connection ({got} of {n} bytes received)")
@@ -284,83 +458,119 @@ class Connection:
             got += k
         return crc
 
+    def _recv_body(self, header: Header, deadline: float) -> tuple[bytearray, int | None]:
+        """Receive the body into a buffer that grows with the bytes that arrive: a pooled
+        buffer when one is free and large enough, else one that starts at 1 MiB and
+        doubles (so a header declaring 200 MiB costs 1 MiB until the bytes come).
+        Returns (buffer, CRC or None)."""
+        n = header.body_size
+        crc: int | None = 0 if self.config.check_crc else None
+        if header.message_type != "IMAGE" and n <= _SMALL_BODY:
+            return self._scratch, self._recv_exact(memoryview(self._scratch), n, crc, deadline)
+        buf = self._pool.acquire(n, start_bytes=_GROW_START)
+        got = 0
+        while True:
+            target = min(n, len(buf))
+            with memoryview(buf) as view:
+                crc = self._recv_exact(view[got:target], target - got, crc, deadline)
+            got = target
+            if got >= n:
+                return buf, crc
+            buf = self._pool.grow(buf, min(n, 2 * len(buf)), keep_bytes=got)
+
     def _receive_loop(self) -> None:
-        hdr = bytearray(HEADER_SIZE)
-        hview = memoryview(hdr)
-        cfg = self.config
         reason = "receive loop ended"
         try:
-            while not self._closed.is_set():
-                # Wait for the first byte with no timeout (an idle peer is fine), then
-                # the rest of the message must keep coming.
-                self.sock.settimeout(None)
-                first = self.sock.recv_into(hview[:1])
-                if first == 0:
-                    reason = "peer closed the connection"
-                    break
-                self.sock.settimeout(cfg.body_timeout_s)
-                self._recv_exact(hview[1:], HEADER_SIZE - 1, None)
-                try:
-                    header = parse_header(hdr, cfg.max_body_bytes)
-                except MalformedMessage as e:
-                    # The stream cannot be re-synchronised after a bad header.
-                    self.stats.malformed += 1
-                    self.stats.note_error(str(e))
-                    log.warning("%s: rejected header, closing connection: %s", self.peer, e)
-                    reason = f"bad header: {e}"
-                    break
-                n = header.body_size
-                buf = body = message = None  # drop references to the previous buffer
-                if header.message_type == "IMAGE" or n > _SMALL_BODY:
-                    buf = self._pool.acquire(n)
-                else:
-                    buf = self._scratch
-                body = memoryview(buf)[:n]
-                crc = self._recv_exact(body, n, 0 if cfg.check_crc else None)
-                received_ns = time.monotonic_ns()
-                self.stats.bytes += HEADER_SIZE + n
-                if crc is not None and crc != header.crc:
-                    self.stats.bad_crc += 1
-                    msg = (f"{header.message_type} '{header.device_name}': CRC mismatch "
-                           f"(got {crc:#018x}, header says {header.crc:#018x}); dropped")
-                    self.stats.note_error(msg)
-                    log.warning("%s: %s", self.peer, msg)
-                    continue
-                try:
-                    message = decode(header, body)
-                except MalformedMessage as e:
-                    self.stats.malformed += 1
-                    self.stats.note_error(str(e))
-                    log.warning("%s: rejected message: %s", self.peer, e)
-                    continue
-                if message is None:
-                    self.stats.unknown += 1
-                    self.slots.count_unknown(header.message_type)
-                    log.debug("%s: skipped unknown type %s", self.peer, header.message_type)
-                    continue
-                self.stats.messages += 1
-                if self._raw_listeners:
-                    if buf is self._scratch:  # scratch is reused at once: hand out a copy
-                        body = memoryview(bytes(body))
-                    for fn in self._raw_listeners:
-                        fn(bytes(hdr), body, received_ns, self.peer)
-                self.slots.put(
-                    header.device_name,
-                    header.message_type,
-                    message,
-                    header.timestamp_s,
-                    received_ns,
-                    self.peer,
-                )
+            reason = self._receive_messages()
         except _Stalled as e:
-            self.stats.note_error(str(e))
+            self.stats.reject(e.code, str(e))
             log.warning("%s: %s; closing connection", self.peer, e)
             reason = str(e)
         except _PeerClosed as e:
             reason = str(e)
         except OSError as e:
             reason = f"socket error: {e}"
-        self.close(reason)
+        except Exception as e:  # last resort: log, count, close; never a silent reader-less socket
+            log.exception("%s: receive loop failed", self.peer)
+            self.stats.reject(f"internal:{type(e).__name__}", f"receive loop failed: {e}")
+            reason = f"receive loop failed: {type(e).__name__}: {e}"
+        finally:
+            self.close(reason)
+
+    def _receive_messages(self) -> str:
+        """Receive until the peer leaves or framing is lost; returns why it stopped."""
+        hdr = bytearray(HEADER_SIZE)
+        hview = memoryview(hdr)
+        cfg = self.config
+        while not self._closed.is_set():
+            # Wait for the first byte with no timeout (an idle peer is fine), then the
+            # rest of the message must keep coming and be whole within the deadline.
+            self.sock.settimeout(None)
+            first = self.sock.recv_into(hview[:1])
+            if first == 0:
+                return "peer closed the connection"
+            deadline = time.monotonic() + cfg.message_timeout_s
+            self._recv_exact(hview[1:], HEADER_SIZE - 1, None, deadline)
+            try:
+                header = parse_header(hdr, cfg.max_body_bytes)
+            except MalformedMessage as e:
+                # The stream cannot be re-synchronised after a bad header.
+                self.stats.malformed += 1
+                self.stats.reject("bad_header", str(e))
+                log.warning("%s: rejected header, closing connection: %s", self.peer, e)
+                return f"bad header: {e}"
+            buf, crc = self._recv_body(header, deadline)
+            received_ns = time.monotonic_ns()
+            self.stats.bytes += HEADER_SIZE + header.body_size
+            self._deliver(header, bytes(hdr), buf, crc, received_ns)
+            del buf
+        return "closed"
+
+    def _deliver(self, header: Header, hdr: bytes, buf: bytearray, crc: int | None,
+                 received_ns: int) -> None:
+        """Check, decode and hand on one whole message. Whatever goes wrong with it is
+        counted by reason and logged, and only this message is affected: the framing is
+        known (the next header starts after ``body_size`` bytes)."""
+        what = f"{header.message_type} '{header.device_name}'"
+        if crc is not None and crc != header.crc:
+            self.stats.bad_crc += 1
+            msg = (f"{what}: CRC mismatch (got {crc:#018x}, header says {header.crc:#018x}); "
+                   "dropped")
+            self.stats.reject("bad_crc", msg)
+            log.warning("%s: %s", self.peer, msg)
+            return
+        body = memoryview(buf)[: header.body_size]
+        try:
+            message = decode(header, body)
+        except MalformedMessage as e:
+            self.stats.malformed += 1
+            cause = e.__cause__
+            code = f"decode:{type(cause).__name__}" if cause is not None else "malformed"
+            self.stats.reject(code, str(e))
+            log.warning("%s: rejected message: %s", self.peer, e)
+            return
+        if message is None:
+            self.stats.unknown += 1
+            self.slots.count_unknown(header.message_type)
+            log.debug("%s: skipped unknown type %s", self.peer, header.message_type)
+            return
+        self.stats.messages += 1
+        if self._raw_listeners:
+            if buf is self._scratch:  # scratch is reused at once: hand out a copy
+                body = memoryview(bytes(body))
+            for fn in self._raw_listeners:
+                try:
+                    fn(hdr, body, received_ns, self.peer)
+                except Exception as e:  # e.g. the recorder; the message still goes on
+                    log.exception("%s: raw listener failed on %s", self.peer, what)
+                    self.stats.reject(f"listener:{type(e).__name__}",
+                                      f"{what}: raw listener failed: {e}")
+        try:
+            self.slots.put(header.device_name, header.message_type, message,
+                           header.timestamp_s, received_ns, self.peer)
+        except Exception as e:
+            log.exception("%s: delivering %s failed", self.peer, what)
+            self.stats.reject(f"deliver:{type(e).__name__}", f"{what}: delivery failed: {e}")
 
 
 class IgtlServer:
@@ -393,7 +603,16 @@ class IgtlServer:
         self._lock = threading.Lock()
         self._accept_thread: threading.Thread | None = None
         self._stopping = threading.Event()
-        self.closed_connections: list[ConnectionStats] = []
+        #: Counters of the last 64 closed connections (the newest last).
+        self.closed_connections: deque[ConnectionStats] = deque(maxlen=64)
+        #: Counters summed over every closed connection.
+        self.closed_totals = ConnectionStats()
+        self.closed_count = 0
+        #: Connections refused, per reason (``not_allowed``, ``too_many``).
+        self.refused: dict[str, int] = {}
+        #: The warning of :func:`exposure_warning` when not bound to loopback.
+        self.exposure: str | None = None
+        self._refusal_log = _RefusalLog()
 
     @property
     def port(self) -> int:
@@ -412,24 +631,56 @@ class IgtlServer:
         except OSError as e:
             sock.close()
             raise OSError(f"cannot listen on {self.host}:{self._requested_port}: {e}") from e
-        sock.listen(8)
+        sock.listen(64)
         self._sock = sock
         self._accept_thread = threading.Thread(target=self._accept_loop, name="igtl-accept",
                                                daemon=True)
         self._accept_thread.start()
-        log.info("OpenIGTLink server listening on %s:%d", self.host, self.port)
+        log.info("OpenIGTLink server listening on %s:%d (at most %d connections%s)",
+                 self.host, self.port, self.config.max_connections,
+                 ", from " + ", ".join(map(str, self.config.allow)) if self.config.allow
+                 else "")
+        self.exposure = exposure_warning(self.host, self.config.allow)
+        if self.exposure:
+            log.warning("%s", self.exposure)
         return self
+
+    def _refuse(self, csock: socket.socket, code: str, text: str) -> None:
+        with self._lock:
+            self.refused[code] = self.refused.get(code, 0) + 1
+        self._refusal_log(code, text)
+        with contextlib.suppress(OSError):
+            csock.close()
 
     def _accept_loop(self) -> None:
         assert self._sock is not None
+        cfg = self.config
         while not self._stopping.is_set():
             try:
                 csock, addr = self._sock.accept()
             except OSError:
                 break
             peer = f"{addr[0]}:{addr[1]}"
-            conn = Connection(csock, peer, self.slots, self.config, self.raw_listeners,
-                              on_close=self._forget)
+            if not _allowed(str(addr[0]), cfg.allow):
+                self._refuse(csock, "not_allowed",
+                             f"refused connection from {peer}: not in the allow list "
+                             f"({', '.join(map(str, cfg.allow))})")
+                continue
+            with self._lock:
+                open_now = len(self._conns)
+            if open_now >= cfg.max_connections:
+                self._refuse(csock, "too_many",
+                             f"refused connection from {peer}: {open_now} connections open, "
+                             f"the limit is {cfg.max_connections} (--max-connections)")
+                continue
+            try:
+                conn = Connection(csock, peer, self.slots, self.config, self.raw_listeners,
+                                  on_close=self._forget)
+            except OSError as e:  # the peer left before we could set it up
+                log.info("client %s gone at once: %s", peer, e)
+                with contextlib.suppress(OSError):
+                    csock.close()
+                continue
             with self._lock:
                 self._conns.append(conn)
             log.info("client connected: %s", peer)
@@ -440,6 +691,8 @@ class IgtlServer:
             if conn in self._conns:
                 self._conns.remove(conn)
                 self.closed_connections.append(conn.stats)
+                self.closed_totals.merge(conn.stats)
+                self.closed_count += 1
 
     def connections(self) -> list[Connection]:
         """The open client connections."""

@@ -399,6 +399,41 @@ def _content_range(header: Header, body: memoryview) -> tuple[int, int]:
     return ext_size, end
 
 
+_META_ENTRY = struct.Struct(">HHI")  # key size, value encoding, value size
+#: Metadata value encodings pyigtl decodes (IANA MIBenum: US-ASCII, UTF-8).
+_META_ENCODINGS = {3: "US-ASCII", 106: "UTF-8"}
+
+
+def _check_metadata(header: Header, body: memoryview, what: str) -> None:
+    """Check a v2/v3 body's metadata table: entry sizes that add up and value encodings
+    the decoder knows. pyigtl raises a ``TypeError`` deep inside ``decode_text`` for an
+    unknown encoding; this names it instead."""
+    _ext, meta_header, meta_body, _id = _EXT_HEADER.unpack_from(body)
+    if meta_header + meta_body == 0:
+        return
+    table = body[len(body) - meta_header - meta_body : len(body) - meta_body]
+    if meta_header < 2:
+        raise MalformedMessage(f"{what}: metadata header of {meta_header} bytes (needs >= 2)")
+    (count,) = struct.unpack_from(">H", table)
+    if meta_header != 2 + count * _META_ENTRY.size:
+        raise MalformedMessage(
+            f"{what}: metadata header of {meta_header} bytes does not hold {count} entries"
+        )
+    total = 0
+    for i in range(count):
+        key_size, encoding, value_size = _META_ENTRY.unpack_from(table, 2 + i * _META_ENTRY.size)
+        if encoding not in _META_ENCODINGS:
+            raise MalformedMessage(
+                f"{what}: metadata entry {i} has value encoding {encoding} (supported: "
+                + ", ".join(f"{k} {v}" for k, v in _META_ENCODINGS.items()) + ")"
+            )
+        total += key_size + value_size
+    if total != meta_body:
+        raise MalformedMessage(
+            f"{what}: metadata entries total {total} bytes, the header says {meta_body}"
+        )
+
+
 def validate_body(header: Header, body: memoryview) -> None:
     """Check a body's structure for its type before pyigtl decodes it.
 
@@ -409,6 +444,8 @@ def validate_body(header: Header, body: memoryview) -> None:
     content = body[start:end]
     n = len(content)
     what = f"{header.message_type} '{header.device_name}'"
+    if header.version >= 2:
+        _check_metadata(header, body, what)
     t = header.message_type
     if t == "TRANSFORM":
         if n != _TRANSFORM_BODY:
@@ -476,12 +513,19 @@ def decode(header: Header, body: memoryview) -> MessageBase | None:
     The returned IMAGE's ``image`` array views ``body`` (no copy).
 
     Raises:
-        MalformedMessage: the body does not match its type.
+        MalformedMessage: the body does not match its type, or the decoder failed on it
+            for any reason (the original exception is its ``__cause__``); nothing else.
     """
     cls = MESSAGE_CLASSES.get(header.message_type)
     if cls is None:
         return None
-    validate_body(header, body)
+    what = f"{header.message_type} '{header.device_name}'"
+    try:
+        validate_body(header, body)
+    except MalformedMessage:
+        raise
+    except Exception as e:  # a check tripping on input it did not foresee
+        raise MalformedMessage(f"{what}: cannot check: {type(e).__name__}: {e}") from e
     msg = cls()
     # pyigtl decodes text with bytes.decode, which a memoryview lacks: only an IMAGE
     # without v2 metadata is decoded in place (its pixels stay a view of the receive
@@ -491,10 +535,11 @@ def decode(header: Header, body: memoryview) -> MessageBase | None:
     )
     try:
         msg.unpack(header.as_pyigtl(), body if zero_copy else bytes(body))
-    except (struct.error, ValueError, UnicodeDecodeError, NotImplementedError) as e:
-        raise MalformedMessage(
-            f"{header.message_type} '{header.device_name}': cannot decode: {e}"
-        ) from e
+    except Exception as e:
+        # Whatever pyigtl raises on input it did not expect (struct.error, ValueError,
+        # UnicodeDecodeError, KeyError, IndexError, TypeError from its own
+        # ``raise("...")``...): this message is rejected, named, never propagated.
+        raise MalformedMessage(f"{what}: cannot decode: {type(e).__name__}: {e}") from e
     return msg
 
 

@@ -7,6 +7,7 @@ Thread-safe: one lock (with a condition variable) guards everything.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -15,6 +16,8 @@ from dataclasses import dataclass, field
 from pyigtl.messages import MessageBase
 
 __all__ = ["DeviceCounters", "LatestSlots", "Received"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, eq=False)
@@ -81,12 +84,15 @@ class LatestSlots:
         self._slots: dict[str, _Slot] = {}
         self._listeners: list[Callable[[Received], None]] = []
         self.unknown_types: dict[str, int] = {}
+        #: Listener calls that raised (logged; the message was still stored).
+        self.listener_errors = 0
 
     def add_listener(self, fn: Callable[[Received], None]) -> None:
         """Call ``fn(item)`` (from the receiving thread) for every message put, before
         the message is visible to consumers (so that what a listener derives from it --
         a pose in the transform graph -- is there when a consumer wakes on it). ``fn``
-        must be quick and must not raise."""
+        must be quick; should it raise, the error is logged and counted
+        (``listener_errors``) and the message is stored all the same."""
         with self._cond:
             self._listeners.append(fn)
 
@@ -110,7 +116,12 @@ class LatestSlots:
             listeners = list(self._listeners)
         item = Received(seq, device_name, message_type, message, timestamp_s, received_ns, peer)
         for fn in listeners:
-            fn(item)
+            try:
+                fn(item)
+            except Exception:  # one consumer's failure must not lose the message
+                log.exception("listener failed on %s '%s'", message_type, device_name)
+                with self._cond:
+                    self.listener_errors += 1
         with self._cond:
             prev = slot.item
             if prev is None or seq > prev.seq:  # two senders of one device: newest wins
