@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +29,11 @@ from guidance.cli.main import UsageError
 from guidance.geometry import ImageVolume
 
 if TYPE_CHECKING:
+    from guidance.planning.auto import AutoPlanResult
     from guidance.planning.provenance import PlanAnatomy
+    from guidance.planning.structures import StructureSet
+    from guidance.planning.targets import Target
+    from guidance.planning.trajectory import TrajectoryMetrics
 
 __all__ = ["load_inputs", "progress_line", "register"]
 
@@ -132,12 +138,57 @@ def _load_config(path: str | None) -> dict[str, Any]:
     return data
 
 
+@dataclass
+class _Outcome:
+    """One target variant planned (a side of a disc given without one)."""
+
+    target: Target
+    centre: np.ndarray
+    half: np.ndarray
+    structures: StructureSet
+    metrics: TrajectoryMetrics | None
+    auto: AutoPlanResult | None
+
+    @property
+    def ok(self) -> bool:
+        return self.metrics is not None and self.metrics.ok
+
+    def safety_key(self) -> tuple[bool, float]:
+        """Acceptable first, then the larger smallest excess clearance (mm)."""
+        m = self.metrics
+        return (self.ok, m.min_excess_mm if m is not None else -math.inf)
+
+    def summary(self) -> str:
+        """One line: the verdict of this variant with its closest structure."""
+        m = self.metrics
+        if m is None:
+            assert self.auto is not None
+            near = self.auto.near_miss
+            return "REJECTED: " + (near.describe() if near is not None
+                                   else "no direction reaches the skin in the analysed region")
+        if not m.ok:
+            return "REJECTED: " + m.violations[0].message
+        close = min((c for c in m.clearances if c.hard and c.kind != "bone"),
+                    key=lambda c: c.min_mm - c.margin_mm, default=None)
+        if close is None:
+            return "OK"
+        return (f"OK, closest {close.structure} {_mm(close.min_mm, self.structures.cap_mm)} "
+                f"(margin {close.margin_mm:g} mm)")
+
+
+def _mm(value: float, cap_mm: float) -> str:
+    """A clearance for people: ``12.3 mm``, or ``> 30 mm`` at the distance fields' cap
+    (beyond it distances are not computed: the value is a bound, not a measure)."""
+    return f"> {cap_mm:g} mm" if value >= cap_mm - 1e-6 else f"{value:.1f} mm"
+
+
 def _run(args: argparse.Namespace) -> int:
-    from guidance.planning.auto import auto_plan
+    from guidance.planning.anatomy import build_anatomy
+    from guidance.planning.auto import auto_plan, explain_rejection
     from guidance.planning.config import AutoPlanConfig, StructureConfig, TrajectoryConfig
     from guidance.planning.plan import Plan
     from guidance.planning.structures import build_structures
-    from guidance.planning.targets import TargetError, parse_target
+    from guidance.planning.targets import TargetError, parse_target, side_variants
     from guidance.planning.trajectory import evaluate_trajectory
 
     if args.gui:
@@ -157,72 +208,100 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(f"--config: {e}") from e
     ct, labels, names = load_inputs(args.ct, args.labels, args.label_names, args.series_uid)
     t0 = time.perf_counter()
-    from guidance.planning.anatomy import build_anatomy
-
-    try:
-        target = parse_target(args.target, build_anatomy(labels, names), ct)
-    except TargetError as e:
-        raise UsageError(str(e)) from e
+    anatomy = build_anatomy(labels, names)
     entry = _parse_xyz(args.entry, "--entry") if args.entry is not None else None
-    if entry is not None and np.linalg.norm(entry - target.point_lps) < 5.0:
-        raise UsageError(f"--entry {args.entry} is within 5 mm of the target "
-                         f"{np.round(target.point_lps, 1).tolist()}")
-    centre = target.point_lps if entry is None else 0.5 * (target.point_lps + entry)
-    half = np.array(ROI_HALF_MM)
-    if entry is not None:
-        half = np.maximum(half, np.abs(entry - target.point_lps) / 2 + 20.0)
-    try:
-        structures = build_structures(labels, names, s_cfg, roi_center_lps=centre,
-                                      roi_half_size_mm=half,
-                                      progress=progress_line("distance fields"))
-    except ValueError as e:
-        raise UsageError(str(e)) from e
-    candidates: list[dict[str, object]] = []
-    if args.auto:
-        result = auto_plan(ct, structures, target, config=a_cfg, trajectory_config=t_cfg,
-                           progress=progress_line("auto plan"))
-        candidates = [c.to_json() for c in result.candidates]
-        if not result.candidates:
-            print(f"guidance plan: no acceptable trajectory among {result.n_directions} "
-                  f"directions; rejections: {result.rejections}", file=sys.stderr)
-            Path(args.out).write_text(json.dumps({
-                "target_spec": args.target, "target_lps_mm": target.point_lps.tolist(),
-                "candidates": [], "rejections": result.rejections, "ok": False}, indent=2))
-            return 1
-        metrics = result.candidates[0].metrics
-    else:
-        assert entry is not None
+    outcomes: list[_Outcome] = []
+    variants = side_variants(args.target)
+    for spec in variants:
         try:
-            metrics = evaluate_trajectory(entry, target.point_lps, structures, target=target,
-                                          config=t_cfg, ijk_to_lps=ct.ijk_to_lps)
+            target = parse_target(spec, anatomy, ct)
+        except TargetError as e:
+            raise UsageError(str(e)) from e
+        if entry is not None and np.linalg.norm(entry - target.point_lps) < 5.0:
+            raise UsageError(f"--entry {args.entry} is within 5 mm of the target "
+                             f"{np.round(target.point_lps, 1).tolist()}")
+        centre = target.point_lps if entry is None else 0.5 * (target.point_lps + entry)
+        half = np.array(ROI_HALF_MM)
+        if entry is not None:
+            half = np.maximum(half, np.abs(entry - target.point_lps) / 2 + 20.0)
+        try:
+            structures = build_structures(labels, names, s_cfg, roi_center_lps=centre,
+                                          roi_half_size_mm=half,
+                                          progress=progress_line("distance fields"))
         except ValueError as e:
-            raise UsageError(f"--entry: {e}") from e
+            raise UsageError(str(e)) from e
+        if args.auto:
+            result = auto_plan(ct, structures, target, config=a_cfg, trajectory_config=t_cfg,
+                               progress=progress_line(f"auto plan {spec}"))
+            metrics = result.candidates[0].metrics if result.candidates else None
+            outcomes.append(_Outcome(target, centre, half, structures, metrics, result))
+        else:
+            assert entry is not None
+            try:
+                metrics = evaluate_trajectory(entry, target.point_lps, structures,
+                                              target=target, config=t_cfg,
+                                              ijk_to_lps=ct.ijk_to_lps)
+            except ValueError as e:
+                raise UsageError(f"--entry: {e}") from e
+            outcomes.append(_Outcome(target, centre, half, structures, metrics, None))
+    best = max(outcomes, key=lambda o: o.safety_key())
+    others = [o for o in outcomes if o is not best]
+    cap = best.structures.cap_mm
+    if best.metrics is None:  # --auto and no side has an acceptable path
+        for o in outcomes:
+            assert o.auto is not None
+            for k, line in enumerate(explain_rejection(o.auto, o.target)):
+                print(("guidance plan: " if k == 0 else "  ") + line, file=sys.stderr)
+        Path(args.out).write_text(json.dumps({
+            "target_spec": args.target,
+            "tried": [{"target_spec": o.target.spec,
+                       "target_lps_mm": o.target.point_lps.tolist(),
+                       "rejections": o.auto.rejections if o.auto else {},
+                       "near_miss": (o.auto.near_miss.to_json()
+                                     if o.auto and o.auto.near_miss else None)}
+                      for o in outcomes],
+            "candidates": [], "ok": False}, indent=2))
+        return 1
+    metrics, target = best.metrics, best.target
+    candidates = [c.to_json() for c in best.auto.candidates] if best.auto else []
     extra: dict[str, object] = dict(metrics.to_json())
     extra.pop("entry_lps_mm")
     extra.pop("target_lps_mm")
     extra.pop("needle_length_mm")
     extra["target_description"] = target.description
-    extra["derived_structures"] = [s.name for s in structures.structures if s.derived]
+    if len(variants) > 1:
+        extra["target_requested"] = args.target
+        extra["other_sides"] = [{"target_spec": o.target.spec, "verdict": o.summary()}
+                                for o in others]
+    extra["derived_structures"] = [s.name for s in best.structures.structures if s.derived]
     extra["candidates"] = candidates
     extra["elapsed_s"] = round(time.perf_counter() - t0, 2)
-    plan = Plan(metrics.entry_lps, metrics.target_lps, args.target, args.ct, args.labels,
+    # The plan names the side it chose: verify and run resolve the same point.
+    plan = Plan(metrics.entry_lps, metrics.target_lps, target.spec, args.ct, args.labels,
                 metrics.needle_length_mm, extra,
-                anatomy=_record_anatomy(args, s_raw, centre, half))
+                anatomy=_record_anatomy(args, s_raw, best.centre, best.half))
     plan.save(args.out)
     a = metrics.angles_deg
+    if len(variants) > 1:
+        print(f"{args.target}: both sides tried, the safer shown ({target.spec})")
     print(f"target {target.description}: {np.round(target.point_lps, 1).tolist()} LPS mm")
     print(f"entry {np.round(metrics.entry_lps, 1).tolist()} LPS mm, length "
           f"{metrics.length_mm:.1f} mm, needle {metrics.needle_length_mm:g} mm, "
           f"craniocaudal {a['craniocaudal']:.1f} deg, mediolateral {a['mediolateral']:.1f} deg")
     close = sorted(metrics.clearances, key=lambda c: c.min_mm - c.margin_mm)[:5]
-    print("closest: " + ", ".join(f"{c.structure} {c.min_mm:.1f} mm (margin {c.margin_mm:g})"
-                                  for c in close))
+    print("closest: " + ", ".join(f"{c.structure} {_mm(c.min_mm, cap)} "
+                                  f"(margin {c.margin_mm:g} mm)" for c in close))
     if metrics.ok:
         print(f"verdict: OK ({len(candidates)} candidates)" if args.auto else "verdict: OK")
     else:
         print("verdict: REJECTED")
         for v in metrics.violations:
             print(f"  - {v.message}")
+        print("  try: " + ("--auto (a searched entry); " if not args.auto else "")
+              + "another side or level, an entry of your own (--entry X,Y,Z) or the "
+              "planning view (--gui)")
+    for o in others:
+        print(f"other side {o.target.spec}: {o.summary()}")
     print(f"wrote {args.out}")
     return 0 if metrics.ok else 1
 

@@ -39,6 +39,7 @@ from guidance.geometry import ImageVolume
 from guidance.gui import theme
 from guidance.gui.panes import Overlay, PlanePane, attach_side_panel
 from guidance.gui.planes import orthogonal_planes, render_plane, trajectory_plane
+from guidance.planning.auto import explain_rejection
 from guidance.planning.plan import Plan, PlanError
 from guidance.planning.provenance import PlanAnatomy
 from guidance.planning.structures import StructureSet
@@ -90,6 +91,7 @@ class PlanningView(QWidget):
         self.ct_window = "soft tissue"
         self._job: threading.Thread | None = None
         self._job_result: list[Any] = []  # the worker's one-value slot
+        self._job_target: Target | None = None
         self._build(out_path)
         self._poll = QTimer(self)
         self._poll.timeout.connect(self._take_job_result)
@@ -284,6 +286,7 @@ class PlanningView(QWidget):
                 self._job_result.append(e)
 
         self._job_result.clear()
+        self._job_target = target
         self._job = threading.Thread(target=work, name="auto-plan", daemon=True)
         self._job.start()
         self.auto_button.setEnabled(False)
@@ -308,8 +311,8 @@ class PlanningView(QWidget):
                 f"{k + 1}. score {c.score:.2f}  length {m.length_mm:.0f} mm  "
                 f"min excess {m.min_excess_mm:.1f} mm")
         if not self.candidates:
-            self.say(f"no acceptable trajectory among {res.n_directions} directions: "
-                     f"{res.rejections}")
+            if self._job_target is not None:
+                self.say("; ".join(explain_rejection(res, self._job_target)))
             return
         self.say(f"{len(self.candidates)} candidates from {res.n_directions} directions "
                  f"in {res.elapsed_s:.1f} s")

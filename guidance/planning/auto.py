@@ -33,7 +33,8 @@ from guidance.planning.structures import StructureSet
 from guidance.planning.targets import Target
 from guidance.planning.trajectory import TrajectoryMetrics, evaluate_trajectory, exempt_mask
 
-__all__ = ["AutoPlanResult", "Candidate", "auto_plan", "body_mask_on_grid"]
+__all__ = ["AutoPlanResult", "Candidate", "NearMiss", "auto_plan", "body_mask_on_grid",
+           "explain_rejection"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,47 @@ class Candidate:
 
 
 @dataclass(frozen=True)
+class NearMiss:
+    """The rejected direction that came closest to acceptable (smallest shortfall).
+
+    Attributes:
+        structure: the structure it passes too close to (the worst shortfall).
+        clearance_mm: how close it passes, mm (negative: through it).
+        margin_mm: the margin required for that structure, mm.
+        mediolateral_deg, craniocaudal_deg: the direction
+            (:func:`~guidance.planning.trajectory.needle_angles_deg` conventions).
+        others: further structures the same direction comes too close to.
+    """
+
+    structure: str
+    clearance_mm: float
+    margin_mm: float
+    mediolateral_deg: float
+    craniocaudal_deg: float
+    others: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        """``the best direction passes 1.2 mm from nerve_root_L1_right (derived)
+        (margin 2 mm)``."""
+        where = (f"through {self.structure} ({-self.clearance_mm:.1f} mm deep)"
+                 if self.clearance_mm < 0 else
+                 f"{self.clearance_mm:.1f} mm from {self.structure}")
+        text = (f"the best direction (mediolateral {self.mediolateral_deg:+.0f} deg, "
+                f"craniocaudal {self.craniocaudal_deg:+.0f} deg) passes {where}, "
+                f"margin {self.margin_mm:g} mm")
+        if self.others:
+            text += f"; it is also too close to {', '.join(self.others)}"
+        return text
+
+    def to_json(self) -> dict[str, object]:
+        return {"structure": self.structure, "clearance_mm": round(self.clearance_mm, 2),
+                "margin_mm": self.margin_mm,
+                "mediolateral_deg": round(self.mediolateral_deg, 1),
+                "craniocaudal_deg": round(self.craniocaudal_deg, 1),
+                "others": list(self.others)}
+
+
+@dataclass(frozen=True)
 class AutoPlanResult:
     """Result of :func:`auto_plan`.
 
@@ -63,7 +105,12 @@ class AutoPlanResult:
         candidates: best first (may be empty: no acceptable path).
         n_directions: directions searched; n_feasible: those without violation.
         elapsed_s: wall time of the search (structures already built).
-        rejections: reason -> count over the rejected directions.
+        rejections: reason -> count over the rejected directions (reasons with a
+            count of 0 are left out).
+        near_miss: among the directions that reach the skin inside the analysed region
+            with an available needle, the one whose worst shortfall (margin -
+            clearance) is smallest, when no candidate is acceptable (``None`` otherwise
+            or when no direction got that far).
     """
 
     candidates: tuple[Candidate, ...]
@@ -71,6 +118,7 @@ class AutoPlanResult:
     n_feasible: int
     elapsed_s: float
     rejections: dict[str, int]
+    near_miss: NearMiss | None = None
 
 
 def body_mask_on_grid(ct: ImageVolume, grid: ImageVolume, skin_hu: float) -> np.ndarray:
@@ -165,7 +213,9 @@ def auto_plan(
     rejections: dict[str, int] = {}
 
     def reject(mask: np.ndarray, why: str) -> None:
-        rejections[why] = rejections.get(why, 0) + int(mask.sum())
+        n = int(mask.sum())
+        if n:
+            rejections[why] = rejections.get(why, 0) + n
 
     feasible = has_exit.copy()
     reject(~has_exit, "no skin within max_length_mm")
@@ -198,6 +248,7 @@ def auto_plan(
     bad = hard[:, None] & ((min_d < margins[:, None]) | (min_d < 0))
     for s, st in enumerate(structures.structures):
         reject(feasible & bad[s], f"violates {st.name}")
+    reachable = feasible.copy()
     feasible &= ~bad.any(axis=0)
     soft_tissue = hard & np.array([st.kind != "bone" for st in structures.structures])
     excess = (min_d[soft_tissue] - margins[soft_tissue, None]).min(axis=0) if soft_tissue.any() \
@@ -225,8 +276,66 @@ def auto_plan(
             candidates.append(Candidate(metrics, float(score[idx])))
         if len(candidates) == cfg.n_best:
             break
+    near = None
+    if not candidates and reachable.any() and hard.any():
+        near = _near_miss(structures, min_d, margins, hard, angles, reachable, candidates_tried=[
+            evaluate_trajectory(target.point_lps - dirs[i] * length[i], target.point_lps,
+                                structures, target=target, config=tcfg) for i in chosen[:1]])
     elapsed = time.perf_counter() - t0
     report(1.0, f"{len(candidates)} candidates")
     log.info("auto plan: %d directions, %d feasible, %d returned in %.2f s",
              n_dir, int(feasible.sum()), len(candidates), elapsed)
-    return AutoPlanResult(tuple(candidates), n_dir, int(feasible.sum()), elapsed, rejections)
+    return AutoPlanResult(tuple(candidates), n_dir, int(feasible.sum()), elapsed, rejections,
+                          near)
+
+
+def _near_miss(structures: StructureSet, min_d: np.ndarray, margins: np.ndarray,
+               hard: np.ndarray, angles: np.ndarray, reachable: np.ndarray,
+               candidates_tried: list[TrajectoryMetrics]) -> NearMiss:
+    """The reachable direction with the smallest worst shortfall over the hard
+    structures (or, when the screening let some through and the exact check refused
+    them, the first such path's worst violation)."""
+    names = [st.name for st in structures.structures]
+    for m in candidates_tried:
+        close = [c for c in m.clearances if c.hard and c.min_mm < c.margin_mm]
+        if close:
+            worst = max(close, key=lambda c: c.margin_mm - c.min_mm)
+            a = m.angles_deg
+            return NearMiss(worst.structure, worst.min_mm, worst.margin_mm,
+                            a["mediolateral"], a["craniocaudal"],
+                            tuple(c.structure for c in close if c is not worst))
+    short = np.where(hard[:, None], margins[:, None] - min_d, -np.inf)  # > 0: too close
+    worst_short = short.max(axis=0)
+    idx = int(np.argmin(np.where(reachable, worst_short, np.inf)))
+    s = int(np.argmax(short[:, idx]))
+    others = tuple(names[k] for k in np.argsort(-short[:, idx])
+                   if k != s and short[k, idx] > 0)
+    return NearMiss(names[s], float(min_d[s, idx]), float(margins[s]),
+                    float(angles[idx, 0]), float(angles[idx, 1]), others)
+
+
+def explain_rejection(result: AutoPlanResult, target: Target) -> list[str]:
+    """A short explanation of why no path to ``target`` was accepted, then what to try:
+    a few lines for people (no counts per structure)."""
+    lines = [f"no safe path to the {target.description} among {result.n_directions} "
+             "directions searched"]
+    if result.near_miss is not None:
+        lines.append(result.near_miss.describe())
+    else:
+        worst = sorted(result.rejections.items(), key=lambda kv: -kv[1])[:2]
+        if worst:
+            lines.append("most directions: " + ", ".join(f"{why} ({n})" for why, n in worst))
+    lines.append("try: " + "; ".join(_suggestions(target)))
+    return lines
+
+
+def _suggestions(target: Target) -> list[str]:
+    parts = [p.strip() for p in target.spec.split(":")]
+    out: list[str] = []
+    if target.kind in ("disc", "foramen") and len(parts) == 3:
+        other = "right" if parts[2].lower() == "left" else "left"
+        out.append(f"the other side (--target {parts[0]}:{parts[1]}:{other})")
+        if target.kind == "disc":
+            out.append(f"a transforaminal target (--target foramen:{parts[1]}:{parts[2]})")
+    out.append("an entry of your own (--entry X,Y,Z) or the planning view (--gui)")
+    return out

@@ -2,7 +2,8 @@
 
 Grammar (case-insensitive vertebra names):
 
-- ``disc:L1-L2``: centre of the disc space between the two vertebra labels;
+- ``disc:L1-L2``: centre of the disc space between the two vertebra labels (the
+  planner tries both posterolateral points instead: :func:`side_variants`);
   ``disc:L1-L2:left`` / ``:right``: a posterolateral point of that disc (the usual
   herniation site);
 - ``foramen:L2-L3:left`` / ``:right``: the transforaminal target of that foramen (outer
@@ -25,7 +26,7 @@ import numpy.typing as npt
 from guidance.geometry import ImageVolume
 from guidance.planning.anatomy import SPINE_ORDER, SpineAnatomy
 
-__all__ = ["Target", "TargetError", "parse_target"]
+__all__ = ["Target", "TargetError", "parse_target", "side_variants"]
 
 
 class TargetError(ValueError):
@@ -80,6 +81,22 @@ def _side(text: str) -> str:
     if s not in ("left", "right"):
         raise TargetError(f"bad side {text!r}: expected left or right")
     return s
+
+
+def side_variants(spec: str) -> tuple[str, ...]:
+    """The specifications a planner should try for ``spec``: a disc or foramen given
+    without a side (``disc:L1-L2``, as users write it) gives both sides
+    (``disc:L1-L2:left``, ``disc:L1-L2:right``), anything else itself.
+
+    Raises:
+        TypeError: spec not a string.
+    """
+    if not isinstance(spec, str):
+        raise TypeError(f"target spec must be a string, got {type(spec).__name__}")
+    parts = [p.strip() for p in spec.strip().split(":")]
+    if parts[0].lower() in ("disc", "foramen") and len(parts) == 2:
+        return tuple(f"{parts[0]}:{parts[1]}:{side}" for side in ("left", "right"))
+    return (spec,)
 
 
 def parse_target(spec: str, anatomy: SpineAnatomy, volume: ImageVolume) -> Target:

@@ -205,3 +205,73 @@ def test_cli_plan_auto_and_bad_input(tmp_path: Path, structures, capsys) -> None
     rc = main(["plan", "--ct", str(empty), "--target", "disc:L1-L2", "--auto",
                "--out", str(tmp_path / "x.json")])
     assert rc == 2 and "empty folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("spec", "variants"),
+    [
+        ("disc:L1-L2", ("disc:L1-L2:left", "disc:L1-L2:right")),
+        ("foramen:L2-L3", ("foramen:L2-L3:left", "foramen:L2-L3:right")),
+        ("disc:L1-L2:right", ("disc:L1-L2:right",)),
+        ("vertebra:L1", ("vertebra:L1",)),
+        ("10,20,30", ("10,20,30",)),
+    ],
+)
+def test_a_disc_without_a_side_tries_both(spec: str, variants: tuple[str, ...]) -> None:
+    from guidance.planning.targets import side_variants
+
+    assert side_variants(spec) == variants
+
+
+def test_cli_plan_disc_without_side_shows_the_safer_side(tmp_path: Path, capsys) -> None:
+    from guidance.cli.main import main
+
+    out = tmp_path / "plan.json"
+    rc = main(["plan", "--target", "disc:L1-L2", "--auto", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    data = json.loads(out.read_text())
+    # On this CT the right posterolateral disc is walled off by L2: the left is shown,
+    # the right reported with why.
+    assert data["target_spec"] == "disc:L1-L2:left"
+    assert data["target_requested"] == "disc:L1-L2"
+    other = data["other_sides"][0]
+    assert other["target_spec"] == "disc:L1-L2:right" and "REJECTED" in other["verdict"]
+    assert "both sides tried" in printed
+    assert "other side disc:L1-L2:right: REJECTED" in printed
+    for line in printed.splitlines():
+        if line.startswith("closest:"):
+            assert "{" not in line
+
+
+def test_cli_plan_rejection_is_short_and_says_what_to_try(tmp_path: Path, capsys) -> None:
+    from guidance.cli.main import main
+
+    out = tmp_path / "plan.json"
+    rc = main(["plan", "--target", "disc:L1-L2:right", "--auto", "--out", str(out)])
+    err = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines()
+           if line.strip() and "[" not in line]  # progress lines left out
+    assert rc == 1
+    assert 3 <= len(err) <= 4 and all(len(line) < 250 for line in err), err
+    text = "\n".join(err)
+    assert "{" not in text and "posterolateral right disc L1-L2" in text
+    assert "vertebra_L2" in text and "margin 0 mm" in text and "deep" in text
+    assert err[-1].strip().startswith("try:")
+    assert "disc:L1-L2:left" in err[-1] and "foramen:L1-L2:right" in err[-1]
+    data = json.loads(out.read_text())
+    assert data["ok"] is False and data["tried"][0]["near_miss"]["structure"] == "vertebra_L2"
+
+
+def test_near_miss_names_the_worst_structure(real, anatomy) -> None:
+    from guidance.planning.auto import explain_rejection
+
+    target = parse_target("disc:L1-L2:right", anatomy, real[0])
+    structures = build_structures(real[1], real[2], roi_center_lps=target.point_lps,
+                                  roi_half_size_mm=ROI)
+    result = auto_plan(real[0], structures, target)
+    assert not result.candidates
+    near = result.near_miss
+    assert near is not None and near.clearance_mm < near.margin_mm
+    assert all(v > 0 for v in result.rejections.values())  # no zero counts listed
+    lines = explain_rejection(result, target)
+    assert near.structure in lines[1] and f"margin {near.margin_mm:g} mm" in lines[1]
