@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,6 +12,7 @@ from guidance.cli.common import (
     StopSignals,
     host_port,
     int_at_least,
+    path_arg,
     port_number,
     positive_float,
     print_summary,
@@ -47,17 +47,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     gui.add_argument("--headless", action="store_true", help="no GUI (the default)")
     gui.add_argument("--gui", action="store_true",
                      help="show the live view (PyQt5) on this machine's screen")
-    p.add_argument("--screenshot", type=Path, metavar="FILE",
+    p.add_argument("--screenshot", type=path_arg("output_file", Path), metavar="FILE",
                    help="with --gui: draw offscreen, save a PNG after --seconds (default 5) "
                         "and stop")
     p.add_argument("--sound", action="store_true", help="with --gui: beep on DANGER")
-    p.add_argument("--out", type=Path, metavar="DIR", help="write annotated PNGs and summary.json")
-    p.add_argument("--record", type=Path, metavar="FILE", help="record every received message")
-    p.add_argument("--config", type=Path, metavar="FILE", help="pipeline configuration (JSON)")
-    p.add_argument("--plan", metavar="FILE",
+    p.add_argument("--out", type=path_arg("output_dir", Path), metavar="DIR",
+                   help="write annotated PNGs and summary.json")
+    p.add_argument("--record", type=path_arg("output_file", Path), metavar="FILE",
+                   help="record every received message")
+    p.add_argument("--config", type=path_arg("input_file", Path), metavar="FILE",
+                   help="pipeline configuration (JSON)")
+    p.add_argument("--plan", type=path_arg("input_file"), metavar="FILE",
                    help="plan.json from `guidance plan`: its CT and labels are checked "
                         "(hash) and its structures checked live")
-    p.add_argument("--calibration", type=Path, metavar="FILE", action="append", default=[],
+    p.add_argument("--calibration", type=path_arg("input_file", Path), metavar="FILE",
+                   action="append", default=[],
                    help="a calibration file (guidance calibrate ... --out), repeatable: "
                         "pivot (NeedleTipToNeedle), register (ReferenceToCT), probe, "
                         "temporal, carm")
@@ -147,8 +151,6 @@ def run(args: argparse.Namespace) -> int:
     if plan is not None:
         session.pipeline.set_plan(plan, structures)
     session.start()
-    if session.server is not None and session.server.exposure:
-        print(f"guidance run: WARNING: {session.server.exposure}", file=sys.stderr, flush=True)
     if plan is not None:
         _load_navigation_ct(session, plan, args.plan)
     where = (f"listening on {args.bind}:{session.port}" if args.listen is not None

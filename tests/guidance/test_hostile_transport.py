@@ -352,3 +352,99 @@ def test_server_bound_off_loopback_carries_the_warning():
 def test_transport_config_refuses_bad_values(kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         TransportConfig(**kwargs)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_run_serves_a_good_client_every_reply_through_hostile_peers_and_sigint_writes_summary(
+        tmp_path):
+    """`guidance run` with, at once: a trickler, a declared-but-never-sent 200 MiB body,
+    a flood of idle connections past the cap, an unknown metadata encoding, random
+    bytes and an oversize header. The well-behaved client gets a reply to every frame;
+    SIGINT then writes summary.json with every rejection counted by reason."""
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    port = _free_port()
+    out = tmp_path / "run"
+    run = subprocess.Popen(
+        [sys.executable, "-m", "guidance.cli.main", "run", "--listen", str(port), "--out",
+         str(out), "--modality", "us", "--max-connections", "8", "--message-timeout", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    hostile: list[socket.socket] = []
+    stop = threading.Event()
+    good = IgtlClient("127.0.0.1", port)
+    try:
+        assert run.stdout is not None
+        assert "listening" in run.stdout.readline()
+        good.start()
+        assert good.wait_connected(20)
+
+        def connect() -> socket.socket:
+            s = raw_client(port)
+            hostile.append(s)
+            return s
+
+        connect().sendall(with_metadata_encoding(image(1, "Meta", v2=True), 99))
+        connect().sendall(struct.pack(">H12s20sIIQQ", 1, b"IMAGE", b"Huge", 0, 0, 1 << 40, 0))
+        connect().sendall(np.random.default_rng(3).bytes(3000))
+        connect().sendall(struct.pack(">H12s20sIIQQ", 1, b"IMAGE", b"Declared", 0, 0,
+                                      200 << 20, 0) + b"\0" * 1024)
+        slow = connect()
+        raw_slow = image(2, "Slow")
+
+        def trickle() -> None:
+            for b in raw_slow:
+                if stop.wait(0.3):
+                    return
+                try:
+                    slow.send(bytes([b]))
+                except OSError:
+                    return
+
+        threading.Thread(target=trickle, daemon=True).start()
+        for _ in range(40):  # idle flood past the cap of 8
+            connect()
+
+        rng = np.random.default_rng(0)
+        seq = 0
+        pace = threading.Event()
+        for k in range(40):  # 10 frames/s: 4 s, past the hostile peers' 2 s deadline
+            pace.wait(0.1)
+            msg = pyigtl.ImageMessage(rng.integers(0, 255, (1, 128, 128), dtype=np.uint8),
+                                      device_name="Image_Reference", timestamp=100.0 + k)
+            msg.header_version = 2
+            msg.metadata = {"Modality": "US"}
+            assert good.send(msg)
+            deadline = time.monotonic() + 20.0
+            while True:  # the reply to this frame carries its timestamp
+                reply = good.slots.wait_newer("GuidanceWarning", seq,
+                                              max(0.0, deadline - time.monotonic()))
+                assert reply is not None, f"no reply to frame {k}"
+                seq = reply.seq
+                if reply.timestamp_s == pytest.approx(100.0 + k, abs=1e-6):
+                    break
+        run.send_signal(signal.SIGINT)
+        stdout, err = run.communicate(timeout=60)
+    finally:
+        stop.set()
+        good.stop()
+        for s in hostile:
+            s.close()
+        run.kill()
+    assert run.returncode == 0, err
+    assert "Traceback" not in err
+    summary = json.loads((out / "summary.json").read_text())
+    t = summary["transport"]
+    assert t["rejected"]["malformed"] == 1  # the unknown metadata encoding
+    assert t["rejected"]["bad_header"] >= 2  # oversize body; the random bytes
+    assert t["rejected"]["message_timeout"] >= 2  # the trickler and the declared body
+    assert t["refused_connections"]["too_many"] >= 30
+    assert summary["frames_received"] == 40
+    assert "transport: rejected" in stdout and "connections refused too_many" in stdout
