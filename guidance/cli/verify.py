@@ -62,7 +62,8 @@ def _run(args: argparse.Namespace) -> int:
         if args.gui:
             _show(args, ct, plan, None, str(e), structures)
         return 1
-    paths = write_verification_report(out, ct, plan, result, ct_source=args.ct)
+    paths = write_verification_report(out, ct, plan, result, ct_source=args.ct,
+                                      structures=structures)
     print(f"tip {np.round(result.detection.tip_lps, 1).tolist()} LPS mm, "
           f"{result.tip_to_target_mm:.1f} mm from the target, angle "
           f"{result.angle_error_deg:.1f} deg to the plan")
@@ -85,7 +86,8 @@ def _show(args: argparse.Namespace, ct: Any, plan: Any, result: Any, error: str,
     app = ensure_app(headless=args.screenshot is not None)
 
     def export(out: Path) -> dict[str, Path]:
-        return write_verification_report(out, ct, plan, result, ct_source=args.ct)
+        return write_verification_report(out, ct, plan, result, ct_source=args.ct,
+                                         structures=structures)
 
     view = VerificationView(ct, plan, result, error, structures, export, Path(args.out))
     win = MainWindow([("Verification", view)])

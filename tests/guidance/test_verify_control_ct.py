@@ -111,4 +111,39 @@ def test_cli_verify_writes_json_html_and_images(setup, tmp_path: Path, capsys) -
     capsys.readouterr()
     rc = main(["verify", "--plan", str(tmp_path / "bad.json"), "--ct", "real", "--out",
                str(out)])
-    assert rc == 2 and "cannot read plan JSON" in capsys.readouterr().err
+    assert rc == 2 and "bad.json: invalid JSON at line 1" in capsys.readouterr().err
+
+
+def test_report_axial_image_reads_like_the_scanner_console(setup) -> None:
+    """The report's axial image on the real CT: the vertebra in the lower half, the
+    aorta anterior to it (above) and left of the midline (on the image's right), found
+    through the label map resampled on the figure's own plane."""
+    from guidance.data import structure_names
+    from guidance.figures import edge_letters, sample_plane
+    from guidance.planning.report import axial_tip_plane, key_image
+
+    ct, labels, structures, target, plan = setup
+    control = insert_needle(ct, plan.entry_lps, plan.target_lps)
+    res = verify_placement(control, plan, structures, target=target)
+    spec = axial_tip_plane(control, res)
+    plain = key_image(control, spec, plan, res, annotated=False)
+    n = spec.size_px
+    assert plain.shape == (n, n, 3)
+    lab = sample_plane(labels.voxels, labels.lps_to_ijk, spec, order=0, cval=0)
+    ids = {name: k for k, name in structure_names().items()}
+    spine = np.isin(lab, [ids["vertebrae_L1"], ids["vertebrae_L2"]])
+    aorta = lab == ids["aorta"]
+    assert spine.sum() > 500 and aorta.sum() > 200
+    spine_rc = np.argwhere(spine).mean(axis=0)  # (row, column)
+    aorta_rc = np.argwhere(aorta).mean(axis=0)
+    assert spine_rc[0] > n / 2, spine_rc  # the spine in the lower half
+    assert aorta_rc[0] < spine_rc[0] - 20, (aorta_rc, spine_rc)  # anterior: above
+    assert aorta_rc[1] > spine_rc[1], (aorta_rc, spine_rc)  # patient's left: image right
+    # The picture agrees with the labels drawn through the same plane: bone is bright.
+    grey = plain[..., 0].astype(float)
+    assert grey[spine].mean() > grey.mean() + 30
+    assert edge_letters(spec.u_lps, spec.v_lps) == {"left": "R", "right": "L", "top": "A",
+                                                    "bottom": "P"}
+    shown = key_image(control, spec, plan, res, structures)
+    assert shown.shape[0] == n and shown.shape[1] > n  # the legend panel beside it
+    assert np.any(shown[:, :n] != plain)  # letters, scale bar and outlines burnt in
