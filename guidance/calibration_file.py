@@ -25,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from calibration.rigid import validate_rigid
+from guidance.io.validate import InputError, holds_bool, read_json_document
 from trackers.transform_graph import TransformGraph, parse_transform_name
 
 __all__ = [
@@ -120,7 +121,7 @@ _COMMON = ("format", "format_version", "kind", "transforms", "provenance")
 _PROVENANCE = ("created_utc", "input_sha256", "input_source", "software_version", "command")
 
 
-class CalibrationFileError(ValueError):
+class CalibrationFileError(InputError):
     """A calibration file is unreadable or invalid; the message names the file and key."""
 
 
@@ -213,6 +214,8 @@ def _check_value(source: str, key: str, value: object, spec: _Spec) -> Any:
             raise _fail(source, key, f"must be finite, got {value!r}")
         return float(value)
     assert isinstance(spec, tuple)
+    if holds_bool(value):
+        raise _fail(source, key, "must be numbers, got true/false")
     try:
         arr = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
@@ -241,7 +244,7 @@ def validate_document(doc: object, source: str = "<document>") -> CalibrationFil
     for key in _COMMON:
         if key not in doc:
             raise _fail(source, key, "missing")
-    if doc["format_version"] != FORMAT_VERSION:
+    if isinstance(doc["format_version"], bool) or doc["format_version"] != FORMAT_VERSION:
         raise _fail(source, "format_version", f"unsupported version {doc['format_version']!r}")
     kind = doc["kind"]
     if kind not in KINDS:
@@ -309,15 +312,7 @@ def load_calibration(path: str | os.PathLike[str]) -> CalibrationFile:
             invalid document (naming the key).
     """
     source = os.fspath(path)
-    try:
-        with open(source, encoding="utf-8") as fh:
-            doc = json.load(fh)
-    except OSError as e:
-        raise CalibrationFileError(f"{source}: cannot read: {e.strerror or e}") from e
-    except json.JSONDecodeError as e:
-        raise CalibrationFileError(
-            f"{source}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"
-        ) from e
+    doc = read_json_document(source, "calibration file", error=CalibrationFileError)
     return validate_document(doc, source)
 
 

@@ -59,6 +59,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from guidance.io.validate import check_rescale
+
 __all__ = [
     "FLUORO_CROPS",
     "MODALITIES",
@@ -458,8 +460,10 @@ def _ct_frames(src: _Source, max_frames: int | None) -> list[RealFrame]:
     ds = _read(src)
     if int(getattr(ds, "SamplesPerPixel", 1) or 1) != 1:
         raise ValueError("colour pixel data is not CT HU")
-    slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
-    intercept = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
+    # A slope of 0 or NaN is a broken file (skipped by _load), never replaced by 1.
+    slope, intercept = check_rescale(f"{src.package}:{src.label}",
+                                     getattr(ds, "RescaleSlope", None),
+                                     getattr(ds, "RescaleIntercept", None))
     spacing = _spacing(ds)
     out = []
     for f in _frame_indices(_n_frames(ds), max_frames):

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import psutil
 
-from guidance.cli.common import positive_float, write_summary
+from guidance.cli.common import path_arg, positive_float, write_summary
 from guidance.cli.main import UsageError
 from guidance.io.igtl import IgtlClient
 from guidance.navigation.setup import static_room
@@ -49,7 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, default=512, help="frame size, pixels (default 512)")
     p.add_argument("--fps", type=positive_float, default=15.0)
     p.add_argument("--seconds", type=positive_float, default=20.0, help="per phase")
-    p.add_argument("--json", type=Path, default=Path("bench.json"), metavar="FILE")
+    p.add_argument("--json", type=path_arg("output_file", Path), default=Path("bench.json"),
+                   metavar="FILE")
     p.add_argument("--stage", choices=("all", "transport", "pipeline", "segment", "render",
                                        "tracked"),
                    default="all",

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from guidance.cli.common import int_at_least
+from guidance.cli.common import int_at_least, path_arg
 from guidance.cli.main import UsageError
 
 __all__ = ["TARGET_ORT_256_P50_MS", "add_arguments", "run"]
@@ -68,7 +68,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--warmup", type=int_at_least(0), default=20, metavar="N",
                    help="untimed frames first (default 20)")
     src = g.add_mutually_exclusive_group()
-    src.add_argument("--model", type=Path, metavar="CARD", help="model card (JSON)")
+    src.add_argument("--model", type=path_arg("input_file", Path), metavar="CARD",
+                     help="model card (JSON)")
     src.add_argument("--modality", default="us",
                      help="use the shipped model of this modality (default us)")
     g.add_argument("--threads", type=int_at_least(0), default=None, metavar="N",

@@ -26,7 +26,14 @@ import calibration
 from calibration.accuracy import run_all
 from guidance import __version__
 from guidance.calibration_file import CalibrationFileError, Provenance, make_document
+from guidance.cli.common import path_arg
 from guidance.cli.main import UsageError
+from guidance.io.validate import (
+    InputError,
+    holds_bool,
+    parse_json_document,
+    read_document_bytes,
+)
 from trackers.capture import capture_poses
 from trackers.pose import TrackedPose
 from trackers.transform_graph import FRAME_PATTERN, parse_transform_name
@@ -45,19 +52,11 @@ class _Input:
     def __init__(self, path: str, allowed: set[str]) -> None:
         self.path = path
         try:
-            with open(path, "rb") as fh:
-                raw = fh.read()
-        except OSError as e:
-            raise UsageError(f"{path}: cannot read: {e.strerror or e}") from None
-        self.sha256 = hashlib.sha256(raw).hexdigest()
-        try:
-            doc = json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError:
-            raise UsageError(f"{path}: not UTF-8 text") from None
-        except json.JSONDecodeError as e:
-            raise UsageError(
-                f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"
-            ) from None
+            raw = read_document_bytes(path, "input file")
+            self.sha256 = hashlib.sha256(raw).hexdigest()
+            doc = parse_json_document(raw, path, "input file")
+        except InputError as e:
+            raise UsageError(str(e)) from None
         if not isinstance(doc, dict):
             raise UsageError(f"{path}: must be a JSON object, got {type(doc).__name__}")
         unknown = sorted(set(doc) - allowed)
@@ -81,6 +80,8 @@ class _Input:
         label = key if label is None else label
         if key not in src:
             raise UsageError(f"{self.path}: missing key {label!r}")
+        if holds_bool(src[key]):
+            raise UsageError(f"{self.path}: key {label!r}: must be numbers, got true/false")
         try:
             arr = np.asarray(src[key], dtype=np.float64)
         except (TypeError, ValueError):
@@ -552,7 +553,7 @@ def _checked(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Name
 def _io_args(p: argparse.ArgumentParser, *, live: bool = False) -> None:
     if live:
         src = p.add_mutually_exclusive_group(required=True)
-        src.add_argument("--input", metavar="FILE", help="input JSON")
+        src.add_argument("--input", type=path_arg("input_file"), metavar="FILE", help="input JSON")
         src.add_argument(
             "--from",
             dest="source",
@@ -565,10 +566,13 @@ def _io_args(p: argparse.ArgumentParser, *, live: bool = False) -> None:
             help="tool frame (Stylus) or TRANSFORM device name (StylusToTracker)",
         )
         p.add_argument("--seconds", type=float, default=30.0, help="capture duration (s)")
-        p.add_argument("--save-poses", metavar="FILE", help="write the captured poses JSON")
+        p.add_argument("--save-poses", type=path_arg("output_file"), metavar="FILE",
+                       help="write the captured poses JSON")
     else:
-        p.add_argument("--input", metavar="FILE", required=True, help="input JSON")
-    p.add_argument("--out", metavar="FILE", help="output JSON (default: stdout)")
+        p.add_argument("--input", type=path_arg("input_file"), metavar="FILE", required=True,
+                       help="input JSON")
+    p.add_argument("--out", type=path_arg("output_file"), metavar="FILE",
+                   help="output JSON (default: stdout)")
 
 
 def register(subparsers: Any) -> None:
@@ -588,13 +592,14 @@ def register(subparsers: Any) -> None:
         "--ransac-mm", type=float, default=None, help="RANSAC inlier threshold (mm); off by default"
     )
     p.add_argument("--seed", type=int, default=0, help="RANSAC random seed")
-    p.add_argument("--plot", metavar="FILE.png", help="write a residual plot")
+    p.add_argument("--plot", type=path_arg("output_file"), metavar="FILE.png",
+                   help="write a residual plot")
     p.set_defaults(func=_checked(_cmd_pivot))
 
     p = sub.add_parser("spin", help="needle axis from rotations about the shaft")
     _io_args(p, live=True)
     p.add_argument("--min-spin-deg", type=float, default=30.0)
-    p.add_argument("--pivot", metavar="FILE",
+    p.add_argument("--pivot", type=path_arg("input_file"), metavar="FILE",
                    help="pivot calibration of the same tool: the result then holds the whole "
                         "tip frame <Tool>TipTo<Tool> (tip from the pivot, +z along the "
                         "measured shaft)")
@@ -603,7 +608,8 @@ def register(subparsers: Any) -> None:
     p = sub.add_parser("register", help="paired-point rigid registration with expected TRE")
     _io_args(p)
     p.add_argument("--name", default="MovingToFixed", help="FromToTo name of the result")
-    p.add_argument("--plot", metavar="FILE.png", help="write a residual plot")
+    p.add_argument("--plot", type=path_arg("output_file"), metavar="FILE.png",
+                   help="write a residual plot")
     p.set_defaults(func=_checked(_cmd_register))
 
     p = sub.add_parser("probe", help="ultrasound image_to_probe from a tracked stylus")
@@ -623,6 +629,7 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=_checked(_cmd_carm))
 
     p = sub.add_parser("accuracy", help="Monte-Carlo accuracy checks; prints the figures")
-    p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    p.add_argument("--json", type=path_arg("output_file"), metavar="FILE",
+                   help="also write the figures as JSON")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_accuracy)

@@ -7,12 +7,13 @@ import argparse
 import json
 import logging
 import math
+import os
 import queue
 import resource
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -21,9 +22,157 @@ from guidance.pipeline.frame import FrameResult
 from guidance.pipeline.loop import Pipeline
 from guidance.pipeline.stats import percentiles
 
-__all__ = ["FrameWriter", "host_port", "positive_float", "summary_dict", "write_summary"]
+__all__ = [
+    "PATH_KINDS",
+    "FrameWriter",
+    "check_path",
+    "chosen_actions",
+    "host_port",
+    "path_arg",
+    "path_problems",
+    "positive_float",
+    "summary_dict",
+    "write_summary",
+]
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+#: What a path argument is: read (a file, a folder, either) or written (a file, a folder
+#: created with its missing parents).
+PATH_KINDS = ("input_file", "input_dir", "input_path", "output_file", "output_dir")
+
+
+def _writable_dir(d: Path) -> str:
+    """'' when files can be created in the existing folder ``d``, else the problem."""
+    if not d.is_dir():
+        return f"{d} is not a folder"
+    if not os.access(d, os.W_OK | os.X_OK):
+        return f"folder {d} is not writable"
+    return ""
+
+
+def check_path(text: str, kind: str, special: tuple[str, ...] = ()) -> str:
+    """The problem with a path argument before anything runs ('' when there is none).
+
+    Args:
+        text: the path as given.
+        kind: one of :data:`PATH_KINDS`. ``output_file``: not a folder, in an existing
+            writable folder, not a read-only file; ``output_dir``: a writable folder or
+            one that can be created (no file in the way); ``input_*``: exists, is a file
+            (``input_file``) or a folder (``input_dir``), and is readable.
+        special: values that are not paths (``real``, ``-`` for stdout).
+    """
+    if kind not in PATH_KINDS:
+        raise ValueError(f"kind must be one of {PATH_KINDS}, got {kind!r}")
+    if text in special:
+        return ""
+    if not text:
+        return "empty path"
+    p = Path(text)
+    try:
+        if kind.startswith("input"):
+            if not p.exists():
+                return "cannot read: " + ("no such file or folder" if kind == "input_path"
+                                          else "no such file" if kind == "input_file"
+                                          else "no such folder")
+            if kind == "input_file" and p.is_dir():
+                return "cannot read: is a folder, a file is expected"
+            if kind == "input_dir" and not p.is_dir():
+                return "cannot read: not a folder"
+            if not os.access(p, os.R_OK):
+                return "cannot read: permission denied"
+            return ""
+        if kind == "output_file":
+            if p.is_dir():
+                return "is a folder, a file name is expected"
+            parent = p.parent
+            if not parent.exists():
+                return f"folder {parent} does not exist"
+            problem = _writable_dir(parent)
+            if problem:
+                return problem
+            if p.exists() and not os.access(p, os.W_OK):
+                return "exists and is not writable"
+            return ""
+        # output_dir: it, or the nearest folder above it that exists, must be writable.
+        if p.exists():
+            return "" if p.is_dir() and os.access(p, os.W_OK | os.X_OK) else (
+                "exists and is not a folder" if not p.is_dir() else "folder is not writable")
+        above = p.parent
+        while not above.exists() and above != above.parent:
+            above = above.parent
+        if not above.is_dir():
+            return f"cannot create it: {above} is a file"
+        if not os.access(above, os.W_OK | os.X_OK):
+            return f"cannot create it: folder {above} is not writable"
+        return ""
+    except OSError as e:  # a path too long, a name the file system refuses
+        return e.strerror or str(e)
+
+
+def path_arg(kind: str, convert: Callable[[str], _T] = str,  # type: ignore[assignment]
+             special: tuple[str, ...] = ()) -> Callable[[str], _T]:
+    """argparse type of a path argument: ``guidance.cli.main.main`` checks every such
+    argument of the chosen command with :func:`check_path` after parsing, before the
+    command runs, so a missing input or an unwritable output is refused (exit 2, one line
+    naming the option, the path and the problem) before any work starts.
+
+    Args:
+        kind: one of :data:`PATH_KINDS`.
+        convert: applied to the text (``str`` or ``Path``).
+        special: values that are not paths (``real``, ``-``).
+
+    Returns:
+        The type function; its ``path_kind`` and ``special`` attributes say what is
+        checked (:func:`path_problems`; the CLI tests walk every option that has them).
+    """
+    if kind not in PATH_KINDS:
+        raise ValueError(f"kind must be one of {PATH_KINDS}, got {kind!r}")
+
+    def parse(text: str) -> _T:
+        return convert(text)
+
+    parse.path_kind = kind  # type: ignore[attr-defined]
+    parse.special = special  # type: ignore[attr-defined]
+    parse.__name__ = kind  # argparse names the type in some messages
+    return parse
+
+
+def chosen_actions(parser: argparse.ArgumentParser,
+                   args: argparse.Namespace) -> list[argparse.Action]:
+    """The actions of ``parser`` and of the sub-command parsers ``args`` chose."""
+    out: list[argparse.Action] = []
+    current: argparse.ArgumentParser | None = parser
+    while current is not None:
+        following = None
+        for action in current._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                choices: dict[str, argparse.ArgumentParser] = action.choices
+                following = choices.get(str(getattr(args, action.dest, "")))
+            else:
+                out.append(action)
+        current = following
+    return out
+
+
+def path_problems(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+    """One line per path argument (:func:`path_arg`) of the chosen command that cannot be
+    used: ``"--out /x/p.json: folder /x does not exist"``. Defaults are checked too (a
+    default output in a read-only folder fails the same way)."""
+    problems = []
+    for action in chosen_actions(parser, args):
+        kind = getattr(action.type, "path_kind", None)
+        value = getattr(args, action.dest, None)
+        if kind is None or value is None:
+            continue
+        name = action.option_strings[-1] if action.option_strings else action.dest
+        for v in value if isinstance(value, list) else [value]:
+            problem = check_path(str(v), kind, getattr(action.type, "special", ()))
+            if problem:
+                problems.append(f"{name} {v}: {problem}")
+    return problems
 
 
 def positive_float(text: str) -> float:

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from guidance.cli.common import path_arg
 from guidance.cli.main import UsageError
 
 __all__ = ["evaluate_and_record", "register"]
@@ -23,19 +24,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="measure a segmentation model (held-out + real images)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--modality", choices=("us", "fluoro", "ct"), required=True)
-    p.add_argument("--model", type=Path, default=None, metavar="CARD",
+    p.add_argument("--model", type=path_arg("input_file", Path), default=None, metavar="CARD",
                    help="model card JSON (default: the shipped model of the modality)")
-    p.add_argument("--json", nargs="?", const="-", default=None, metavar="FILE",
+    p.add_argument("--json", type=path_arg("output_file", special=("-",)), nargs="?", const="-",
+                   default=None, metavar="FILE",
                    help="write the report as JSON to FILE (no FILE: stdout)")
-    p.add_argument("--png", type=Path, default=None, metavar="FILE",
+    p.add_argument("--png", type=path_arg("output_file", Path), default=None, metavar="FILE",
                    help="example predictions (default: <card>-examples.png beside --json "
                         "or in the current folder)")
     p.add_argument("--frames", type=int, default=400, help="held-out frames (default 400)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backends", default="auto", help="backend chain, e.g. auto or "
                    "onnxruntime-cpu,torch-cpu")
-    p.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "guidance" / "datasets",
-                   metavar="DIR")
+    p.add_argument("--cache", type=path_arg("output_dir", Path),
+                   default=Path.home() / ".cache" / "guidance" / "datasets", metavar="DIR")
     p.add_argument("--update-card", action="store_true", help="store the metrics in the card")
     p.set_defaults(func=run)
 

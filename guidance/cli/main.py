@@ -2,8 +2,12 @@
 
 Each module exposes ``register(subparsers) -> None``, which adds its parser and sets
 ``func`` (``Callable[[argparse.Namespace], int]``) as the parser default. Wrong
-arguments exit with status 2 and a one-line reason (argparse's convention);
-:class:`UsageError` raised by a command does the same.
+arguments exit with status 2 and a one-line reason (argparse's convention), and so do
+path arguments that cannot be used (checked before the command runs, see
+:func:`guidance.cli.common.path_arg`);
+:class:`UsageError` raised by a command, a loader's
+:class:`~guidance.io.validate.InputError` and an ``OSError`` on a named path do the same:
+never a traceback for bad input.
 """
 
 from __future__ import annotations
@@ -61,10 +65,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(int(args.verbose), 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from guidance.cli.common import path_problems
+    from guidance.io.validate import InputError
+
+    problems = path_problems(parser, args)
+    if problems:  # before anything runs: a missing input, an output that cannot be written
+        print(f"guidance {args.command}: error: {problems[0]}", file=sys.stderr)
+        return 2
+
     try:
         return int(args.func(args))
-    except UsageError as e:
+    except (UsageError, InputError) as e:
+        # InputError: a loader's refusal of a bad file (CT, labels, plan, config,
+        # calibration) that the command did not word itself; it names the file.
         print(f"guidance {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        # Last resort for a user's path that failed after the early checks (a disk that
+        # filled, a folder removed meanwhile); anything else is a bug and is raised.
+        if e.filename is None:
+            raise
+        where = f"{e.filename} -> {e.filename2}" if e.filename2 else str(e.filename)
+        print(f"guidance {args.command}: error: {where}: {e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from guidance.cli.common import show_or_screenshot, start_gui_or_fail
+from guidance.cli.common import path_arg, show_or_screenshot, start_gui_or_fail
 from guidance.cli.main import UsageError
 from guidance.geometry import ImageVolume
 
@@ -124,12 +124,14 @@ def _parse_xyz(text: str, what: str) -> np.ndarray:
 
 
 def _load_config(path: str | None) -> dict[str, Any]:
+    from guidance.io.validate import InputError, read_json_document
+
     if path is None:
         return {}
     try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise UsageError(f"--config {path}: {e}") from e
+        data = read_json_document(path, "config file")
+    except InputError as e:
+        raise UsageError(f"--config {e}") from e
     allowed = {"structures", "trajectory", "auto"}
     if not isinstance(data, dict) or set(data) - allowed:
         raise UsageError(f"--config {path}: unknown section(s) "
@@ -312,10 +314,11 @@ def register(subparsers: Any) -> None:
         "plan", help="plan a needle trajectory on a CT (LPS mm)",
         description="Plan a straight needle trajectory and check it against the critical "
                     "structures. Exit 0: acceptable, 1: rejected, 2: bad input.")
-    p.add_argument("--ct", default="real",
+    p.add_argument("--ct", default="real", type=path_arg("input_path", special=("real",)),
                    help="DICOM folder, DICOM file, NIfTI, or 'real' (embedded CT)")
-    p.add_argument("--labels", default="real", help="label map (NIfTI/NRRD) or 'real'")
-    p.add_argument("--label-names", default=None,
+    p.add_argument("--labels", default="real", type=path_arg("input_file", special=("real",)),
+                   help="label map (NIfTI/NRRD) or 'real'")
+    p.add_argument("--label-names", default=None, type=path_arg("input_file"),
                    help="CSV id,structure (default: TotalSegmentator names)")
     p.add_argument("--series-uid", default=None, help="series to load from a DICOM folder")
     p.add_argument("--target", default=None,
@@ -324,15 +327,17 @@ def register(subparsers: Any) -> None:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--entry", default=None, help="entry point X,Y,Z (LPS mm)")
     group.add_argument("--auto", action="store_true", help="search entry points automatically")
-    p.add_argument("--config", default=None,
+    p.add_argument("--config", default=None, type=path_arg("input_file"),
                    help="JSON with sections structures / trajectory / auto")
-    p.add_argument("--out", default="plan.json", help="output plan JSON")
+    p.add_argument("--out", default="plan.json", type=path_arg("output_file"),
+                   help="output plan JSON")
     p.add_argument("--gui", action="store_true",
                    help="planning view: three planes + trajectory reformat, click target and "
                         "entry, clearance table, auto plan, save/load (--out, --load)")
-    p.add_argument("--load", default=None, metavar="FILE",
+    p.add_argument("--load", default=None, type=path_arg("input_file"), metavar="FILE",
                    help="with --gui: start from this plan.json")
-    p.add_argument("--screenshot", type=Path, default=None, metavar="FILE",
+    p.add_argument("--screenshot", type=path_arg("output_file", Path), default=None,
+                   metavar="FILE",
                    help="with --gui: draw offscreen, save a PNG (after --auto if given), stop")
     p.set_defaults(func=_run)
 
@@ -357,6 +362,13 @@ def _run_gui(args: argparse.Namespace) -> int:
         raise UsageError("--gui needs --target SPEC or --load plan.json (the analysed region "
                          "is built around the target)")
     ct, labels, names = load_inputs(args.ct, args.labels, args.label_names, args.series_uid)
+    if plan is not None:
+        from guidance.planning.provenance import check_plan_inside
+
+        try:
+            check_plan_inside(plan, ct, str(args.load), what="CT")
+        except PlanError as e:
+            raise UsageError(f"--load: {e}") from e
     target = None
     if args.target is not None:
         try:

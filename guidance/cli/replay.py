@@ -10,7 +10,7 @@ import threading
 import time
 from pathlib import Path
 
-from guidance.cli.common import host_port
+from guidance.cli.common import host_port, path_arg
 from guidance.cli.main import UsageError
 from guidance.io.recording import RecordingError, read_recording
 
@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("replay", help="send a recording to an OpenIGTLink server",
                        description="Send every recorded message, byte for byte, with the "
                        "original timing scaled by --speed (max: as fast as possible).")
-    p.add_argument("file", type=Path)
+    p.add_argument("file", type=path_arg("input_file", Path))
     p.add_argument("--to", type=host_port, required=True, metavar="HOST:PORT")
     p.add_argument("--speed", type=_speed, default=1.0, help="1 (default), 2, 0.5, ... or max")
     p.set_defaults(func=run)

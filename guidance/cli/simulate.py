@@ -20,6 +20,7 @@ from typing import Any
 from guidance.cli.common import (
     StopSignals,
     host_port,
+    path_arg,
     port_number,
     positive_float,
     wait_or_interrupt,
@@ -47,10 +48,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     room = p.add_argument_group("--tracked: a simulated procedure room")
     room.add_argument("--tracked", action="store_true",
                       help="stream the room: marker poses, reference != CT, lagging frames")
-    room.add_argument("--write-inputs", type=Path, metavar="DIR",
+    room.add_argument("--write-inputs", type=path_arg("output_dir", Path), metavar="DIR",
                       help="write the calibration inputs (pivot.json, spin.json, "
                            "fiducials.json, temporal.json; probe.json or carm.json) first")
-    room.add_argument("--plan", metavar="FILE",
+    room.add_argument("--plan", type=path_arg("input_file"), metavar="FILE",
                       help="the needle follows this plan.json (modality none or fluoro)")
     room.add_argument("--speed-mm-s", type=positive_float, default=10.0,
                       help="needle speed with --plan or --modality none (default 10)")

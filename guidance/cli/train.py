@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from guidance.cli.common import path_arg
 from guidance.cli.main import UsageError
 from guidance.training.rule_limits import FLANK_CHECK_MODALITIES, measure_flank_limit
 
@@ -38,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a segmentation model (ONNX + model card)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--modality", choices=("us", "fluoro", "ct"), required=True)
-    p.add_argument("--out", type=Path, default=None, metavar="DIR",
+    p.add_argument("--out", type=path_arg("output_dir", Path), default=None, metavar="DIR",
                    help="where to write <modality>-seg.onnx/.json (default: the shipped "
                         "models/weights folder)")
     p.add_argument("--frames", type=int, default=None, help="training frames")
@@ -47,7 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1, as the shipped models: the same seed and "
                         "thread count give the same weights)")
-    p.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "guidance" / "datasets",
+    p.add_argument("--cache", type=path_arg("output_dir", Path),
+                   default=Path.home() / ".cache" / "guidance" / "datasets",
                    metavar="DIR", help="dataset cache folder")
     p.add_argument("--eval-frames", type=int, default=400,
                    help="held-out frames for the evaluation after training")

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from guidance.cli.common import show_or_screenshot, start_gui_or_fail
+from guidance.cli.common import path_arg, show_or_screenshot, start_gui_or_fail
 from guidance.cli.main import UsageError
 
 __all__ = ["register"]
@@ -26,6 +26,7 @@ def _run(args: argparse.Namespace) -> int:
     from guidance.cli.plan import ROI_HALF_MM, load_inputs
     from guidance.planning.anatomy import build_anatomy
     from guidance.planning.plan import Plan, PlanError
+    from guidance.planning.provenance import check_plan_inside
     from guidance.planning.report import write_verification_report
     from guidance.planning.structures import build_structures
     from guidance.planning.targets import Target, TargetError, parse_target
@@ -38,6 +39,10 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from e
     labels_arg = args.labels or plan.labels_source or "real"
     ct, labels, names = load_inputs(args.ct, labels_arg, args.label_names, args.series_uid)
+    try:  # the control CT is on the planning CT's grid (load_inputs checks the labels')
+        check_plan_inside(plan, ct, str(args.plan), what="control CT")
+    except PlanError as e:
+        raise UsageError(str(e)) from e
     anatomy = build_anatomy(labels, names)
     target: Target | None = None
     if plan.target_spec:
@@ -101,18 +106,22 @@ def register(subparsers: Any) -> None:
         "verify", help="verify the needle on a control CT against a plan",
         description="Find the needle on a control CT (same frame as the planning CT), "
                     "compare it with the plan, write verification.json and an HTML report.")
-    p.add_argument("--plan", required=True, help="plan.json from `guidance plan`")
-    p.add_argument("--ct", required=True, help="control CT: DICOM folder/file or NIfTI")
-    p.add_argument("--labels", default=None,
+    p.add_argument("--plan", required=True, type=path_arg("input_file"),
+                   help="plan.json from `guidance plan`")
+    p.add_argument("--ct", required=True, type=path_arg("input_path", special=("real",)),
+                   help="control CT: DICOM folder/file or NIfTI")
+    p.add_argument("--labels", default=None, type=path_arg("input_file", special=("real",)),
                    help="planning label map (default: the plan's labels source)")
-    p.add_argument("--label-names", default=None, help="CSV id,structure")
+    p.add_argument("--label-names", default=None, type=path_arg("input_file"),
+                   help="CSV id,structure")
     p.add_argument("--series-uid", default=None, help="series to load from a DICOM folder")
     p.add_argument("--tolerance-mm", type=float, default=3.0,
                    help="largest acceptable tip-to-target distance (mm)")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, type=path_arg("output_dir"), help="output folder")
     p.add_argument("--gui", action="store_true",
                    help="verification view: control scan with needle and target, errors, "
                         "verdict, report export")
-    p.add_argument("--screenshot", type=Path, default=None, metavar="FILE",
+    p.add_argument("--screenshot", type=path_arg("output_file", Path), default=None,
+                   metavar="FILE",
                    help="with --gui: draw offscreen, save a PNG and stop")
     p.set_defaults(func=_run)

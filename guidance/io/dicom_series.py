@@ -30,6 +30,15 @@ import numpy as np
 import numpy.typing as npt
 
 from guidance.geometry import ImageVolume
+from guidance.io.validate import (
+    InputError,
+    check_ct_volume,
+    check_orientation,
+    check_pixel_data_length,
+    check_rescale,
+    check_slice_positions,
+    check_spacing,
+)
 
 __all__ = [
     "DicomSeries",
@@ -53,7 +62,7 @@ _GAP_REL_TOL = 0.05
 _IOP_TOL = 1e-4
 
 
-class DicomSeriesError(ValueError):
+class DicomSeriesError(InputError):
     """A DICOM input that cannot be turned into a volume; the message names the path."""
 
 
@@ -190,8 +199,24 @@ def _check_modality(ds: Any, where: Path, modalities: Sequence[str]) -> None:
         )
 
 
+def _rescale(source: Any, where: Path, default: Any = None) -> tuple[float, float]:
+    """(slope, intercept) of ``source`` (``default``'s when it has none), checked."""
+
+    def value(name: str) -> Any:
+        for src in (source, default):
+            v = getattr(src, name, None) if src is not None else None
+            if v is not None and v != "":
+                return v
+        return None
+
+    return check_rescale(str(where), value("RescaleSlope"), value("RescaleIntercept"),
+                         error=DicomSeriesError)
+
+
 def _pixels(ds: Any, where: Path) -> npt.NDArray[np.float64]:
     """Stored pixels of one frame times RescaleSlope plus RescaleIntercept (HU)."""
+    slope, intercept = _rescale(ds, where)
+    check_pixel_data_length(str(where), ds, error=DicomSeriesError)
     try:
         raw = ds.pixel_array
     except Exception as e:
@@ -202,13 +227,22 @@ def _pixels(ds: Any, where: Path) -> npt.NDArray[np.float64]:
             "Compressed CT needs `pip install pylibjpeg pylibjpeg-libjpeg "
             "pylibjpeg-openjpeg pylibjpeg-rle`"
         ) from e
-    slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
-    intercept = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
     return np.asarray(raw, dtype=np.float64) * slope + intercept
 
 
+def _volume(stack: npt.NDArray[np.float64], ijk_to_lps: npt.NDArray[np.float64],
+            where: Path) -> ImageVolume:
+    """The HU volume, checked (finite voxels, usable geometry) before anything uses it."""
+    try:
+        volume = ImageVolume(_to_hu_dtype(stack), ijk_to_lps)
+    except ValueError as e:
+        raise DicomSeriesError(f"{where}: {e}") from e
+    return check_ct_volume(volume, str(where), error=DicomSeriesError)
+
+
 def _to_hu_dtype(stack: npt.NDArray[np.float64]) -> np.ndarray:
-    if np.all(stack == np.round(stack)) and stack.min() >= -32768 and stack.max() <= 32767:
+    if (np.all(stack == np.round(stack)) and stack.size and stack.min() >= -32768
+            and stack.max() <= 32767):
         return stack.astype(np.int16)
     return stack.astype(np.float32)
 
@@ -296,12 +330,12 @@ def load_dicom_series(
         return load_dicom_file(first_path, modalities=modalities, progress=progress)
 
     iop = _float_list(first, "ImageOrientationPatient", 6, first_path)
-    row_dir, col_dir = iop[:3], iop[3:]
-    if abs(np.linalg.norm(row_dir) - 1) > 1e-3 or abs(np.linalg.norm(col_dir) - 1) > 1e-3:
-        raise DicomSeriesError(f"{first_path}: ImageOrientationPatient is not unit vectors")
+    row_dir, col_dir = check_orientation(str(first_path), iop, error=DicomSeriesError)
     normal = np.cross(row_dir, col_dir)
     rows, cols = int(first.Rows), int(first.Columns)
-    spacing = _float_list(first, "PixelSpacing", 2, first_path)
+    spacing = check_spacing(str(first_path), "PixelSpacing",
+                            _float_list(first, "PixelSpacing", 2, first_path),
+                            error=DicomSeriesError)
     positions = np.empty(len(items), dtype=np.float64)
     ipps = np.empty((len(items), 3), dtype=np.float64)
     for n, (path, ds) in enumerate(items):
@@ -343,11 +377,11 @@ def load_dicom_series(
             progress(0.3 + 0.7 * (n + 1) / len(items), f"reading slices {n + 1}/{len(items)}")
 
     # Slice step: least-squares fit of IPP against the position along the normal, so
-    # gantry tilt (in-plane drift of IPP per slice) is kept as shear.
+    # gantry tilt (in-plane drift of IPP per slice) is kept as shear; a slice off that
+    # line is refused.
     rel = positions - positions[0]
-    drift = np.linalg.lstsq(
-        np.stack([np.ones_like(rel), rel], axis=1), ipps, rcond=None
-    )[0][1]  # (3,) mm of IPP per mm along the normal
+    drift = check_slice_positions(str(folder), ipps, positions, float(spacing.min()),
+                                  error=DicomSeriesError)
     if issues:
         new_pos = positions[0] + median_gap * np.arange(round(rel[-1] / median_gap) + 1)
         stack = _resample_slices(stack, positions, new_pos)
@@ -363,7 +397,7 @@ def load_dicom_series(
     ijk_to_lps[:3, 3] = ipps[0]
     for issue in issues:
         log.warning("%s: %s", folder, issue)
-    volume = ImageVolume(voxels=_to_hu_dtype(stack), ijk_to_lps=ijk_to_lps)
+    volume = _volume(stack, ijk_to_lps, folder)
     log.info("loaded DICOM series %s: %s from %s", series_uid, volume.voxels.shape, folder)
     return DicomSeries(volume, series_uid, positions, tuple(issues))
 
@@ -398,9 +432,14 @@ def load_dicom_file(
     if frames > 1 and "PerFrameFunctionalGroupsSequence" in ds:
         return _load_enhanced(ds, path, uid)
     iop = _float_list(ds, "ImageOrientationPatient", 6, path)
+    check_orientation(str(path), iop, error=DicomSeriesError)
     ipp = _float_list(ds, "ImagePositionPatient", 3, path)
-    spacing = _float_list(ds, "PixelSpacing", 2, path)
-    thickness = float(getattr(ds, "SliceThickness", 0) or 0) or 1.0
+    spacing = check_spacing(str(path), "PixelSpacing", _float_list(ds, "PixelSpacing", 2, path),
+                            error=DicomSeriesError)
+    thickness = 1.0  # one slice: its thickness only sizes the voxel
+    if getattr(ds, "SliceThickness", None) not in (None, "", 0):
+        thickness = float(check_spacing(str(path), "SliceThickness", [ds.SliceThickness],
+                                        error=DicomSeriesError)[0])
     pix = _pixels(ds, path)
     if pix.ndim == 2:
         pix = pix[None]
@@ -412,7 +451,7 @@ def load_dicom_file(
     m[:3, 2] = np.cross(iop[:3], iop[3:]) * thickness
     m[:3, 3] = ipp
     pos = np.array([float(np.dot(ipp, m[:3, 2])) / thickness])
-    return DicomSeries(ImageVolume(_to_hu_dtype(pix), m), uid, pos, ())
+    return DicomSeries(_volume(pix, m, path), uid, pos, ())
 
 
 def _load_enhanced(ds: Any, path: Path, uid: str) -> DicomSeries:
@@ -427,7 +466,11 @@ def _load_enhanced(ds: Any, path: Path, uid: str) -> DicomSeries:
 
     iop = _float_list(group(per_frame[0], "PlaneOrientationSequence"),
                       "ImageOrientationPatient", 6, path)
-    spacing = _float_list(group(per_frame[0], "PixelMeasuresSequence"), "PixelSpacing", 2, path)
+    check_orientation(str(path), iop, error=DicomSeriesError)
+    spacing = check_spacing(
+        str(path), "PixelSpacing",
+        _float_list(group(per_frame[0], "PixelMeasuresSequence"), "PixelSpacing", 2, path),
+        error=DicomSeriesError)
     ipps = np.array([
         _float_list(group(f, "PlanePositionSequence"), "ImagePositionPatient", 3, path)
         for f in per_frame
@@ -435,17 +478,22 @@ def _load_enhanced(ds: Any, path: Path, uid: str) -> DicomSeries:
     normal = np.cross(iop[:3], iop[3:])
     positions = ipps @ normal
     order = np.argsort(positions, kind="stable")
-    raw = np.asarray(ds.pixel_array, dtype=np.float64)
+    check_pixel_data_length(str(path), ds, error=DicomSeriesError)
+    try:
+        raw = np.asarray(ds.pixel_array, dtype=np.float64)
+    except Exception as e:
+        raise DicomSeriesError(f"{path}: cannot decode pixel data: {e}") from e
+    if raw.ndim != 3 or raw.shape[0] != len(per_frame):
+        raise DicomSeriesError(f"{path}: pixel data shape {raw.shape} does not hold "
+                               f"{len(per_frame)} frames")
     slopes = np.ones(len(per_frame))
     inters = np.zeros(len(per_frame))
     for n, f in enumerate(per_frame):
         try:
             t = group(f, "PixelValueTransformationSequence")
-            slopes[n] = float(getattr(t, "RescaleSlope", 1.0))
-            inters[n] = float(getattr(t, "RescaleIntercept", 0.0))
         except DicomSeriesError:
-            slopes[n] = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
-            inters[n] = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
+            t = None
+        slopes[n], inters[n] = _rescale(t, path, default=ds)
     stack = raw * slopes[:, None, None] + inters[:, None, None]
     stack, positions, ipps = stack[order], positions[order], ipps[order]
     issues: list[str] = []
@@ -460,7 +508,7 @@ def _load_enhanced(ds: Any, path: Path, uid: str) -> DicomSeries:
     else:
         m[:3, 2] = normal
     m[:3, 3] = ipps[0]
-    return DicomSeries(ImageVolume(_to_hu_dtype(stack), m), uid, positions, tuple(issues))
+    return DicomSeries(_volume(stack, m, path), uid, positions, tuple(issues))
 
 
 def load_ct(
@@ -487,16 +535,18 @@ def load_ct(
     """
     p = Path(path)
     if p.is_dir():
-        return load_dicom_series(
+        volume = load_dicom_series(
             p, series_uid, progress=progress, allow_uneven=allow_uneven
         ).volume
-    if not p.exists():
+    elif not p.exists():
         raise DicomSeriesError(f"{p}: no such file or folder")
-    if p.name.endswith((".nii", ".nii.gz")):
+    elif p.name.endswith((".nii", ".nii.gz")):
         from guidance.io.nifti import NiftiError, load_nifti
 
         try:
-            return load_nifti(p)
+            volume = load_nifti(p)
         except NiftiError as e:
             raise DicomSeriesError(str(e)) from e
-    return load_dicom_file(p, progress=progress).volume
+    else:
+        volume = load_dicom_file(p, progress=progress).volume
+    return check_ct_volume(volume, str(p), error=DicomSeriesError)

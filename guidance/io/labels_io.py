@@ -11,12 +11,14 @@ from __future__ import annotations
 import csv
 import gzip
 import logging
+import zlib
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
 from guidance.geometry import RAS_TO_LPS, ImageVolume
+from guidance.io.validate import InputError, check_label_volume
 
 __all__ = [
     "LabelMapError",
@@ -40,7 +42,7 @@ _NRRD_TYPES: dict[str, str] = {
 }
 
 
-class LabelMapError(ValueError):
+class LabelMapError(InputError):
     """A label map that cannot be read or does not fit the CT; the message names the file."""
 
 
@@ -48,7 +50,13 @@ def _parse_vector(text: str, where: Path) -> npt.NDArray[np.float64]:
     text = text.strip()
     if not (text.startswith("(") and text.endswith(")")):
         raise LabelMapError(f"{where}: bad NRRD vector {text!r}")
-    return np.array([float(v) for v in text[1:-1].split(",")], dtype=np.float64)
+    try:
+        v = np.array([float(x) for x in text[1:-1].split(",")], dtype=np.float64)
+    except ValueError:
+        raise LabelMapError(f"{where}: bad NRRD vector {text!r}") from None
+    if v.shape != (3,) or not np.all(np.isfinite(v)):
+        raise LabelMapError(f"{where}: NRRD vector must be 3 finite numbers, got {text!r}")
+    return v
 
 
 def read_nrrd(path: str | Path) -> ImageVolume:
@@ -58,10 +66,14 @@ def read_nrrd(path: str | Path) -> ImageVolume:
         ImageVolume with ``voxels[k, j, i]`` and ``ijk_to_lps`` (LPS mm).
 
     Raises:
-        LabelMapError: unsupported or malformed file.
+        LabelMapError: unsupported or malformed file, a missing or unreadable detached
+            data file, corrupt gzip data; the message names the file.
     """
     p = Path(path)
-    raw = p.read_bytes()
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise LabelMapError(f"{p}: cannot read: {e.strerror or e}") from None
     if not raw.startswith(b"NRRD000"):
         raise LabelMapError(f"{p}: not a NRRD file (no NRRD000x magic)")
     end = raw.find(b"\n\n")
@@ -81,7 +93,9 @@ def read_nrrd(path: str | Path) -> ImageVolume:
         sizes = [int(v) for v in fields["sizes"].split()]
     except KeyError as e:
         raise LabelMapError(f"{p}: NRRD header lacks or has unsupported field {e}") from e
-    if dim != 3 or len(sizes) != 3:
+    except ValueError as e:
+        raise LabelMapError(f"{p}: NRRD dimension/sizes must be integers ({e})") from None
+    if dim != 3 or len(sizes) != 3 or min(sizes) < 1:
         raise LabelMapError(f"{p}: expected a 3D NRRD, got dimension {dim} sizes {sizes}")
     encoding = fields.get("encoding", "raw").lower()
     if fields.get("endian", "little").lower() == "big":
@@ -89,11 +103,19 @@ def read_nrrd(path: str | Path) -> ImageVolume:
     else:
         dtype = dtype.newbyteorder("<")
     if "data file" in fields or "datafile" in fields:
-        data = (p.parent / fields.get("data file", fields.get("datafile", ""))).read_bytes()
+        data_path = p.parent / fields.get("data file", fields.get("datafile", ""))
+        try:
+            data = data_path.read_bytes()
+        except OSError as e:
+            raise LabelMapError(f"{p}: detached data file {data_path}: "
+                                f"{e.strerror or e}") from None
     else:
         data = raw[end + 2:]
     if encoding in ("gzip", "gz"):
-        data = gzip.decompress(data)
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as e:
+            raise LabelMapError(f"{p}: NRRD gzip data is corrupt ({e})") from None
     elif encoding != "raw":
         raise LabelMapError(f"{p}: NRRD encoding {encoding!r} not supported (raw, gzip)")
     count = sizes[0] * sizes[1] * sizes[2]
@@ -110,7 +132,11 @@ def read_nrrd(path: str | Path) -> ImageVolume:
         for a, d in enumerate(dirs):
             m[:3, a] = _parse_vector(d, p)
     elif "spacings" in fields:
-        m[:3, :3] = np.diag([float(v) for v in fields["spacings"].split()])
+        try:
+            m[:3, :3] = np.diag([float(v) for v in fields["spacings"].split()])
+        except ValueError:
+            raise LabelMapError(f"{p}: NRRD spacings must be 3 numbers, got "
+                                f"{fields['spacings']!r}") from None
     if "space origin" in fields:
         m[:3, 3] = _parse_vector(fields["space origin"], p)
     if space in ("right-anterior-superior", "ras"):
@@ -173,14 +199,7 @@ def load_label_map(path: str | Path) -> ImageVolume:
         vol = read_nrrd(p)
     else:
         raise LabelMapError(f"{p}: unknown label map format (expected .nii, .nii.gz, .nrrd)")
-    v = vol.voxels
-    if v.dtype.kind == "f":
-        if not np.all(v == np.round(v)):
-            raise LabelMapError(f"{p}: label map has non-integer values (is it an image?)")
-        vol = ImageVolume(v.astype(np.int32), vol.ijk_to_lps)
-    elif v.dtype.kind not in "iu":
-        raise LabelMapError(f"{p}: label map dtype {v.dtype} is not integer")
-    return vol
+    return check_label_volume(vol, str(p), error=LabelMapError)
 
 
 def read_label_names(path: str | Path) -> dict[int, str]:

@@ -14,13 +14,14 @@ from typing import Any
 import numpy as np
 
 from guidance.geometry import ImageVolume, ras_to_lps
+from guidance.io.validate import InputError
 
 __all__ = ["NiftiError", "load_nifti"]
 
 log = logging.getLogger(__name__)
 
 
-class NiftiError(ValueError):
+class NiftiError(InputError):
     """A NIfTI file that cannot be read or has unusable geometry."""
 
 

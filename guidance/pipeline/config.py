@@ -8,11 +8,12 @@ with a message naming it (``"safety.caution_offset_mm must be > 0, got -2"``).
 from __future__ import annotations
 
 import dataclasses
-import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from guidance.io.validate import InputError, read_json_document
 from guidance.safety.config import SafetyConfig
 
 __all__ = [
@@ -30,15 +31,16 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A configuration value or key that is not accepted."""
 
 
 def _positive(section: str, obj: object, *names: str) -> None:
     for n in names:
         v = getattr(obj, n)
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
-            raise ConfigError(f"{section}.{n} must be a number > 0, got {v!r}")
+        if (not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0
+                or not math.isfinite(v)):
+            raise ConfigError(f"{section}.{n} must be a finite number > 0, got {v!r}")
 
 
 #: Modalities of the live loop; a frame's modality comes from ``ingest.modality`` or its
@@ -119,9 +121,10 @@ class NavigationConfig:
                 parse_transform_name(name)
             except (TypeError, ValueError) as e:
                 raise ConfigError(f"navigation.stale_limits_s: {e}") from None
-            if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit > 0:
-                raise ConfigError(f"navigation.stale_limits_s.{name} must be a number > 0, "
-                                  f"got {limit!r}")
+            if (isinstance(limit, bool) or not isinstance(limit, (int, float))
+                    or not limit > 0 or not math.isfinite(limit)):
+                raise ConfigError(f"navigation.stale_limits_s.{name} must be a finite "
+                                  f"number > 0, got {limit!r}")
 
 
 @dataclass(frozen=True)
@@ -262,6 +265,8 @@ def config_from_dict(data: dict[str, Any], where: str = "config") -> PipelineCon
                 ok = False
             if not ok:
                 raise ConfigError(f"{where}: {name}.{key} must be {expected.__name__}, got {v!r}")
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"{where}: {name}.{key} must be finite, got {v!r}")
         try:
             built[name] = cls(**value)
         except ConfigError as e:
@@ -274,10 +279,5 @@ def config_from_dict(data: dict[str, Any], where: str = "config") -> PipelineCon
 def load_config(path: str | Path) -> PipelineConfig:
     """Load a JSON config file; errors name the file."""
     p = Path(path)
-    try:
-        data = json.loads(p.read_text())
-    except OSError as e:
-        raise ConfigError(f"cannot read config {p}: {e}") from e
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{p}: invalid JSON at line {e.lineno}: {e.msg}") from e
+    data = read_json_document(p, "config file", error=ConfigError)
     return config_from_dict(data, where=str(p))

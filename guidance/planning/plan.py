@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from guidance.io.validate import InputError, finite_number, point3, read_json_document
 from guidance.planning.provenance import PlanAnatomy
 
 __all__ = ["PLAN_FORMAT", "Plan", "PlanError"]
@@ -28,11 +29,14 @@ __all__ = ["PLAN_FORMAT", "Plan", "PlanError"]
 PLAN_FORMAT = "guidance.plan/1"
 
 
-class PlanError(ValueError):
+class PlanError(InputError):
     """A plan file that cannot be read or is inconsistent; the message names the file."""
 
 
 def _point(name: str, value: object) -> npt.NDArray[np.float64]:
+    seq = value.tolist() if isinstance(value, np.ndarray) else value
+    if isinstance(seq, (list, tuple)) and any(isinstance(v, (bool, np.bool_)) for v in seq):
+        raise ValueError(f"{name} must be 3 numbers (LPS mm), got booleans {value!r}")
     try:
         p = np.asarray(value, dtype=np.float64).reshape(-1)
     except (TypeError, ValueError) as e:
@@ -40,6 +44,17 @@ def _point(name: str, value: object) -> npt.NDArray[np.float64]:
     if p.shape != (3,) or not np.all(np.isfinite(p)):
         raise ValueError(f"{name} must be 3 finite numbers (LPS mm), got {value!r}")
     return p
+
+
+def _strict(o: Any) -> Any:
+    """``o`` with every NaN or infinite float replaced by None (strict JSON)."""
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    if isinstance(o, dict):
+        return {k: _strict(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_strict(v) for v in o]
+    return o
 
 
 @dataclass(frozen=True, eq=False)
@@ -82,7 +97,12 @@ class Plan:
             )
         object.__setattr__(self, "entry_lps", e)
         object.__setattr__(self, "target_lps", t)
-        object.__setattr__(self, "needle_length_mm", float(self.needle_length_mm))
+        length = self.needle_length_mm
+        if isinstance(length, bool) or not isinstance(length, (int, float, np.number)):
+            raise TypeError(f"needle_length_mm must be a number, got {length!r}")
+        if not (math.isnan(length) or (math.isfinite(length) and length > 0)):
+            raise ValueError(f"needle_length_mm must be > 0 (or unknown), got {length!r}")
+        object.__setattr__(self, "needle_length_mm", float(length))
 
     @property
     def length_mm(self) -> float:
@@ -110,8 +130,10 @@ class Plan:
         return out
 
     def save(self, path: str | Path) -> None:
-        """Write ``plan.json`` (plan fields plus ``extra``, e.g. the metrics)."""
-        Path(path).write_text(json.dumps(self.to_json(), indent=2) + "\n")
+        """Write ``plan.json`` (plan fields plus ``extra``, e.g. the metrics; a NaN or
+        infinite metric is written as null: strict JSON, which :meth:`load` requires)."""
+        Path(path).write_text(json.dumps(_strict(self.to_json()), indent=2,
+                                         allow_nan=False) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> Plan:
@@ -122,29 +144,33 @@ class Plan:
                 ``anatomy`` (naming the key).
         """
         p = Path(path)
-        try:
-            data = json.loads(p.read_text())
-        except FileNotFoundError as e:
-            raise PlanError(f"{p}: no such plan file") from e
-        except (OSError, json.JSONDecodeError) as e:
-            raise PlanError(f"{p}: cannot read plan JSON: {e}") from e
+        data = read_json_document(p, "plan file", error=PlanError)
         if not isinstance(data, dict):
-            raise PlanError(f"{p}: plan must be a JSON object")
+            raise PlanError(f"{p}: plan must be a JSON object, got {type(data).__name__}")
         fmt = data.get("format")
         if fmt != PLAN_FORMAT:
             raise PlanError(f"{p}: format {fmt!r} is not {PLAN_FORMAT!r}")
+        where = str(p)
+        entry = point3(where, "entry_lps_mm", data.get("entry_lps_mm"), error=PlanError)
+        target = point3(where, "target_lps_mm", data.get("target_lps_mm"), error=PlanError)
+        length = data.get("needle_length_mm")
+        if length is not None:
+            length = finite_number(where, "needle_length_mm", length, positive=True,
+                                   error=PlanError)
+        for key in ("target_spec", "ct_source", "labels_source"):
+            if not isinstance(data.get(key, ""), str):
+                raise PlanError(f"{p}: {key} must be a string, got {data[key]!r:.60}")
         try:
-            length = data.get("needle_length_mm")
             known = {"format", "entry_lps_mm", "target_lps_mm", "target_spec", "ct_source",
                      "labels_source", "needle_length_mm", "anatomy"}
             anatomy = data.get("anatomy")
             return cls(
-                entry_lps=_point("entry_lps_mm", data.get("entry_lps_mm")),
-                target_lps=_point("target_lps_mm", data.get("target_lps_mm")),
-                target_spec=str(data.get("target_spec", "")),
-                ct_source=str(data.get("ct_source", "")),
-                labels_source=str(data.get("labels_source", "")),
-                needle_length_mm=math.nan if length is None else float(length),
+                entry_lps=entry,
+                target_lps=target,
+                target_spec=data.get("target_spec", ""),
+                ct_source=data.get("ct_source", ""),
+                labels_source=data.get("labels_source", ""),
+                needle_length_mm=math.nan if length is None else length,
                 extra={k: v for k, v in data.items() if k not in known},
                 anatomy=None if anatomy is None else PlanAnatomy.from_json(anatomy),
             )

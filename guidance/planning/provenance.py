@@ -34,6 +34,7 @@ __all__ = [
     "REAL",
     "PlanAnatomy",
     "SourceRef",
+    "check_plan_inside",
     "file_sha256",
     "load_plan_ct",
     "load_plan_structures",
@@ -362,9 +363,29 @@ def load_plan_ct(plan: Plan, plan_path: str | Path | None = None,
     where, anatomy, base = _anatomy_of(plan, plan_path)
     path = _checked_path(anatomy.ct, "CT", where, base)
     try:
-        return load_real_ct() if anatomy.ct.arg == REAL else load_ct(path, progress=progress)
+        ct = load_real_ct() if anatomy.ct.arg == REAL else load_ct(path, progress=progress)
     except (DicomSeriesError, RealDataMissing) as e:
         raise PlanError(f"{where}: CT {path}: {e}") from e
+    check_plan_inside(plan, ct, where)
+    return ct
+
+
+def check_plan_inside(plan: Plan, volume: ImageVolume, where: str,
+                      what: str = "planning CT") -> None:
+    """Refuse a plan whose entry or target lies outside the scan it is used with.
+
+    Args:
+        volume: the CT, or a label map on its grid.
+
+    Raises:
+        guidance.planning.plan.PlanError: naming the plan, the point and how far out.
+    """
+    from guidance.io.validate import check_points_in_volume
+    from guidance.planning.plan import PlanError
+
+    check_points_in_volume(where, (("entry_lps_mm", plan.entry_lps),
+                                   ("target_lps_mm", plan.target_lps)),
+                           volume, what=what, error=PlanError)
 
 
 def load_plan_structures(
@@ -416,6 +437,8 @@ def load_plan_structures(
         names = structure_names() if names_path is None else read_label_names(names_path)
     except (LabelMapError, RealDataMissing) as e:
         raise PlanError(f"{where}: {e}") from e
+    # The labels are on the planning CT's grid (checked when planning).
+    check_plan_inside(plan, labels, where)
     step(0.1, "distance fields")
     try:
         structures = build_structures(

@@ -20,11 +20,14 @@ grows faster than the voxel count, so this is what keeps a build within seconds.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
+
+from guidance.io.validate import require_finite
 
 __all__ = ["SdfStack", "SignedDistanceField", "compute_sdf"]
 
@@ -54,7 +57,12 @@ class SignedDistanceField:
 
         Points outside the box get ``cap_mm`` (the structure is at least that far).
         Returns (N,) float64 mm.
+
+        Raises:
+            guidance.io.validate.NonFiniteError: a NaN or infinite index (it would read
+                as outside the box: as far away).
         """
+        require_finite("distance field sample points (grid i, j, k)", ijk)
         n = ijk.shape[0]
         out = np.full(n, self.cap_mm, dtype=np.float64)
         if not self.present or n == 0:
@@ -98,6 +106,7 @@ class SdfStack:
             parts.append(f.distances_mm.ravel())
             n += f.distances_mm.size
         self._flat = np.concatenate(parts).astype(np.float32, copy=False)
+        require_finite("signed distance fields", self._flat)
         self._base = np.array(base, dtype=np.int64)
         shape = np.array([f.distances_mm.shape[::-1] for f in fields], dtype=np.int64)  # i,j,k
         self._hi = (shape - 1).astype(np.float64)[:, None, :]
@@ -115,7 +124,13 @@ class SdfStack:
         self._cap = np.array([f.cap_mm for f in fields])[:, None]
 
     def sample(self, ijk: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-        """(S, N) float64 mm: every field at (N, 3) fractional parent-grid indices."""
+        """(S, N) float64 mm: every field at (N, 3) fractional parent-grid indices.
+
+        Raises:
+            guidance.io.validate.NonFiniteError: a NaN or infinite index (it would read
+                as outside every box: as far away from every structure).
+        """
+        require_finite("distance field sample points (grid i, j, k)", ijk)
         local = (ijk[None, :, :] - self._shift) * self._mul
         inside = np.all((local >= 0.0) & (local <= self._hi), axis=2) & self._present
         loc = np.clip(local, 0.0, self._hi)
@@ -159,10 +174,10 @@ def compute_sdf(
         :class:`SignedDistanceField` (``present=False`` for an empty mask).
     """
     sp = np.asarray(spacing_ijk_mm, dtype=np.float64)
-    if sp.shape != (3,) or np.any(sp <= 0):
-        raise ValueError(f"spacing_ijk_mm must be 3 positive values, got {sp}")
-    if cap_mm <= 0:
-        raise ValueError(f"cap_mm must be > 0, got {cap_mm}")
+    if sp.shape != (3,) or not np.all(np.isfinite(sp)) or np.any(sp <= 0):
+        raise ValueError(f"spacing_ijk_mm must be 3 finite positive values, got {sp}")
+    if not (math.isfinite(cap_mm) and cap_mm > 0):
+        raise ValueError(f"cap_mm must be finite and > 0, got {cap_mm}")
     if mask.ndim != 3:
         raise ValueError(f"mask must be 3D [k, j, i], got shape {mask.shape}")
     if not mask.any():

@@ -111,10 +111,10 @@ class StructureSet:
         trusted box. ``which`` selects structure indices (default: all, in order)."""
         ijk = self.to_grid_ijk(points_lps)
         idx = range(len(self.structures)) if which is None else which
-        out = np.empty((len(idx), ijk.shape[0]), dtype=np.float64)
+        out = np.full((len(idx), ijk.shape[0]), np.nan, dtype=np.float64)
+        known = self.in_roi(ijk)  # False for a NaN point too: unknown, never far away
         for row, s in enumerate(idx):
-            out[row] = self.structures[s].sdf.sample_ijk(ijk)
-        out[:, ~self.in_roi(ijk)] = np.nan
+            out[row, known] = self.structures[s].sdf.sample_ijk(ijk[known])
         return out
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from guidance.io.validate import require_finite
 from guidance.records import SafetyReason, SafetyWarning, WarningLevel
 
 __all__ = ["Clearance", "MarginWidening", "SafetyDecision", "SafetyReason"]
@@ -41,6 +42,14 @@ class MarginWidening:
     speed_mm_s: float = 0.0
     coverage_k: float = 2.0
     notes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # A NaN here would make every widened margin NaN, and every comparison with it
+        # false: no warning. Refuse it where it is made.
+        require_finite("margin widening (tracking, calibration, registration, latency, "
+                       "speed, coverage)",
+                       [self.tracking_mm, self.calibration_mm, self.registration_mm,
+                        self.latency_s, self.speed_mm_s, self.coverage_k])
 
     @property
     def random_mm(self) -> float:
@@ -90,6 +99,12 @@ class Clearance:
     margin_mm: float
     hard: bool = True
     capped: bool = False
+
+    def describe_mm(self) -> str:
+        """``12.3 mm``, or ``> 30 mm`` when capped (a bound, not a measurement)."""
+        if self.capped:
+            return f"> {self.clearance_mm:g} mm"
+        return f"{self.clearance_mm:.1f} mm"
 
 
 @dataclass(frozen=True, eq=False)
@@ -151,7 +166,7 @@ class SafetyDecision:
         close = next((c for c in self.clearances if math.isfinite(c.clearance_mm)), None)
         if close is None:
             return "OK: no warning"
-        return (f"OK: closest {close.structure} {close.clearance_mm:.1f} mm (margin "
+        return (f"OK: closest {close.structure} {close.describe_mm()} (margin "
                 f"{close.margin_mm:.1f} mm)")
 
     def to_json(self) -> dict[str, object]:

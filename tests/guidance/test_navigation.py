@@ -315,4 +315,4 @@ def test_run_refuses_a_plan_whose_anatomy_cannot_be_checked(tmp_path, capsys) ->
     err = capsys.readouterr().err
     assert "records no anatomy" in err and "old-plan.json" in err
     assert cli_main.main(["run", "--listen", "47997", "--plan", str(tmp_path / "none.json")]) == 2
-    assert "no such plan file" in capsys.readouterr().err
+    assert "none.json: cannot read: no such file" in capsys.readouterr().err

@@ -76,7 +76,7 @@ def collect(pipe: Pipeline, n: int, timeout_s: float = 10.0):
         ({"ingest": {"needle_pose": "NeedleToReference"}}, "unknown key ingest.needle_pose"),
         ({"navigation": {"time_base": "gps"}}, "time_base must be sender or receive"),
         ({"navigation": {"stale_limits_s": {"needle": 0.1}}}, "must look like 'FromToTo'"),
-        ({"navigation": {"stale_limits_s": {"NeedleToReference": 0}}}, "must be a number > 0"),
+        ({"navigation": {"stale_limits_s": {"NeedleToReference": 0}}}, "must be a finite number > 0"),
         ({"navigation": {"image_frame": "image"}}, "image_frame must be a frame name"),
         ([], "expected an object"),
     ],
@@ -239,7 +239,7 @@ def test_load_config_file_errors(tmp_path):
     p.write_text(json.dumps({"safety": {"margin": 1}}))
     with pytest.raises(ConfigError, match=r"unknown key safety\.margin"):
         load_config(p)
-    with pytest.raises(ConfigError, match="cannot read config"):
+    with pytest.raises(ConfigError, match=r"missing\.json: cannot read: no such config file"):
         load_config(tmp_path / "missing.json")
     assert PipelineConfig().safety.lateral_caution_mm > PipelineConfig().safety.lateral_info_mm
 

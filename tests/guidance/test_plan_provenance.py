@@ -244,7 +244,7 @@ MALFORMED: list[tuple[str, Callable[[dict], None], str]] = [
     ("two numbers", lambda a: a.update(roi_center_lps_mm=[1.0, 2.0]),
      r"anatomy\.roi_center_lps_mm must be 3 finite numbers"),
     ("NaN", lambda a: a.update(roi_center_lps_mm=[1.0, float("nan"), 2.0]),
-     r"anatomy\.roi_center_lps_mm must be 3 finite numbers"),
+     r"anatomy\.roi_center_lps_mm\[1\]: NaN is not a number JSON allows"),
     ("strings", lambda a: a.update(roi_half_size_mm=["1", "2", "3"]),
      r"anatomy\.roi_half_size_mm must be 3 finite numbers"),
     ("booleans", lambda a: a.update(roi_half_size_mm=[True, True, True]),

@@ -152,7 +152,7 @@ def test_bad_recording_files_rejected(tmp_path, content):
 
 def test_replay_cli_errors_exit_2(tmp_path, capsys):
     assert main(["replay", str(tmp_path / "missing.igtlrec"), "--to", "127.0.0.1:1"]) == 2
-    assert "no such recording" in capsys.readouterr().err
+    assert "missing.igtlrec: cannot read: no such file" in capsys.readouterr().err
     p = tmp_path / "junk.igtlrec"
     p.write_bytes(b"junk" * 10)
     assert main(["replay", str(p), "--to", "127.0.0.1:9"]) == 2

@@ -36,7 +36,7 @@ def test_bench_segment_short_run(model_card: Path, tmp_path: Path,
 
 @pytest.mark.parametrize("extra, words", [
     (["--backends", "onnxruntime-cpu,tensorrtx"], "'tensorrtx'"),
-    (["--model", "/nonexistent/card.json"], "cannot read model card"),
+    (["--model", "/nonexistent/card.json"], "card.json: cannot read: no such file"),
     (["--frames", "3"], "--frames must be >= 10"),
 ])
 def test_bench_segment_bad_arguments(model_card: Path, tmp_path: Path, extra: list[str],
