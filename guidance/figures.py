@@ -59,7 +59,7 @@ _X, _Y, _Z = np.eye(3)
 #: name of the group; first match wins.
 _STRUCT_GROUPS: tuple[tuple[str, str, tuple[int, int, int]], ...] = (
     ("spinal_cord", "spinal cord", (255, 60, 60)),
-    ("nerve", "nerve roots", (255, 220, 0)),
+    ("nerve", "nerve roots", (255, 150, 0)),
     ("aorta", "aorta", (255, 80, 200)),
     ("iliac", "iliac arteries", (255, 80, 200)),
     ("vena", "venae cavae", (80, 120, 255)),
@@ -367,7 +367,7 @@ def annotate(rgb: np.ndarray, right_lps: npt.ArrayLike, down_lps: npt.ArrayLike,
         right_lps, down_lps: LPS directions of its columns and rows.
         pixel_mm: pixel size, mm (``None``: no scale bar, e.g. a projection whose
             magnification varies with depth).
-        legend: (name, RGB) of the structures drawn, listed bottom left.
+        legend: (name, RGB) of what is drawn, listed top left.
         top_margin_px, bottom_margin_px: rows kept free (a banner, numbers).
 
     Returns:
@@ -375,10 +375,29 @@ def annotate(rgb: np.ndarray, right_lps: npt.ArrayLike, down_lps: npt.ArrayLike,
     """
     h, w = rgb.shape[:2]
     scale = max(0.35, min(h, w) / 700.0)
-    letters = edge_letters(right_lps, down_lps)
-    (_, th), _ = cv2.getTextSize("M", _FONT, scale * 1.3, 2)
     pad = max(3, w // 100)
-    for edge, text in letters.items():
+    (_, th), _ = cv2.getTextSize("M", _FONT, scale * 1.3, 2)
+    if legend:
+        # Top left under any banner, on a dark box; the letters go on top of it.
+        small = scale * 0.6
+        (_, lh), _ = cv2.getTextSize("Mg", _FONT, small, 1)
+        line_h = int(lh * 1.7) + 2
+        widths = [cv2.getTextSize(name, _FONT, small, 1)[0][0] for name, _ in legend]
+        box_w = 3 * lh + max(widths) + 2 * pad
+        y0 = top_margin_px + pad
+        y1 = min(y0 + line_h * len(legend) + pad, h - bottom_margin_px)
+        roi = rgb[y0:y1, pad:min(pad + box_w, w)]
+        roi[...] = (roi * 0.35).astype(np.uint8)
+        y = y0 + pad // 2 + lh + 2
+        for name, colour in legend:
+            if y > y1:
+                break
+            rgb_c = (int(colour[0]), int(colour[1]), int(colour[2]))
+            cv2.line(rgb, (2 * pad, y - lh // 2), (2 * pad + 2 * lh, y - lh // 2), rgb_c,
+                     max(2, round(scale * 3)))
+            cv2.putText(rgb, name, (2 * pad + 3 * lh, y), _FONT, small, rgb_c, 1, cv2.LINE_AA)
+            y += line_h
+    for edge, text in edge_letters(right_lps, down_lps).items():
         (lw, _), _ = cv2.getTextSize(text, _FONT, scale * 1.3, 2)
         if edge == "left":
             org = (pad, h // 2 + th // 2)
@@ -403,26 +422,6 @@ def annotate(rgb: np.ndarray, right_lps: npt.ArrayLike, down_lps: npt.ArrayLike,
         label = f"{bar:g} mm"
         (bw, _), _ = cv2.getTextSize(label, _FONT, scale, 1)
         _text(rgb, label, ((x0 + x1) // 2 - bw // 2, y - th // 2 - 4), scale)
-    if legend:
-        # Bottom left, on a dark box (the scale bar is bottom right, the letters at the
-        # middle of the edges).
-        small = scale * 0.6
-        (_, lh), _ = cv2.getTextSize("Mg", _FONT, small, 1)
-        line_h = int(lh * 1.7) + 2
-        widths = [cv2.getTextSize(name, _FONT, small, 1)[0][0] for name, _ in legend]
-        box_w = 3 * lh + max(widths) + 2 * pad
-        box_h = line_h * len(legend) + pad
-        y1 = h - bottom_margin_px - pad
-        y0 = max(y1 - box_h, top_margin_px)
-        roi = rgb[y0:y1, pad:min(pad + box_w, w)]
-        roi[...] = (roi * 0.35).astype(np.uint8)
-        y = y0 + pad // 2 + lh + 2
-        for name, colour in legend:
-            rgb_c = (int(colour[0]), int(colour[1]), int(colour[2]))
-            cv2.line(rgb, (2 * pad, y - lh // 2), (2 * pad + 2 * lh, y - lh // 2), rgb_c,
-                     max(2, round(scale * 3)))
-            cv2.putText(rgb, name, (2 * pad + 3 * lh, y), _FONT, small, rgb_c, 1, cv2.LINE_AA)
-            y += line_h
     return rgb
 
 

@@ -65,6 +65,15 @@ class Metric:
     value: float
     unit: str
     level: WarningLevel = WarningLevel.NONE
+    #: the value is a bound: the distance is at least ``value`` (the distance fields'
+    #: cap), shown as ``> 30``.
+    capped: bool = False
+
+    def text(self) -> str:
+        """The number as shown: ``12.3``, ``> 30`` when capped, ``-`` when unknown."""
+        if not math.isfinite(self.value):
+            return "-"
+        return f"> {self.value:g}" if self.capped else f"{self.value:.1f}"
 
 
 @dataclass(frozen=True)
@@ -140,7 +149,8 @@ def _metrics(result: FrameResult, stale: bool) -> tuple[Metric, ...]:
     for c in (d.clearances if d is not None else ()):
         out.append(Metric(c.structure, nan if stale else float(c.clearance_mm), "mm",
                           WarningLevel.NONE if stale else levels.get(c.structure,
-                                                                      WarningLevel.NONE)))
+                                                                      WarningLevel.NONE),
+                          capped=c.capped))
     return tuple(out)
 
 

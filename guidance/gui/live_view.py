@@ -91,7 +91,7 @@ class LiveCanvas(QWidget):
 
 
 def _fmt(m: Metric) -> str:
-    return "-" if not math.isfinite(m.value) else f"{m.value:.1f}"
+    return m.text()
 
 
 class LiveView(QWidget):

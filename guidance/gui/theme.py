@@ -5,6 +5,7 @@ from __future__ import annotations
 from PyQt5.QtGui import QColor, QFont, QPalette
 from PyQt5.QtWidgets import QApplication
 
+from guidance.pipeline import overlay
 from guidance.records import WarningLevel
 
 __all__ = [
@@ -33,8 +34,9 @@ LEVEL_COLOURS: dict[WarningLevel, QColor] = {
 #: STALE: neutral grey with a yellow hatch (no level colour: nothing current is shown).
 STALE_COLOUR = QColor(90, 90, 90)
 STALE_HATCH = QColor(255, 210, 0)
-NO_GUIDANCE_COLOUR = QColor(70, 50, 100)
-DEGRADED_COLOUR = QColor(120, 90, 20)
+#: NO_GUIDANCE and DEGRADED without a warning: the headless overlay's colours, never OK's.
+NO_GUIDANCE_COLOUR = QColor(*overlay.NO_GUIDANCE_COLOUR)
+DEGRADED_COLOUR = QColor(*overlay.DEGRADED_COLOUR)
 PLAN_COLOUR = QColor(0, 220, 255)
 #: The plan's structures projected by the C-arm calibration (fluoroscopy).
 OUTLINE_COLOUR = QColor(255, 140, 0)

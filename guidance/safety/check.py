@@ -313,7 +313,9 @@ class SafetyCheck:
             msg = f"{name}: {d_now:.1f} mm, within {margin}"
         elif math.isfinite(s_breach):
             reason = SafetyReason.BREACH_AHEAD
-            msg = f"{name}: {d_now:.1f} mm now, breach of {margin} {s_breach:.1f} mm ahead"
+            # Beyond the distance fields' cap the distance is a bound, not a measure.
+            now = f"> {self._cap:g} mm" if d_now >= self._cap else f"{d_now:.1f} mm"
+            msg = f"{name}: {now} now, breach of {margin} {s_breach:.1f} mm ahead"
         else:
             reason = SafetyReason.NEAR_STRUCTURE
             msg = (f"{name}: {d_now:.1f} mm, near the {eff:.1f} mm margin ({base:g} + "

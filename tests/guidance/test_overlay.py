@@ -7,8 +7,16 @@ import numpy as np
 import pytest
 
 from guidance.geometry import ImageVolume
-from guidance.pipeline.frame import FrameResult, Reason, StateReason
-from guidance.pipeline.overlay import LEVEL_COLOURS, OverlayComposer, wrap_text
+from guidance.pipeline.frame import FrameResult, NeedleEstimate2D3D, Reason, StateReason
+from guidance.pipeline.overlay import (
+    DEGRADED_COLOUR,
+    LEVEL_COLOURS,
+    NO_GUIDANCE_COLOUR,
+    STALE_COLOUR,
+    OverlayComposer,
+    banner_colour,
+    wrap_text,
+)
 from guidance.records import GuidanceState, SafetyWarning, WarningLevel
 
 LONG = ("vertebra_L1: 2.3 mm, within the 2.8 mm margin; breach expected 4.6 mm ahead "
@@ -91,3 +99,69 @@ def test_a_degraded_frame_says_so_and_why_beside_the_warning(monkeypatch) -> Non
     drawn.clear()
     OverlayComposer().compose(_result("vertebra_L1: 2.3 mm", 256))
     assert "DEGRADED" not in " ".join(drawn) and "more)" not in " ".join(drawn)
+
+
+def _plain(state: GuidanceState, decision=None, needle=None, size: int = 128) -> FrameResult:
+    from tests.guidance.gui.test_display_model import _WHY
+
+    img = ImageVolume(voxels=np.full((1, size, size), 100, np.uint16), ijk_to_lps=np.eye(4))
+    reasons = (StateReason(_WHY[state], "why"),) if state in _WHY else ()
+    return FrameResult(seq=1, t_s=1.0, received_ns=1, state=state, state_reasons=reasons,
+                       decision=decision, needle=needle, image=img)
+
+
+@pytest.mark.parametrize(
+    ("state", "colour"),
+    [
+        (GuidanceState.NO_GUIDANCE, NO_GUIDANCE_COLOUR),
+        (GuidanceState.DEGRADED, DEGRADED_COLOUR),
+        (GuidanceState.STALE, STALE_COLOUR),
+        (GuidanceState.OK, LEVEL_COLOURS[WarningLevel.NONE]),
+    ],
+)
+def test_a_state_that_is_not_ok_is_never_drawn_in_the_colour_of_ok(state, colour) -> None:
+    rgb = OverlayComposer().compose(_plain(state))
+    assert tuple(int(v) for v in rgb[2, 2]) == colour  # inside the banner
+    ok = LEVEL_COLOURS[WarningLevel.NONE]
+    if state != GuidanceState.OK:
+        assert colour != ok and not np.any(np.all(rgb == ok, axis=2))
+        assert banner_colour(state, WarningLevel.NONE) != ok
+        assert banner_colour(state, WarningLevel.INFO) != ok
+
+
+def test_numbers_only_when_measured_on_that_update(monkeypatch) -> None:
+    from tests.guidance.gui.test_display_model import _decision
+
+    drawn: list[str] = []
+    real = cv2.putText
+
+    def spy(img, text, *args, **kwargs):  # type: ignore[no-untyped-def]
+        drawn.append(text)
+        return real(img, text, *args, **kwargs)
+
+    monkeypatch.setattr(cv2, "putText", spy)
+    nan2 = np.full(2, np.nan)
+    needle = NeedleEstimate2D3D(nan2, nan2, np.zeros(3), np.array([0.0, 0.0, 1.0]), 0.9,
+                                "tracker")
+    OverlayComposer().compose(_plain(GuidanceState.OK, _decision(tip_to_target=0.0), needle))
+    assert any(t.startswith("tip-target") for t in drawn)
+    for state, n in ((GuidanceState.OK, None), (GuidanceState.NO_GUIDANCE, needle),
+                     (GuidanceState.STALE, needle)):
+        drawn.clear()
+        OverlayComposer().compose(_plain(state, _decision(tip_to_target=0.0), n))
+        assert not any("tip-target" in t or "to target" in t or "off-plan" in t
+                       for t in drawn), (state, drawn)
+
+
+def test_capped_clearances_read_as_bounds() -> None:
+    from guidance.gui.live_model import Metric
+    from guidance.safety.decision import Clearance
+    from tests.guidance.gui.test_display_model import _decision
+
+    far = Clearance("aorta", 30.0, 5.0, capped=True)
+    assert far.describe_mm() == "> 30 mm"
+    assert Clearance("aorta", 12.34, 5.0).describe_mm() == "12.3 mm"
+    assert _decision(clearances=[far]).text() == "OK: closest aorta > 30 mm (margin 5.0 mm)"
+    assert Metric("aorta", 30.0, "mm", capped=True).text() == "> 30"
+    assert Metric("aorta", 12.34, "mm").text() == "12.3"
+    assert Metric("aorta", float("nan"), "mm").text() == "-"
