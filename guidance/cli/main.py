@@ -17,6 +17,7 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 __all__ = ["COMMAND_MODULES", "UsageError", "main"]
 
@@ -37,6 +38,31 @@ COMMAND_MODULES: list[str] = [
 
 class UsageError(Exception):
     """A bad argument or input file: printed as one line, exit status 2."""
+
+
+class _StderrLines:
+    """``sys.stderr`` that remembers whether its last line is finished, so that a refusal
+    starts on a line of its own after a progress bar (``\r``-updated, unterminated)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.open_line = False
+
+    def write(self, text: str) -> int:
+        if text:
+            self.open_line = not text.endswith("\n")
+        return int(self.stream.write(text))
+
+    def __getattr__(self, name: str) -> Any:  # flush, isatty, fileno, encoding...
+        return getattr(self.stream, name)
+
+
+def _refuse(command: str, message: object) -> int:
+    """Print one line ``guidance COMMAND: error: MESSAGE`` on stderr; return 2."""
+    text = " ".join(str(message).split())  # a library's multi-line message on one line
+    lead = "\n" if getattr(sys.stderr, "open_line", False) else ""
+    print(f"{lead}guidance {command}: error: {text}", file=sys.stderr)
+    return 2
 
 
 class _Parser(argparse.ArgumentParser):
@@ -70,26 +96,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     problems = path_problems(parser, args)
     if problems:  # before anything runs: a missing input, an output that cannot be written
-        print(f"guidance {args.command}: error: {problems[0]}", file=sys.stderr)
-        return 2
+        return _refuse(args.command, problems[0])
 
+    stderr = sys.stderr
+    sys.stderr = _StderrLines(stderr)
     try:
         return int(args.func(args))
     except (UsageError, InputError) as e:
         # InputError: a loader's refusal of a bad file (CT, labels, plan, config,
         # calibration) that the command did not word itself; it names the file.
-        print(f"guidance {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return _refuse(args.command, e)
     except OSError as e:
         # Last resort for a user's path that failed after the early checks (a disk that
         # filled, a folder removed meanwhile); anything else is a bug and is raised.
         if e.filename is None:
             raise
         where = f"{e.filename} -> {e.filename2}" if e.filename2 else str(e.filename)
-        print(f"guidance {args.command}: error: {where}: {e.strerror or e}", file=sys.stderr)
-        return 2
+        return _refuse(args.command, f"{where}: {e.strerror or e}")
     except KeyboardInterrupt:
         return 130
+    finally:
+        sys.stderr = stderr
 
 
 if __name__ == "__main__":
