@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from guidance.cli.common import positive_float, print_summary, start_gui_or_fail
+from guidance.cli.common import path_arg, positive_float, print_summary, start_gui_or_fail
 from guidance.cli.main import UsageError
 from guidance.cli.session import LiveSession
 from guidance.cli.simulate import make_scanner_or_fail
@@ -23,7 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "loopback OpenIGTLink; write annotated PNGs and summary.json.")
     p.add_argument("--seconds", type=positive_float, default=12.0)
     p.add_argument("--modality", choices=("us", "fluoro"), default="fluoro")
-    p.add_argument("--out", type=Path, default=Path("demo-out"), metavar="DIR")
+    p.add_argument("--out", type=path_arg("output_dir", Path), default=Path("demo-out"),
+                   metavar="DIR")
     p.add_argument("--fps", type=positive_float, default=15.0)
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--seed", type=int, default=0)
@@ -32,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "reaches the target three quarters of the way through the demo)")
     p.add_argument("--gui", action="store_true",
                    help="show the live view (PyQt5) while the demo runs")
-    p.add_argument("--screenshot", type=Path, metavar="FILE",
+    p.add_argument("--screenshot", type=path_arg("output_file", Path), metavar="FILE",
                    help="with --gui: draw offscreen and save a PNG of the live view at the "
                         "end of the stream")
     p.add_argument("--sound", action="store_true", help="with --gui: beep on DANGER")
