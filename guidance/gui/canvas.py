@@ -27,10 +27,12 @@ from PyQt5.QtGui import (
     QPen,
 )
 
+from guidance.figures import edge_letters, scale_bar_mm
 from guidance.gui import theme
 from guidance.gui.display import DisplayMapper, display_plane
 from guidance.gui.live_model import LiveViewModel
 from guidance.pipeline.frame import FrameResult
+from guidance.pipeline.overlay import Orientation, display_orientation
 from guidance.pipeline.placement import FramePlacement
 from guidance.records import GuidanceState, WarningLevel
 
@@ -78,19 +80,25 @@ class LiveRenderer:
         self._rgb: np.ndarray | None = None
         self._mask: np.ndarray | None = None
         self._disp: np.ndarray | None = None
+        self._flipped: np.ndarray | None = None
+        #: how the last frame is shown (flips, patient directions), ``None``: not placed
+        self.orientation: Orientation | None = None
+        self._stored_shape: tuple[int, int] = (0, 0)
         self._fit_cache: dict[tuple[str, int, int, bool], int] = {}
         self._stale_img: QImage | None = None
 
     # -- geometry --------------------------------------------------------------------
 
     def to_device(self, ij: F64) -> F64:
-        """(N, 2) frame pixel coordinates (column, row) -> (N, 2) device coordinates of
-        the last drawn frame."""
+        """(N, 2) frame pixel coordinates (column, row, as stored) -> (N, 2) device
+        coordinates of the last drawn frame (through its display flips)."""
         rows, cols = self.frame_shape
         r = self.image_rect
         sx = r.width() / max(cols, 1)
         sy = r.height() / max(rows, 1)
         ij = np.atleast_2d(ij)
+        if self.orientation is not None and not self.orientation.flip.identity:
+            ij = self.orientation.flip.points(ij, self._stored_shape)
         return np.stack([r.x() + (ij[:, 0] + 0.5) * sx, r.y() + (ij[:, 1] + 0.5) * sy], axis=1)
 
     @staticmethod
@@ -163,6 +171,8 @@ class LiveRenderer:
                 self._outlines(p, shown)
                 self._plan(p, shown)
                 self._needle(p, shown)
+            if shown is not None and shown.image is not None:
+                self._orientation_marks(p)
             inset = max(14.0, area.width() / 60) + 6  # inside the STALE border
             corners = area.adjusted(inset, 0, -inset, -inset)
             self._legend(p, corners, names, model.stale)
@@ -194,9 +204,22 @@ class LiveRenderer:
                                                cv2.CHAIN_APPROX_SIMPLE)
                 if contours:
                     cv2.drawContours(rgb, contours, -1, theme.class_colour(cid, name), 1)
-        # Fit with the pixel aspect ratio (mm per pixel along columns and rows).
+        # As a DICOM viewer shows the slice (guidance.figures), when it is placed.
+        self.orientation = display_orientation(result)
+        self._stored_shape = (rows, cols)
         sp = result.image.spacing_mm
-        aspect = (cols * float(sp[0])) / max(rows * float(sp[1]), 1e-9)
+        sx_mm, sy_mm = float(sp[0]), float(sp[1])
+        if self.orientation is not None and not self.orientation.flip.identity:
+            view = self.orientation.flip.apply(rgb)
+            if self._flipped is None or self._flipped.shape != view.shape:
+                self._flipped = np.empty(view.shape, np.uint8)
+            np.copyto(self._flipped, view)
+            rgb = self._flipped
+            rows, cols = rgb.shape[:2]
+            if self.orientation.flip.transpose:
+                sx_mm, sy_mm = sy_mm, sx_mm
+        # Fit with the pixel aspect ratio (mm per pixel along columns and rows).
+        aspect = (cols * sx_mm) / max(rows * sy_mm, 1e-9)
         dw, dh = area.width(), area.height()
         if dw / max(dh, 1.0) > aspect:
             dw = dh * aspect
@@ -213,6 +236,44 @@ class LiveRenderer:
         qimg = QImage(self._disp.data, iw, ih, iw * 3,  # type: ignore[call-overload]
                       QImage.Format_RGB888)
         p.drawImage(QPointF(x0, y0), qimg)
+
+    def _orientation_marks(self, p: QPainter) -> None:
+        """L/R/A/P (or S/I) letters at the middle of the image's edges and a scale bar
+        at the top right (slices only), from the shown frame's patient directions."""
+        o, r = self.orientation, self.image_rect
+        if o is None or r.isEmpty():
+            return
+        p.save()
+        p.setClipRect(r)
+        size = max(16, int(r.height() / 28))
+        p.setFont(theme.font(size, bold=True))
+        p.setPen(QColor(255, 255, 120))
+        letters = edge_letters(o.right_lps, o.down_lps)
+        box = 3.0 * size
+        rects = {"left": QRectF(r.x() + 6, r.center().y() - box / 2, box, box),
+                 "right": QRectF(r.right() - 6 - box, r.center().y() - box / 2, box, box),
+                 "top": QRectF(r.center().x() - box / 2, r.y() + 4, box, box),
+                 "bottom": QRectF(r.center().x() - box / 2, r.bottom() - 4 - box, box, box)}
+        align = {"left": _LEFT_MID, "right": int(Qt.AlignmentFlag.AlignRight
+                                                 | Qt.AlignmentFlag.AlignVCenter),
+                 "top": int(Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignTop),
+                 "bottom": int(Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignBottom)}
+        for edge, text in letters.items():
+            p.drawText(rects[edge], align[edge], text)
+        if o.pixel_mm is not None and self.frame_shape[1] > 0:
+            mm_per_px = o.pixel_mm * self.frame_shape[1] / r.width()
+            bar = scale_bar_mm(r.width() * mm_per_px)
+            n = bar / mm_per_px
+            y = r.y() + size + 12  # top right: the legend and the age box are below
+            x1 = r.right() - 12
+            pen = QPen(QColor(255, 255, 255), 3)
+            p.setPen(pen)
+            p.drawLine(QPointF(x1 - n, y), QPointF(x1, y))
+            p.setFont(theme.font(max(12, int(size * 0.7))))
+            p.drawText(QRectF(x1 - n, y - size - 6, n, size + 2),
+                       int(Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignBottom),
+                       f"{bar:g} mm")
+        p.restore()
 
     def _outlines(self, p: QPainter, result: FrameResult) -> None:
         """The plan's structures where the C-arm calibration projects them, named."""

@@ -205,3 +205,33 @@ def test_record_button_and_shortcut(qtbot, tmp_path):
     files = list(tmp_path.glob("recording-*.igtlrec"))
     assert len(files) == 1 and files[0].stat().st_size > 62
     view.stop()
+
+
+def test_a_ct_reslice_is_shown_as_on_the_scanner_console(qtbot) -> None:
+    """A pose update's reslice stored posterior-first (rows towards anterior, as the
+    embedded CT) is drawn anterior up with its letters; points follow the flip."""
+    from guidance.pipeline.frame import FrameResult
+
+    n = 64
+    vox = np.zeros((1, n, n), np.int16)
+    vox[0, 2:8, 28:36] = 1500  # bright near stored row 0: posterior (the spine)
+    m = np.eye(4)
+    m[:3, 0], m[:3, 1] = [0.5, 0, 0], [0, -0.5, 0]  # columns to the left, rows anterior
+    res = FrameResult(seq=1, t_s=0.0, received_ns=1, state=GuidanceState.OK, kind="pose",
+                      image=ImageVolume(vox, m), modality="ct")
+    model = build_view_model(res, res, 2, 10.0)
+    img = QImage(600, 600, QImage.Format.Format_RGB888)
+    r = LiveRenderer()
+    r.render(img, res, model, {})
+    assert r.orientation is not None and r.orientation.flip.flip_rows
+    rect = r.image_rect
+    y_spine = r.to_device(np.array([[32.0, 4.0]]))[0, 1]
+    assert y_spine > rect.center().y() + rect.height() / 3  # at the bottom
+    rgb = to_array(img)
+    col = int(r.to_device(np.array([[32.0, 4.0]]))[0, 0])
+    assert rgb[int(y_spine), col].mean() > 150  # the bright spine drawn where it maps
+    top = rgb[int(rect.y()):int(rect.y() + rect.height() / 10),
+              int(rect.center().x() - 20):int(rect.center().x() + 20)]
+    from PyQt5.QtGui import QColor
+
+    assert colour_fraction(top, QColor(255, 255, 120), 30) > 0.01  # the "A" letter on top
