@@ -217,6 +217,24 @@ def test_unparsable_value_exits_2_with_one_line(
     assert option in _refusal(err, command[0])
 
 
+FLOATS = [(c, o) for c, o in TYPED
+          if next(a for a in COMMANDS[c]._actions if _name(a) == o).type is float]
+
+
+@pytest.mark.parametrize(("command", "option"), FLOATS,
+                         ids=[f"{' '.join(c)} {o}" for c, o in FLOATS])
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_non_finite_number_exits_2_before_anything_runs(
+        places: dict[str, Path], capsys: pytest.CaptureFixture[str], command: tuple[str, ...],
+        option: str, value: str) -> None:
+    action = next(a for a in COMMANDS[command]._actions if _name(a) == option)
+    capsys.readouterr()
+    assert _exit_code(_argv(command, action, value, places)) == 2
+    captured = capsys.readouterr()
+    assert f"{option}: expected a finite number" in _refusal(captured.err, command[0])
+    assert captured.out == ""
+
+
 @pytest.mark.parametrize("command", list(COMMANDS), ids=[" ".join(c) for c in COMMANDS])
 def test_unknown_option_and_missing_required_exit_2(
         places: dict[str, Path], capsys: pytest.CaptureFixture[str],
