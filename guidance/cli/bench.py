@@ -47,10 +47,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="measure latency (percentiles) of transport and pipeline",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", type=int, default=512, help="frame size, pixels (default 512)")
-    p.add_argument("--fps", type=positive_float, default=15.0)
-    p.add_argument("--seconds", type=positive_float, default=20.0, help="per phase")
+    p.add_argument("--fps", type=positive_float, default=15.0,
+                   help="frames per second sent (Hz)")
+    p.add_argument("--seconds", type=positive_float, default=20.0,
+                   help="duration of each phase, s")
     p.add_argument("--json", type=path_arg("output_file", Path), default=Path("bench.json"),
-                   metavar="FILE")
+                   metavar="FILE", help="where to write the results (JSON)")
     p.add_argument("--stage", choices=("all", "transport", "pipeline", "segment", "render",
                                        "tracked"),
                    default="all",

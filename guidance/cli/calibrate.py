@@ -587,7 +587,8 @@ def register(subparsers: Any) -> None:
 
     p = sub.add_parser("pivot", help="tool tip offset from poses pivoting about the tip")
     _io_args(p, live=True)
-    p.add_argument("--min-range-deg", type=float, default=15.0)
+    p.add_argument("--min-range-deg", type=float, default=15.0,
+                   help="least rotation range of the pivot motion, degrees (less: refused)")
     p.add_argument(
         "--ransac-mm", type=float, default=None, help="RANSAC inlier threshold (mm); off by default"
     )
@@ -598,7 +599,8 @@ def register(subparsers: Any) -> None:
 
     p = sub.add_parser("spin", help="needle axis from rotations about the shaft")
     _io_args(p, live=True)
-    p.add_argument("--min-spin-deg", type=float, default=30.0)
+    p.add_argument("--min-spin-deg", type=float, default=30.0,
+                   help="least rotation about the needle axis, degrees (less: refused)")
     p.add_argument("--pivot", type=path_arg("input_file"), metavar="FILE",
                    help="pivot calibration of the same tool: the result then holds the whole "
                         "tip frame <Tool>TipTo<Tool> (tip from the pivot, +z along the "
@@ -619,7 +621,8 @@ def register(subparsers: Any) -> None:
 
     p = sub.add_parser("temporal", help="lag between two streams")
     _io_args(p)
-    p.add_argument("--max-lag-s", type=float, default=0.5)
+    p.add_argument("--max-lag-s", type=float, default=0.5,
+                   help="largest lag searched between the two signals, s")
     p.add_argument("--min-std", type=float, default=0.5, help="least signal std (its unit)")
     p.set_defaults(func=_checked(_cmd_temporal))
 
@@ -631,5 +634,6 @@ def register(subparsers: Any) -> None:
     p = sub.add_parser("accuracy", help="Monte-Carlo accuracy checks; prints the figures")
     p.add_argument("--json", type=path_arg("output_file"), metavar="FILE",
                    help="also write the figures as JSON")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="random seed of the simulated calibration data")
     p.set_defaults(func=_cmd_accuracy)

@@ -23,7 +23,8 @@ __all__ = ["evaluate_and_record", "register"]
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="measure a segmentation model (held-out + real images)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--modality", choices=("us", "fluoro", "ct"), required=True)
+    p.add_argument("--modality", choices=("us", "fluoro", "ct"), required=True,
+                   help="which model: ultrasound, fluoroscopy or CT(-fluoroscopy) slices")
     p.add_argument("--model", type=path_arg("input_file", Path), default=None, metavar="CARD",
                    help="model card JSON (default: the shipped model of the modality)")
     p.add_argument("--json", type=path_arg("output_file", special=("-",)), nargs="?", const="-",
@@ -33,11 +34,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="example predictions (default: <card>-examples.png beside --json "
                         "or in the current folder)")
     p.add_argument("--frames", type=int, default=400, help="held-out frames (default 400)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="random seed of the simulated evaluation frames")
     p.add_argument("--backends", default="auto", help="backend chain, e.g. auto or "
                    "onnxruntime-cpu,torch-cpu")
     p.add_argument("--cache", type=path_arg("output_dir", Path),
-                   default=Path.home() / ".cache" / "guidance" / "datasets", metavar="DIR")
+                   default=Path.home() / ".cache" / "guidance" / "datasets", metavar="DIR",
+                   help="dataset cache folder")
     p.add_argument("--update-card", action="store_true", help="store the metrics in the card")
     p.set_defaults(func=run)
 

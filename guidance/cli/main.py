@@ -65,7 +65,35 @@ def _refuse(command: str, message: object) -> int:
     return 2
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Each option's help ends with its default when it has one and does not say it
+    already: ``(default: 15.0)``."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        d = action.default
+        if (not action.option_strings or d is None or d is False or d is argparse.SUPPRESS
+                or action.nargs == 0 or (isinstance(d, (list, tuple)) and not d)
+                or "default" in text.lower()):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class _RawDescriptionHelpFormatter(argparse.RawDescriptionHelpFormatter, _HelpFormatter):
+    """A module docstring as description, kept as written; defaults as above."""
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Every sub-command's options say their defaults (a command that asks for the
+        # raw description keeps it, with the defaults too).
+        fc = kwargs.get("formatter_class", argparse.HelpFormatter)
+        if fc is argparse.HelpFormatter:
+            kwargs["formatter_class"] = _HelpFormatter
+        elif fc is argparse.RawDescriptionHelpFormatter:
+            kwargs["formatter_class"] = _RawDescriptionHelpFormatter
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> None:  # type: ignore[override]
         # One line, status 2 (argparse prints usage too; keep the reason last and short).
         self.exit(2, f"{self.prog}: error: {message}\n")

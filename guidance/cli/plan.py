@@ -322,8 +322,9 @@ def register(subparsers: Any) -> None:
                    help="CSV id,structure (default: TotalSegmentator names)")
     p.add_argument("--series-uid", default=None, help="series to load from a DICOM folder")
     p.add_argument("--target", default=None,
-                   help="disc:L1-L2[:left|right], foramen:L2-L3:left, vertebra:L1, or x,y,z "
-                        "(required without --gui)")
+                   help="disc:L1-L2 (both posterolateral sides tried, the safer kept), "
+                        "disc:L1-L2:left|right, foramen:L2-L3[:left|right], vertebra:L1, or "
+                        "x,y,z in LPS mm (required without --gui)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--entry", default=None, help="entry point X,Y,Z (LPS mm)")
     group.add_argument("--auto", action="store_true", help="search entry points automatically")

@@ -35,9 +35,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("replay", help="send a recording to an OpenIGTLink server",
                        description="Send every recorded message, byte for byte, with the "
                        "original timing scaled by --speed (max: as fast as possible).")
-    p.add_argument("file", type=path_arg("input_file", Path))
-    p.add_argument("--to", type=host_port, required=True, metavar="HOST:PORT")
-    p.add_argument("--speed", type=_speed, default=1.0, help="1 (default), 2, 0.5, ... or max")
+    p.add_argument("file", type=path_arg("input_file", Path),
+                   help="recording to send (from guidance run --record)")
+    p.add_argument("--to", type=host_port, required=True, metavar="HOST:PORT",
+                   help="OpenIGTLink server to send to (e.g. guidance run --listen PORT)")
+    p.add_argument("--speed", type=_speed, default=1.0,
+                   help="playback speed: 1 = the original timing, 2 = twice as fast, 0.5, "
+                        "... or max (no waiting) (default: %(default)s)")
     p.set_defaults(func=run)
 
 

@@ -37,14 +37,19 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--modality", choices=("us", "fluoro", "none"), default="us",
                    help="frames to stream (none: tracked poses only, with --tracked)")
-    p.add_argument("--fps", type=positive_float, default=15.0)
+    p.add_argument("--fps", type=positive_float, default=15.0,
+                   help="frames per second streamed (Hz)")
     p.add_argument("--size", type=int, default=256, help="frame size in pixels (default 256)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="random seed of the simulated scene (the same seed, the same frames)")
     p.add_argument("--seconds", type=positive_float, help="stop after this long (default: Ctrl-C)")
     dst = p.add_mutually_exclusive_group()
-    dst.add_argument("--listen", type=port_number, metavar="PORT")
-    dst.add_argument("--connect", type=host_port, metavar="HOST:PORT")
-    p.add_argument("--bind", default="127.0.0.1", metavar="ADDR")
+    dst.add_argument("--listen", type=port_number, metavar="PORT",
+                     help="serve OpenIGTLink on this TCP port (the guidance connects)")
+    dst.add_argument("--connect", type=host_port, metavar="HOST:PORT",
+                     help="connect to a listening guidance (guidance run --listen PORT)")
+    p.add_argument("--bind", default="127.0.0.1", metavar="ADDR",
+                   help="address --listen binds to (loopback unless given)")
     room = p.add_argument_group("--tracked: a simulated procedure room")
     room.add_argument("--tracked", action="store_true",
                       help="stream the room: marker poses, reference != CT, lagging frames")

@@ -38,13 +38,15 @@ MODEL_VERSION = {"us": "1.0.0", "fluoro": "1.1.0", "ct": "1.0.0"}
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a segmentation model (ONNX + model card)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--modality", choices=("us", "fluoro", "ct"), required=True)
+    p.add_argument("--modality", choices=("us", "fluoro", "ct"), required=True,
+                   help="which model: ultrasound, fluoroscopy or CT(-fluoroscopy) slices")
     p.add_argument("--out", type=path_arg("output_dir", Path), default=None, metavar="DIR",
                    help="where to write <modality>-seg.onnx/.json (default: the shipped "
                         "models/weights folder)")
     p.add_argument("--frames", type=int, default=None, help="training frames")
     p.add_argument("--steps", type=int, default=None, help="optimiser steps")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="random seed of the simulated data and the initial weights")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1, as the shipped models: the same seed and "
                         "thread count give the same weights)")
