@@ -3,34 +3,59 @@
 from __future__ import annotations
 
 import argparse
+import math
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from guidance.cli.common import path_arg, positive_float, print_summary, start_gui_or_fail
 from guidance.cli.main import UsageError
 from guidance.cli.session import LiveSession
 from guidance.cli.simulate import make_scanner_or_fail
 from guidance.io.igtl import IgtlClient
+from guidance.pipeline.frame import FrameResult
 
 __all__ = ["register"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="simulated procedure on the real CT, end to end",
-                       description="Start the simulated scanner and the live loop over "
-                       "loopback OpenIGTLink; write annotated PNGs and summary.json.")
-    p.add_argument("--seconds", type=positive_float, default=12.0)
-    p.add_argument("--modality", choices=("us", "fluoro"), default="fluoro")
+    from guidance.sim.scenario import SCENARIOS
+
+    p = sub.add_parser(
+        "demo", help="simulated procedure on the real CT, end to end",
+        description="Plan a left transforaminal L1-L2 approach on the embedded real CT "
+        "(automatic, written to OUT/plan.json), calibrate a simulated room, stream the "
+        "needle along that plan (tracker poses and scanner frames over loopback "
+        "OpenIGTLink) through the live loop, and verify the final needle on a simulated "
+        "control CT. Writes OUT/summary.json (with the safety timeline), annotated PNGs "
+        "and OUT/verification/report.html.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--scenario", choices=SCENARIOS, default="safe",
+                   help="safe: the needle follows the plan (verification PASS); drift: it "
+                   "deviates toward the nearest nerve root mid-way (warning), is pulled back "
+                   "and redirected (warning cleared); breach: the deviation is not "
+                   "corrected (verification VIOLATION, one line per cause)")
+    p.add_argument("--modality", choices=("fluoro", "us", "none"), default="fluoro",
+                   help="fluoro: C-arm frames of the real CT; us: B-mode frames of a "
+                   "synthetic nerve-block scene (no planning-CT structures, no "
+                   "verification); none: tracked needle poses only, navigation on the "
+                   "planning CT")
+    p.add_argument("--seconds", type=positive_float, default=12.0,
+                   help="duration of the streamed procedure, seconds (the scenario plays "
+                   "over it)")
     p.add_argument("--out", type=path_arg("output_dir", Path), default=Path("demo-out"),
-                   metavar="DIR")
-    p.add_argument("--fps", type=positive_float, default=15.0)
-    p.add_argument("--size", type=int, default=512)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--start-s", type=float, default=None,
-                   help="simulation time of the first frame (default: so that the needle "
-                   "reaches the target three quarters of the way through the demo)")
+                   metavar="DIR",
+                   help="output folder (created)")
+    p.add_argument("--fps", type=positive_float, default=15.0,
+                   help="scanner frame rate, frames per second")
+    p.add_argument("--size", type=int, default=512,
+                   help="frame size, pixels per side (32-2048)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of every random choice (noise, jitter, calibration data)")
     p.add_argument("--gui", action="store_true",
                    help="show the live view (PyQt5) while the demo runs")
     p.add_argument("--screenshot", type=path_arg("output_file", Path), metavar="FILE",
@@ -68,54 +93,54 @@ def calibrate_room(room: Any, room_dir: Path) -> list[Path]:
 
 def run(args: argparse.Namespace) -> int:
     from guidance.cli.run import load_room_or_fail
-    from guidance.sim.room import RoomParams, SimulatedRoom, stream_room
+    from guidance.sim.room import RoomParams, SimulatedRoom
 
     start_gui_or_fail(args, require_png=True)  # before anything starts
-    print(f"demo: preparing the {args.modality} simulator (real CT, seed {args.seed}) ...",
+    if not 32 <= args.size <= 2048:
+        raise UsageError(f"--size must be 32..2048, got {args.size}")
+    if args.seed < 0:
+        raise UsageError(f"--seed must be >= 0, got {args.seed}")
+    what = {"fluoro": "fluoroscopy", "us": "ultrasound", "none": "tracked needle only"}
+    print(f"demo: scenario {args.scenario}, {what[args.modality]} (seed {args.seed}) ...",
           flush=True)
-    scanner = make_scanner_or_fail(args.modality, args.size, args.seed)
-    room = SimulatedRoom(scanner.path, RoomParams(), args.seed, scanner)
-    print("demo: the room's calibrations (simulated pivot, fiducials, temporal, "
-          f"{'C-arm' if args.modality == 'fluoro' else 'probe'} data) ...", flush=True)
+    scanner = None
+    if args.modality != "none":
+        print(f"demo: preparing the {args.modality} simulator ...", flush=True)
+        scanner = make_scanner_or_fail(args.modality, args.size, args.seed)
+    planned, story = _plan_and_path(args, scanner)
+    room = SimulatedRoom(story.path, RoomParams(), args.seed, scanner)
+    print("demo: the room's calibrations (simulated pivot, fiducials, temporal"
+          + {"fluoro": ", C-arm", "us": ", probe", "none": ""}[args.modality]
+          + " data) ...", flush=True)
     setup = load_room_or_fail(calibrate_room(room, args.out / "room"))
     session = LiveSession(listen=0, out_dir=args.out, png_every_s=max(args.seconds / 12, 0.5),
                           room=setup)
-    entry, target = scanner.entry_lps, scanner.target_lps
-    planned = None
-    if args.modality == "fluoro":  # the fluoroscopy scene is the real CT: plan on it
-        from guidance.cli.demo_planning import prepare_plan
-        from guidance.planning.plan import PlanError
-
-        print("demo: planning on the real CT (structures, distance fields) ...", flush=True)
-        try:
-            planned = prepare_plan(entry, target, args.out)
-        except PlanError as e:
-            raise UsageError(str(e)) from e
-        session.pipeline.set_plan(*planned)
+    if planned is not None:
+        session.pipeline.set_plan(planned.plan, planned.structures)
     else:  # the ultrasound scene is synthetic: a plan, no planning-CT structures
         from guidance.planning.plan import Plan
 
-        session.pipeline.set_plan(Plan(entry, target, "simulated ultrasound target"))
+        session.pipeline.set_plan(Plan(story.path.entry_lps, story.path.target_lps,
+                                       "simulated ultrasound target"))
+    timeline = SafetyTimeline(session)
     session.start()
     tracker = IgtlClient("127.0.0.1", session.port).start()
-    scanner_link = IgtlClient("127.0.0.1", session.port).start()
+    scanner_link = IgtlClient("127.0.0.1", session.port).start() if scanner else None
     tracker.wait_connected(5.0)
-    scanner_link.wait_connected(5.0)
+    if scanner_link is not None:
+        scanner_link.wait_connected(5.0)
     stop = threading.Event()
-    print(f"demo: streaming {args.seconds:.0f} s: needle marker poses at "
-          f"{room.params.pose_hz:g} Hz and frames at {args.fps:.0f} fps on two connections "
-          "...", flush=True)
-    start_s = args.start_s
-    if start_s is None:
-        speed = scanner.path.needle.speed_mm_s
-        reach_s = scanner.path.plan_length_mm / speed if speed else 0.0
-        start_s = max(0.0, reach_s - 0.75 * args.seconds)
-    last: list[Any] = [None]  # the newest simulated frame (ground truth)
+    frames = (f" and frames at {args.fps:g} fps" if scanner else "")
+    print(f"demo: streaming {args.seconds:g} s: needle marker poses at "
+          f"{room.params.pose_hz:g} Hz{frames} ({story.description}) ...", flush=True)
 
     def stream() -> int:
-        return stream_room(room, tracker.send, scanner_link.send, args.fps, args.seconds,
-                           stop, start_s=start_s,
-                           on_frame=lambda f, _ts: last.__setitem__(0, f))[1]
+        from guidance.sim.room import stream_room
+
+        poses, n = stream_room(room, tracker.send,
+                               scanner_link.send if scanner_link else None, args.fps,
+                               args.seconds, stop)
+        return n if scanner else poses
 
     if args.gui:
         n = _stream_with_gui(stream, session, stop, args)
@@ -123,22 +148,165 @@ def run(args: argparse.Namespace) -> int:
         n = stream()
     stop.wait(0.3)
     tracker.stop()
-    scanner_link.stop()
-    summary = session.stop({"modality": args.modality, "frames_sent": n})
-    print_summary(summary, f"guidance demo ({args.modality})")
-    if planned is not None and last[0] is not None:
+    if scanner_link is not None:
+        scanner_link.stop()
+    extra: dict[str, Any] = {"modality": args.modality, "scenario": args.scenario,
+                             "frames_sent" if scanner else "pose_ticks_sent": n,
+                             "timeline": timeline.to_json(), "story": story.description}
+    verification: dict[str, Any] | None = None
+    tip = room.truth(story.end_s)[0]
+    if planned is not None:
         from guidance.cli.demo_planning import verify_final_needle
 
         print("demo: control CT with the final needle -> verification ...", flush=True)
-        tip = last[0].truth.tip_lps
-        ver = verify_final_needle(planned[0], planned[1], tip, args.out / "verification",
-                                  args.seed)
-        t2t = ver.get("tip_to_target_mm")
-        t2t_s = f"{t2t:.1f} mm" if isinstance(t2t, float) else "-"
-        print(f"verification: {ver['verdict']} (tip to target {t2t_s}); report "
-              f"{args.out / 'verification' / 'report.html'}")
+        verification = verify_final_needle(planned.plan, planned.structures, tip,
+                                           args.out / "verification", args.seed,
+                                           planned.target)
+        extra["verification"] = {k: verification.get(k) for k in
+                                 ("verdict", "reasons", "tip_to_target_mm")}
+    summary = session.stop(extra)
+    print_summary(summary, f"guidance demo ({args.modality}, {args.scenario})")
+    print(timeline.text())
+    if verification is not None:
+        print_verification(verification, args.out / "verification" / "report.html")
+    elif args.modality == "us":
+        print("verification: none (the ultrasound scene is synthetic, not the planning CT)")
     print(f"output: {args.out}/summary.json and {len(summary.get('pngs', []))} PNGs")
     return 0
+
+
+@dataclass(frozen=True)
+class _Planned:
+    plan: Any
+    structures: Any
+    target: Any
+
+
+@dataclass(frozen=True)
+class _Story:
+    path: Any
+    description: str
+    end_s: float
+
+
+def _plan_and_path(args: argparse.Namespace, scanner: Any) -> tuple[_Planned | None, _Story]:
+    """The plan (on the real CT for fluoroscopy and navigation, the scene's own for
+    ultrasound) and the needle's scripted motion along it."""
+    from guidance.planning.plan import PlanError
+    from guidance.sim.scenario import scenario_path
+
+    if args.modality == "us":  # the ultrasound scene's own plan (its target is beside
+        # the nerve, on the needle's line): the drift stays in the image plane, deeper.
+        plan_dir = scanner.target_lps - scanner.entry_lps
+        in_plane = np.cross(scanner.probe_to_lps[:3, 2], plan_dir)
+        if float(in_plane @ scanner.probe_to_lps[:3, 1]) < 0:
+            in_plane = -in_plane
+        path = scenario_path(scanner.entry_lps, scanner.target_lps, args.scenario,
+                             args.seconds, in_plane, needle=scanner.path.needle,
+                             drift_deg=8.0)
+        scanner.path = path
+        story = {"safe": "on the plan", "drift": "drifting 8 deg in the image plane, then "
+                 "pulled back and redirected", "breach": "drifting 8 deg in the image plane, "
+                 "not corrected"}[args.scenario]
+        return None, _Story(path, story, args.seconds)
+    from guidance.cli.demo_planning import DEMO_TARGET, nerve_root_near_plan, plan_demo
+
+    print(f"demo: planning {DEMO_TARGET} on the real CT (automatic, structures and "
+          "distance fields) ...", flush=True)
+    try:
+        plan, structures, target = plan_demo(args.out)
+    except PlanError as e:
+        raise UsageError(str(e)) from e
+    try:
+        root, toward, drift_deg = nerve_root_near_plan(plan, structures)
+    except ValueError as e:
+        raise UsageError(f"demo: {e}") from e
+    path = scenario_path(plan.entry_lps, plan.target_lps, args.scenario, args.seconds,
+                         toward, drift_deg=drift_deg)
+    if scanner is not None:  # the fluoroscopy needle follows the plan
+        scanner.path, scanner.entry_lps, scanner.target_lps = (
+            path, path.entry_lps, path.target_lps)
+    a = plan.extra.get("angles_deg", {})
+    print(f"plan: {target.description}; entry {np.round(plan.entry_lps, 1).tolist()} -> "
+          f"target {np.round(plan.target_lps, 1).tolist()} LPS mm, {plan.length_mm:.1f} mm, "
+          f"mediolateral {a.get('mediolateral', float('nan')):.0f} deg, craniocaudal "
+          f"{a.get('craniocaudal', float('nan')):.0f} deg -> {args.out / 'plan.json'}",
+          flush=True)
+    story = {"safe": "on the plan",
+             "drift": f"drifting {drift_deg:g} deg toward {root} mid-way, then pulled back "
+                      "and redirected",
+             "breach": f"drifting {drift_deg:g} deg toward {root}, not corrected"
+             }[args.scenario]
+    return _Planned(plan, structures, target), _Story(path, story, args.seconds)
+
+
+class SafetyTimeline:
+    """The safety level's changes during the demo, with their reason: recorded on the
+    pipeline thread (an append), printed and saved afterwards. Each change also forces
+    an annotated PNG, so the pictures show every warning and its end."""
+
+    def __init__(self, session: LiveSession) -> None:
+        self._session = session
+        self._inner = session.pipeline.on_result
+        self._last = "NONE"
+        self._lock = threading.Lock()
+        self.changes: list[dict[str, Any]] = []
+        session.pipeline.on_result = self._on_result
+
+    def _on_result(self, result: FrameResult, rgb: Any) -> None:
+        if self._inner is not None:
+            self._inner(result, rgb)
+        d = result.decision
+        if d is None:
+            return
+        level = d.level.name
+        if level == self._last:
+            return
+        with self._lock:
+            self._last = level
+            self.changes.append({
+                "t_s": round(result.t_s, 2), "level": level, "structure": d.structure,
+                "clearance_mm": _num(d.clearance_mm), "margin_mm": _num(d.margin_mm),
+                "message": d.message})
+        writer = self._session.writer
+        if writer is not None and rgb is not None:
+            writer.offer(result, rgb, force=True)
+
+    def to_json(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self.changes)
+
+    def text(self) -> str:
+        """The changes, one line each (level, structure, distance and margin)."""
+        rows = self.to_json()
+        if not rows:
+            return "safety timeline: no decision was made"
+        lines = ["safety timeline (level changes):"]
+        for r in rows:
+            what = r["message"] if r["level"] not in ("NONE",) else "clear"
+            lines.append(f"  t={r['t_s']:6.2f}s {r['level']:7s} {what}")
+        worst = max(rows, key=lambda r: _RANK.get(r["level"], 0))["level"]
+        final = rows[-1]["level"]
+        lines.append(f"  worst {worst}, final {final}"
+                     + (" (the warning cleared)" if _RANK.get(final, 0) < _RANK.get(worst, 0)
+                        else ""))
+        return "\n".join(lines)
+
+
+_RANK = {"NONE": 0, "INFO": 1, "CAUTION": 2, "DANGER": 3}
+
+
+def _num(v: float) -> float | None:
+    return round(float(v), 2) if math.isfinite(v) else None
+
+
+def print_verification(ver: dict[str, Any], report: Path) -> None:
+    """The verdict and, one line each, why."""
+    t2t = ver.get("tip_to_target_mm")
+    t2t_s = f"{t2t:.1f} mm" if isinstance(t2t, (int, float)) else "-"
+    print(f"verification: {ver['verdict']} (tip to target {t2t_s}); report {report}")
+    for reason in ver.get("reasons", []):
+        print(f"  - {reason}")
 
 
 def _stream_with_gui(stream: Callable[[], int], session: LiveSession, stop: threading.Event,

@@ -17,10 +17,17 @@ Levels per structure (effective margin ``m = margin + widening``):
   within ``danger_ahead_mm`` of the tip;
 - CAUTION: the path ahead breaches ``m`` further on, or the tip/shaft is within
   ``m + caution_extra_mm``;
+- INFO: the path ahead breaches ``m`` only beyond the target's depth (where the needle
+  must not go; the path ahead reaches ``ahead_extra_mm`` past the target);
 - otherwise none. Plan deviation (offset at the target's depth, angle) gives INFO or
   CAUTION, passing the target's depth gives CAUTION. Unknown distances (the needle
   outside the analysed region) and a plan without structures give CAUTION: the assistant
   never says safe when it does not know.
+
+The target's own bones (the two vertebrae around a target disc or foramen, from the
+plan's ``target_spec``) are not counted within ``target_zone_mm`` of the target's depth
+(everywhere for a vertebra target), the rule the planner and the verification apply: a
+needle that enters a disc passes between its endplates by design.
 
 Hysteresis: a level is entered at once; it is left only when the distance clears the
 threshold by ``hysteresis_mm`` and the lower level has held for ``hold_s``.
@@ -31,6 +38,7 @@ Not thread-safe: one check per live loop.
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -44,9 +52,29 @@ from guidance.records import SafetyReason, SafetyWarning, WarningLevel
 from guidance.safety.config import SafetyConfig
 from guidance.safety.decision import Clearance, MarginWidening, SafetyDecision
 
-__all__ = ["SafetyCheck", "bench_safety_check"]
+__all__ = ["SafetyCheck", "bench_safety_check", "target_bones"]
 
 F64 = npt.NDArray[np.float64]
+
+_LEVEL_SPEC = re.compile(r"^\s*([A-Za-z]\d+)\s*-\s*([A-Za-z]\d+)\s*$")
+
+
+def target_bones(target_spec: str) -> tuple[tuple[str, ...], bool]:
+    """The vertebrae a plan's target lets the needle touch near it, from its spec.
+
+    Returns:
+        (vertebra names such as ``("L1", "L2")``, whether they are exempt along the whole
+        path: a vertebra target). ``((), False)`` for a point or an unknown spec.
+    """
+    parts = [p.strip() for p in str(target_spec).split(":")]
+    kind = parts[0].lower()
+    if kind in ("disc", "foramen") and len(parts) >= 2:
+        m = _LEVEL_SPEC.match(parts[1])
+        if m:
+            return (m.group(1).upper(), m.group(2).upper()), False
+    if kind == "vertebra" and len(parts) == 2 and parts[1]:
+        return (parts[1].upper(),), True
+    return (), False
 
 
 @dataclass
@@ -118,6 +146,10 @@ class SafetyCheck:
         # Every field sampled at every point in one vectorised pass.
         self._stack = SdfStack([s.sdf for s in structures.structures])
         self._cap = structures.cap_mm
+        bones, everywhere = target_bones(plan.target_spec)
+        self._exempt = np.array([s.kind == "bone" and s.vertebra in bones
+                                 for s in structures.structures])
+        self._exempt_everywhere = everywhere
 
     def reset(self) -> None:
         """Forget the hysteresis state (e.g. a new needle pass or a new plan)."""
@@ -245,6 +277,12 @@ class SafetyCheck:
         eff = self._margins + widen
         n_body = 1 + self._n_shaft
         d = self._stack.sample(ijk)  # (structures, points)
+        if self._exempt.any():
+            # The target's own bones near (or beyond) the target's depth do not count.
+            depth = (pts - self.plan.entry_lps) @ self._dir
+            near = (np.ones(len(pts), dtype=bool) if self._exempt_everywhere
+                    else depth >= self.plan.length_mm - c.target_zone_mm)
+            d[np.ix_(self._exempt, near)] = self._cap
         d_now = d[:, :n_body].min(axis=1)
         d_ahead = d[:, n_body:]
         closest = np.minimum(d_now, d_ahead.min(axis=1))
@@ -277,7 +315,7 @@ class SafetyCheck:
                 breach, breach_name = s_breach, name
             findings[name] = self._structure_finding(name, float(d_now[s]), s_breach,
                                                      float(eff[s]), float(self._margins[s]),
-                                                     widen, t_s)
+                                                     widen, t_s, max(remaining, 0.0))
         if not known:
             findings["region"] = _Finding(
                 self._hold("region", WarningLevel.CAUTION, t_s),
@@ -287,16 +325,23 @@ class SafetyCheck:
         return breach, breach_name
 
     def _structure_finding(self, name: str, d_now: float, s_breach: float, eff: float,
-                           base: float, widen: float, t_s: float) -> _Finding:
+                           base: float, widen: float, t_s: float,
+                           to_target_mm: float) -> _Finding:
         c = self.config
         held = self._state.held.get(name)
         prev = held.level if held is not None else WarningLevel.NONE
+        # A breach only beyond the target's depth is where the needle must not go, not
+        # where it is going: INFO (passing the target is a CAUTION of its own).
+        beyond = math.isfinite(s_breach) and s_breach > to_target_mm
 
         def level_for(shift: float) -> WarningLevel:
-            if d_now < eff + shift or s_breach < c.danger_ahead_mm + shift:
+            if d_now < eff + shift or (s_breach < c.danger_ahead_mm + shift and not beyond):
                 return WarningLevel.DANGER
-            if math.isfinite(s_breach) or d_now < eff + c.caution_extra_mm + shift:
+            if (math.isfinite(s_breach) and not beyond) or \
+                    d_now < eff + c.caution_extra_mm + shift:
                 return WarningLevel.CAUTION
+            if beyond:
+                return WarningLevel.INFO
             return WarningLevel.NONE
 
         raw = level_for(0.0)
@@ -316,6 +361,8 @@ class SafetyCheck:
             # Beyond the distance fields' cap the distance is a bound, not a measure.
             now = f"> {self._cap:g} mm" if d_now >= self._cap else f"{d_now:.1f} mm"
             msg = f"{name}: {now} now, breach of {margin} {s_breach:.1f} mm ahead"
+            if beyond:
+                msg += f" (beyond the target, {to_target_mm:.1f} mm ahead)"
         else:
             reason = SafetyReason.NEAR_STRUCTURE
             msg = (f"{name}: {d_now:.1f} mm, near the {eff:.1f} mm margin ({base:g} + "

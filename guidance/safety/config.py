@@ -44,6 +44,9 @@ class SafetyConfig:
         lateral_info_mm, lateral_caution_mm: plan deviation (at the target's depth).
         angle_info_deg, angle_caution_deg: angle to the plan.
         overshoot_caution_mm: CAUTION when the tip is this far past the target's depth.
+        target_zone_mm: the last stretch before the target's depth (and all beyond it)
+            where the target's own bones are not counted (the planner's
+            ``trajectory.target_zone_mm``: a disc is entered between its endplates).
     """
 
     tracking_sigma_mm: float = 0.5
@@ -63,6 +66,7 @@ class SafetyConfig:
     angle_info_deg: float = 3.0
     angle_caution_deg: float = 8.0
     overshoot_caution_mm: float = 2.0
+    target_zone_mm: float = 5.0
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

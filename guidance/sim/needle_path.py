@@ -5,10 +5,16 @@ length grows at ``speed_mm_s`` until it equals the planned entry-to-target dista
 then it holds. Drift is an angular deviation from the planned direction that grows
 linearly with time (capped), about an axis fixed per sequence; with drift the tip ends
 off the plan, the way a needle deflects or is mis-aimed.
+
+A *scripted* path (``script``: keyframes of time, inserted length and drift angle,
+linearly interpolated) replaces speed and drift rate: the demo's scenarios (a drift
+toward a nerve root, seen and corrected: the needle pulled back and redirected) are
+scripts (:mod:`guidance.sim.scenario`).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -78,12 +84,17 @@ class NeedlePath:
         target_lps: (3,) planned tip position, LPS mm.
         needle: speed, drift rate, gauge, start depth, length.
         drift_axis_lps: (3,) unit rotation axis of the drift, perpendicular to the plan.
+        script: keyframes ``(t_s, inserted_mm, drift_deg)`` in increasing time, linearly
+            interpolated and held before the first and after the last; when given they
+            replace ``needle.speed_mm_s``, ``start_depth_mm`` and the drift rate
+            (inserted length clamped to [0, plan length + 20 mm]).
     """
 
     entry_lps: F64
     target_lps: F64
     needle: NeedleParams
     drift_axis_lps: F64
+    script: tuple[tuple[float, float, float], ...] = ()
 
     def __post_init__(self) -> None:
         entry = np.asarray(self.entry_lps, dtype=np.float64).reshape(3)
@@ -98,6 +109,13 @@ class NeedlePath:
         object.__setattr__(self, "entry_lps", entry)
         object.__setattr__(self, "target_lps", target)
         object.__setattr__(self, "drift_axis_lps", _unit(axis, "drift_axis_lps"))
+        script = tuple(tuple(float(v) for v in k) for k in self.script)
+        if any(len(k) != 3 or not all(math.isfinite(v) for v in k) for k in script):
+            raise ValueError(f"script must be finite (t_s, inserted_mm, drift_deg) triples, "
+                             f"got {self.script!r}")
+        if any(b[0] <= a[0] for a, b in itertools.pairwise(script)):
+            raise ValueError("script times must increase")
+        object.__setattr__(self, "script", script)
 
     @property
     def plan_length_mm(self) -> float:
@@ -113,8 +131,14 @@ class NeedlePath:
         """Needle at simulation time ``t_s`` (s; negative times clamp to 0)."""
         t = max(float(t_s), 0.0)
         n = self.needle
-        inserted = min(n.start_depth_mm + n.speed_mm_s * t, self.plan_length_mm)
-        drift_deg = min(n.drift_deg_s * t, n.max_drift_deg)
+        if self.script:
+            keys = np.asarray(self.script)
+            inserted = float(np.clip(np.interp(t, keys[:, 0], keys[:, 1]), 0.0,
+                                     self.plan_length_mm + 20.0))
+            drift_deg = float(np.interp(t, keys[:, 0], keys[:, 2]))
+        else:
+            inserted = min(n.start_depth_mm + n.speed_mm_s * t, self.plan_length_mm)
+            drift_deg = min(n.drift_deg_s * t, n.max_drift_deg)
         axis = _rotate(self.plan_axis_lps, self.drift_axis_lps, math.radians(drift_deg))
         tip = self.entry_lps + inserted * axis
         rel = tip - self.entry_lps
