@@ -67,7 +67,7 @@ def evaluate_and_record(card_path: Path, modality: str, *, n_test: int = 400, se
     Returns:
         The metrics (as written).
     """
-    from guidance.cli.plan import progress_line
+    from guidance.cli.common import progress_line
     from guidance.training.evaluate import evaluate_model
     from models.card import CardError, load_card
     from models.segmenter import Segmenter

@@ -109,7 +109,7 @@ def load_room_or_fail(paths: list[Path]) -> RoomSetup:
 
 def load_plan_or_fail(path: str) -> tuple[Plan, StructureSet]:
     """The plan and its structures rebuilt from the recorded (hash-checked) labels."""
-    from guidance.cli.plan import progress_line
+    from guidance.cli.common import progress_line
     from guidance.planning.plan import Plan, PlanError
     from guidance.planning.provenance import load_plan_structures
 

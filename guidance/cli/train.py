@@ -62,7 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _measure_rule_limits(card: Any, card_path: Path, ds: Any) -> Any:
     """Measure the model's own needle-rule limits on its training frames and write them
     into its card (:func:`guidance.training.rule_limits.measure_flank_limit`)."""
-    from guidance.cli.plan import progress_line
+    from guidance.cli.common import progress_line
     from models.segmenter import Segmenter
 
     show = progress_line(f"rule limits {card.modality}")
@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as e:
         raise UsageError("guidance train needs torch: pip install -e '.[train]' "
                          "(CPU build: pip install torch==2.13.0)") from e
-    from guidance.cli.plan import progress_line
+    from guidance.cli.common import progress_line
     from guidance.training.dataset import GRID, LABELS, NORMALISATION, build_dataset
     from models.export import export_model
     from models.shipped import WEIGHTS_DIR

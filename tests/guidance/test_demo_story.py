@@ -113,3 +113,55 @@ def test_breach_demo_ends_in_an_explained_violation(tmp_path, capsys):
     for reason in ver["reasons"]:  # one line per cause, on the console too
         assert "\n" not in reason and f"  - {reason}" in text
     assert any(c["level"] == "DANGER" for c in s["timeline"])
+
+
+# -- the console summary ----------------------------------------------------------------
+
+def test_warning_lines_sorted_by_urgency_names_once_counts_match():
+    from guidance.cli.common import warning_lines
+
+    def w(t, level, structure, d, m, msg):
+        return {"t_s": t, "level": level, "structure": structure, "distance_mm": d,
+                "margin_mm": m, "message": msg}
+
+    log = [w(0.1, "CAUTION", "aorta", 9.0, 6.0, "aorta: 9.0 mm, near the 6.0 mm margin"),
+           w(0.5, "DANGER", "aorta", 5.0, 6.0, "aorta: 5.0 mm, within the 6.0 mm margin"),
+           w(0.7, "CAUTION", "aorta", 7.5, 6.0, "aorta: 7.5 mm, near the 6.0 mm margin"),
+           w(0.2, "INFO", "plan", 2.5, None, "plan: 2.5 mm off the plan at target depth"),
+           w(0.3, "DANGER", "spinal_cord", 2.0, 6.0, "spinal_cord: 2.0 mm, within"),
+           w(0.4, "CAUTION", "ribs", float("nan"), 1.0, "outside")]
+    lines = warning_lines(log)
+    assert lines[0].startswith("warnings: 4 structures (DANGER 2, CAUTION 1, INFO 1)")
+    body = lines[1:]
+    assert len(body) == 4
+    assert body[0].split()[0] == "DANGER" and "spinal_cord: 2.0 mm" in body[0]  # closest
+    assert "aorta: 5.0 mm" in body[1] and body[-1].split()[0] == "INFO"
+    assert all(line.count("aorta") <= 1 for line in body)
+    assert "ribs: outside" in body[2]
+    assert warning_lines([]) == ["warnings: none"]
+    many = [w(0.1 * i, "CAUTION", f"s{i}", 5.0, 1.0, f"s{i}: 5.0 mm") for i in range(10)]
+    out = warning_lines(many, limit=3)
+    assert out[0].startswith("warnings: 10 structures") and "7 more" in out[-1]
+
+
+def test_progress_is_a_bar_on_a_terminal_and_plain_lines_otherwise():
+    import io
+
+    from guidance.cli.common import progress_line
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    log = io.StringIO()
+    show = progress_line("loading", stream=log, every_s=3600.0)
+    for k in range(101):
+        show(k / 100, f"slice {k}")
+    lines = log.getvalue().splitlines()
+    assert "\r" not in log.getvalue() and len(lines) == 2  # the first and the end
+    assert lines[-1] == "loading: 100% slice 100"
+    tty = Tty()
+    show = progress_line("loading", stream=tty)
+    for k in range(101):
+        show(k / 100, "x")
+    assert tty.getvalue().count("\r") > 10 and tty.getvalue().endswith("\n")
