@@ -31,6 +31,7 @@ COMMAND_MODULES: list[str] = [
     "guidance.cli.calibrate",
     "guidance.cli.plan",
     "guidance.cli.verify",
+    "guidance.cli.pacs",
     "guidance.cli.train",
     "guidance.cli.evaluate",
 ]

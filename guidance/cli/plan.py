@@ -95,7 +95,8 @@ def load_inputs(
         structure_names,
     )
     from guidance.io.dicom_series import DicomSeriesError, load_ct
-    from guidance.io.labels_io import LabelMapError, check_same_grid, load_label_map
+    from guidance.io.label_grid import labels_onto_ct
+    from guidance.io.labels_io import LabelMapError, load_label_map
 
     try:
         if ct_arg == "real":
@@ -107,10 +108,14 @@ def load_inputs(
         names = _read_names(names_arg)
         if names is None:
             names = structure_names()
-        check_same_grid(ct, labels)
+        fit = labels_onto_ct(ct, labels, what=f"label map {labels_arg}")
     except (DicomSeriesError, LabelMapError, RealDataMissing) as e:
         raise UsageError(str(e)) from e
-    return ct, labels, names
+    except ValueError as e:  # no overlap at all
+        raise UsageError(str(e)) from e
+    if fit.note:
+        print(f"labels: {fit.note}", file=sys.stderr)
+    return ct, fit.labels, names
 
 
 def _parse_xyz(text: str, what: str) -> np.ndarray:

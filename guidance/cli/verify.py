@@ -2,8 +2,11 @@
 
     guidance verify --plan plan.json --ct PATH [--labels PATH|real] --out DIR
 
-Writes ``DIR/verification.json``, ``DIR/report.html`` and two PNG key images. Exit 0:
-PASS, 1: OFF_TARGET / VIOLATION / needle not found, 2: bad input.
+Writes ``DIR/verification.json``, ``DIR/report.html`` and two PNG key images, and for
+a DICOM control CT ``DIR/dicom/``: a DICOM SR measurement report, a SEG of the needle
+and the key images as Secondary Capture, in the control CT's study (``--pacs`` stores
+them). Exit 0: PASS, 1: OFF_TARGET / VIOLATION / needle not found, 2: bad input or a
+PACS that did not take everything.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import numpy as np
 
 from guidance.cli.common import path_arg, show_or_screenshot, start_gui_or_fail
 from guidance.cli.main import UsageError
+from guidance.cli.pacs import ae_title, pacs_address
 
 __all__ = ["register"]
 
@@ -27,7 +31,7 @@ def _run(args: argparse.Namespace) -> int:
     from guidance.planning.anatomy import build_anatomy
     from guidance.planning.plan import Plan, PlanError
     from guidance.planning.provenance import check_plan_inside
-    from guidance.planning.report import write_verification_report
+    from guidance.planning.report import key_images, write_verification_report
     from guidance.planning.structures import build_structures
     from guidance.planning.targets import Target, TargetError, parse_target
     from guidance.planning.verify import NeedleNotFoundError, verify_placement
@@ -67,8 +71,9 @@ def _run(args: argparse.Namespace) -> int:
         if args.gui:
             _show(args, ct, plan, None, str(e), structures)
         return 1
+    images = key_images(ct, plan, result, structures)
     paths = write_verification_report(out, ct, plan, result, ct_source=args.ct,
-                                      structures=structures)
+                                      structures=structures, images=images)
     print(f"tip {np.round(result.detection.tip_lps, 1).tolist()} LPS mm, "
           f"{result.tip_to_target_mm:.1f} mm from the target, angle "
           f"{result.angle_error_deg:.1f} deg to the plan")
@@ -76,9 +81,59 @@ def _run(args: argparse.Namespace) -> int:
     for r in result.reasons:
         print(f"  - {r}")
     print(f"wrote {paths['json']} and {paths['html']}")
+    dicom = _write_dicom(args, out, ct, plan, result, structures, images)
     if args.gui:
         _show(args, ct, plan, result, "", structures)
+    if args.pacs is not None:
+        _send(args, dicom, out)
     return 0 if result.verdict == "PASS" else 1
+
+
+def _write_dicom(args: argparse.Namespace, out: Path, ct: Any, plan: Any, result: Any,
+                 structures: Any, images: list[Any]) -> list[Path]:
+    """SR, SEG and key images under ``OUT/dicom`` when the control CT is DICOM (its
+    identity copied); none for a NIfTI CT (no identity to copy: said, not invented)."""
+    from guidance.pacs.objects import KeyImage, write_verification_dicom
+    from guidance.pacs.source import NoDicomSource, read_source_series
+
+    if args.ct == "real":
+        print("DICOM objects: none (the embedded CT is NIfTI: no patient or study identity "
+              "to copy)")
+        return []
+    try:
+        source = read_source_series(args.ct, ct, args.series_uid)
+    except NoDicomSource as e:
+        print(f"DICOM objects: none ({e})")
+        return []
+    keys = [KeyImage(rgb, spec.u_lps, spec.v_lps, spec.pixel_mm,
+                     "axial slice through the needle tip" if name == "axial"
+                     else "oblique reformat along the needle")
+            for name, spec, rgb in images]
+    written = write_verification_dicom(out / "dicom", source, ct, plan, result, structures,
+                                       keys)
+    print(f"DICOM objects in study {source.study_uid}: "
+          + ", ".join(str(p) for p in written))
+    return written
+
+
+def _send(args: argparse.Namespace, files: list[Path], out: Path) -> None:
+    """Store what was written; every file stays in ``out`` whatever happens."""
+    from guidance.cli.pacs import print_store, quiet_pynetdicom
+    from guidance.pacs.network import PacsError, store_files
+
+    later = f"everything is kept in {out}; send it later with `guidance pacs store " \
+            f"{out / 'dicom'} --to {args.pacs}`"
+    if not files:
+        raise UsageError(f"--pacs: nothing to send (no DICOM objects: the control CT is "
+                         f"not DICOM); {out} holds the JSON and HTML report")
+    quiet_pynetdicom(args.verbose)
+    try:
+        outcomes = store_files(files, args.pacs, calling_ae=args.ae_title)
+    except PacsError as e:
+        raise UsageError(f"{e}; {later}") from e
+    bad = print_store(outcomes, args.pacs)
+    if bad:
+        raise UsageError(f"{bad} object(s) not stored to {args.pacs} (listed above); {later}")
 
 
 def _show(args: argparse.Namespace, ct: Any, plan: Any, result: Any, error: str,
@@ -118,6 +173,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--tolerance-mm", type=float, default=3.0,
                    help="largest acceptable tip-to-target distance (mm)")
     p.add_argument("--out", required=True, type=path_arg("output_dir"), help="output folder")
+    p.add_argument("--pacs", type=pacs_address, metavar="AET@HOST:PORT",
+                   help="store the DICOM objects written (SR, SEG, key images) to this "
+                        "PACS; unreachable or refusing: exit 2, every file kept "
+                        "(default: nothing is sent)")
+    p.add_argument("--ae-title", type=ae_title, default="GUIDANCE",
+                   help="our AE title with --pacs (default GUIDANCE)")
     p.add_argument("--gui", action="store_true",
                    help="verification view: control scan with needle and target, errors, "
                         "verdict, report export")

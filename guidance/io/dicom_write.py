@@ -85,6 +85,10 @@ def write_dicom_series(
     out.mkdir(parents=True, exist_ok=True)
     series_uid = series_uid or generate_uid()
     study_uid = generate_uid()
+    import datetime
+
+    stamp = datetime.datetime.now()
+    today, now = stamp.strftime("%Y%m%d"), stamp.strftime("%H%M%S")
     frame_uid = generate_uid()
     thickness = float(abs(np.dot(m[:3, 2], np.cross(row_dir, col_dir))))
     for k in range(n_slices):
@@ -103,6 +107,22 @@ def write_dicom_series(
         ds.SeriesDescription = description
         ds.PatientName = "Synthetic^Guidance"
         ds.PatientID = "GUIDANCE-TEST"
+        ds.PatientBirthDate = ""
+        ds.PatientSex = "O"
+        ds.StudyDate, ds.StudyTime = today, now
+        ds.SeriesDate, ds.SeriesTime = today, now
+        ds.ContentDate, ds.ContentTime = today, now
+        ds.AccessionNumber = ""
+        ds.ReferringPhysicianName = ""
+        ds.StudyID = "1"
+        ds.SeriesNumber = 1
+        ds.Manufacturer = "guidance (synthetic)"
+        ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
+        ds.KVP = ""
+        ds.AcquisitionNumber = 1
+        ds.PositionReferenceIndicator = ""
+        ds.PatientPosition = "HFS"
+        ds.BodyPartExamined = "LSPINE"
         ds.InstanceNumber = int(numbers[k])
         ds.ImageOrientationPatient = [f"{v:.8f}" for v in (*row_dir, *col_dir)]
         ds.ImagePositionPatient = [f"{v:.6f}" for v in (m[:3, 2] * k + m[:3, 3])]

@@ -34,7 +34,8 @@ from guidance.planning.plan import Plan
 from guidance.planning.structures import StructureSet
 from guidance.planning.verify import VerificationResult
 
-__all__ = ["axial_tip_plane", "key_image", "needle_plane", "write_verification_report"]
+__all__ = ["axial_tip_plane", "key_image", "key_images", "needle_plane",
+           "write_verification_report"]
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,19 @@ def needle_plane(res: VerificationResult, fov_mm: float = 140.0,
     return oriented_plane("needle", centre, det.axis_lps, across, fov_mm, size_px)
 
 
+def key_images(ct: ImageVolume, plan: Plan, result: VerificationResult,
+               structures: StructureSet | None = None
+               ) -> list[tuple[str, PlaneSpec, np.ndarray]]:
+    """The report's two key images, rendered once: ``[(name, plane, rgb)]`` for
+    ``axial`` (the acquired slice through the tip) and ``reformat`` (along the needle).
+    The plane gives the image's axes and pixel size (the DICOM Secondary Captures)."""
+    out = []
+    for name, spec in (("axial", axial_tip_plane(ct, result)),
+                       ("reformat", needle_plane(result))):
+        out.append((name, spec, key_image(ct, spec, plan, result, structures)))
+    return out
+
+
 def _write_png(path: Path, rgb: np.ndarray) -> None:
     if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
         raise OSError(f"cannot write {path}")
@@ -139,6 +153,7 @@ def _write_png(path: Path, rgb: np.ndarray) -> None:
 def write_verification_report(
     out_dir: str | Path, ct: ImageVolume, plan: Plan, result: VerificationResult,
     *, ct_source: str = "", structures: StructureSet | None = None,
+    images: list[tuple[str, PlaneSpec, np.ndarray]] | None = None,
 ) -> dict[str, Path]:
     """Write ``verification.json``, ``axial_tip.png``, ``needle_reformat.png`` and
     ``report.html`` into ``out_dir`` (created). Returns name -> path.
@@ -146,6 +161,7 @@ def write_verification_report(
     Args:
         structures: the plan's structures, outlined in the key images (``None``: no
             outlines).
+        images: the key images from :func:`key_images` (rendered here when ``None``).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -159,10 +175,9 @@ def write_verification_report(
     paths = {"json": out / "verification.json", "axial": out / "axial_tip.png",
              "reformat": out / "needle_reformat.png", "html": out / "report.html"}
     paths["json"].write_text(json.dumps(data, indent=2) + "\n")
-    _write_png(paths["axial"], key_image(ct, axial_tip_plane(ct, result), plan, result,
-                                         structures))
-    _write_png(paths["reformat"], key_image(ct, needle_plane(result), plan, result,
-                                            structures))
+    for name, _spec, rgb in images if images is not None else key_images(ct, plan, result,
+                                                                         structures):
+        _write_png(paths[name], rgb)
     rows = "".join(
         f"<tr><td>{html.escape(c.structure)}</td><td>{c.min_mm:.1f}</td>"
         f"<td>{c.margin_mm:g}</td><td>{'yes' if c.min_mm < c.margin_mm else ''}</td></tr>"

@@ -151,5 +151,9 @@ def write_control_ct(volume: ImageVolume, path: str | Path) -> Path:
         return p
     from guidance.io.dicom_write import write_dicom_series
 
-    write_dicom_series(volume, p, description="guidance simulated control CT")
+    # Below -1024 HU (outside the reconstruction circle: -2048 on many scanners) the
+    # stored values need a lower intercept to stay unsigned.
+    intercept = min(-1024.0, float(np.floor(np.min(volume.voxels))))
+    write_dicom_series(volume, p, description="guidance simulated control CT",
+                       rescale_intercept=intercept)
     return p
