@@ -161,15 +161,16 @@ def chosen_actions(parser: argparse.ArgumentParser,
 
 def path_problems(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
     """One line per path argument (:func:`path_arg`) of the chosen command that cannot be
-    used (``"--out /x/p.json: folder /x does not exist"``), and per number that is not
-    finite (``nan``, ``inf``: argparse's ``float`` accepts them). Defaults are checked too
+    used (``"--out /x/p.json: folder /x does not exist"``), and per plain ``float`` option
+    whose value is not finite (argparse's ``float`` accepts ``nan`` and ``inf``; an
+    option's own type may mean inf, as ``replay --speed max`` does). Defaults are checked too
     (a default output in a read-only folder fails the same way)."""
     problems = []
     for action in chosen_actions(parser, args):
         kind = getattr(action.type, "path_kind", None)
         value = getattr(args, action.dest, None)
         name = action.option_strings[-1] if action.option_strings else action.dest
-        if isinstance(value, float) and not math.isfinite(value):
+        if action.type is float and isinstance(value, float) and not math.isfinite(value):
             problems.append(f"{name}: expected a finite number, got {value}")
         if kind is None or value is None:
             continue
