@@ -83,6 +83,25 @@ def _record_anatomy(args: argparse.Namespace, structures_config: dict[str, Any],
         raise UsageError(f"cannot record the plan's inputs: {e}") from e
 
 
+def _labels_by_totalsegmentator(args: argparse.Namespace) -> None:
+    """``--labels totalsegmentator``: run it (or take its cached result) and plan with
+    its label map and names, recorded in the plan as files like any others."""
+    if args.labels != "totalsegmentator":
+        return
+    from guidance.data import real_ct_paths
+    from guidance.io.totalsegmentator import TotalSegmentatorError, segment_ct
+
+    ct_path = real_ct_paths()[0] if args.ct == "real" else args.ct
+    try:
+        labels, names = segment_ct(ct_path)
+    except TotalSegmentatorError as e:
+        raise UsageError(f"--labels totalsegmentator: {e}") from e
+    print(f"labels: TotalSegmentator's {labels} (names {names})")
+    args.labels = str(labels)
+    if args.label_names is None:
+        args.label_names = str(names)
+
+
 def load_inputs(
     ct_arg: str, labels_arg: str, names_arg: str | None, series_uid: str | None,
     show_progress: bool = True,
@@ -96,7 +115,7 @@ def load_inputs(
     )
     from guidance.io.dicom_series import DicomSeriesError, load_ct
     from guidance.io.label_grid import labels_onto_ct
-    from guidance.io.labels_io import LabelMapError, load_label_map
+    from guidance.io.labels_io import LabelMapError, load_labels_and_names
 
     try:
         if ct_arg == "real":
@@ -104,10 +123,14 @@ def load_inputs(
         else:
             ct = load_ct(ct_arg, series_uid=series_uid,
                          progress=progress_line("loading CT") if show_progress else None)
-        labels = load_real_labels() if labels_arg == "real" else load_label_map(labels_arg)
+        own_names = None
+        if labels_arg == "real":
+            labels = load_real_labels()
+        else:
+            labels, own_names = load_labels_and_names(labels_arg)  # a SEG names its own
         names = _read_names(names_arg)
         if names is None:
-            names = structure_names()
+            names = own_names if own_names is not None else structure_names()
         fit = labels_onto_ct(ct, labels, what=f"label map {labels_arg}")
     except (DicomSeriesError, LabelMapError, RealDataMissing) as e:
         raise UsageError(str(e)) from e
@@ -213,6 +236,7 @@ def _run(args: argparse.Namespace) -> int:
         a_cfg = AutoPlanConfig.from_dict(raw.get("auto", {}))
     except (TypeError, ValueError) as e:
         raise UsageError(f"--config: {e}") from e
+    _labels_by_totalsegmentator(args)
     ct, labels, names = load_inputs(args.ct, args.labels, args.label_names, args.series_uid)
     t0 = time.perf_counter()
     anatomy = build_anatomy(labels, names)
@@ -321,8 +345,12 @@ def register(subparsers: Any) -> None:
                     "structures. Exit 0: acceptable, 1: rejected, 2: bad input.")
     p.add_argument("--ct", default="real", type=path_arg("input_path", special=("real",)),
                    help="DICOM folder, DICOM file, NIfTI, or 'real' (embedded CT)")
-    p.add_argument("--labels", default="real", type=path_arg("input_file", special=("real",)),
-                   help="label map (NIfTI/NRRD) or 'real'")
+    p.add_argument("--labels", default="real",
+                   type=path_arg("input_file", special=("real", "totalsegmentator")),
+                   help="label map on the CT (NIfTI, NRRD or DICOM SEG; any axis order of "
+                        "the CT's grid is reoriented exactly, another grid resampled), "
+                        "'real' (the embedded CT's), or 'totalsegmentator' (run it on the "
+                        "CT if installed)")
     p.add_argument("--label-names", default=None, type=path_arg("input_file"),
                    help="CSV id,structure (default: TotalSegmentator names)")
     p.add_argument("--series-uid", default=None, help="series to load from a DICOM folder")
@@ -367,6 +395,7 @@ def _run_gui(args: argparse.Namespace) -> int:
     if args.target is None and plan is None:
         raise UsageError("--gui needs --target SPEC or --load plan.json (the analysed region "
                          "is built around the target)")
+    _labels_by_totalsegmentator(args)
     ct, labels, names = load_inputs(args.ct, args.labels, args.label_names, args.series_uid)
     if plan is not None:
         from guidance.planning.provenance import check_plan_inside

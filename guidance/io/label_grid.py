@@ -5,8 +5,9 @@ orders (feet-first, a flipped column direction, slices sorted the other way): la
 on one (TotalSegmentator on the NIfTI) must still fit the other. In order of preference:
 
 1. the same grid: used as is;
-2. the same physical grid in another axis order or with flipped axes: reoriented
-   exactly (a transpose and flips, no interpolation, every voxel kept);
+2. the same physical grid in another axis order, with flipped axes, or a part of it (a
+   DICOM SEG without its empty slices): reoriented exactly (a transpose, flips and a
+   whole-voxel offset; no interpolation, every voxel kept);
 3. any other grid: resampled nearest-neighbour onto the CT, with a warning giving the
    largest distance between a CT voxel and the label voxel it took (and refused when
    the label map does not overlap the CT at all).
@@ -55,9 +56,11 @@ def _corners(shape: tuple[int, ...]) -> npt.NDArray[np.float64]:
                     dtype=np.float64)
 
 
-def _reorient(ct: ImageVolume, labels: ImageVolume) -> ImageVolume | None:
-    """The labels transposed/flipped onto the CT grid, or None when no signed axis
-    permutation maps one grid exactly onto the other."""
+def _reorient(ct: ImageVolume, labels: ImageVolume) -> tuple[ImageVolume, float] | None:
+    """The labels transposed, flipped and placed onto the CT grid (no interpolation), with
+    the fraction of CT voxels they cover; None when no signed axis permutation with a
+    whole-voxel offset maps one grid onto the other (a SEG without its empty slices is
+    such a sub-grid)."""
     t = np.linalg.inv(labels.ijk_to_lps) @ ct.ijk_to_lps  # CT ijk -> label ijk
     r = t[:3, :3]
     signed = np.round(r)
@@ -65,22 +68,37 @@ def _reorient(ct: ImageVolume, labels: ImageVolume) -> ImageVolume | None:
         return None
     if not (np.all(np.abs(signed).sum(axis=0) == 1) and np.all(np.abs(signed).sum(axis=1) == 1)):
         return None
+    offsets = np.round(t[:3, 3])
+    if np.abs(t[:3, 3] - offsets).max() > 1e-3:
+        return None
     ct_size = np.array(ct.voxels.shape[:3][::-1])  # (I, J, K)
     lab_size = np.array(labels.voxels.shape[:3][::-1])
     src_axis = np.argmax(np.abs(signed), axis=1)  # label axis b <- CT axis src_axis[b]
     sign = signed[np.arange(3), src_axis]
+    lab_ijk = np.transpose(labels.voxels, (2, 1, 0))  # [i, j, k]
+    off = np.zeros(3, dtype=np.int64)  # per CT axis: label index (after flips) - CT index
     for b in range(3):
         a = src_axis[b]
-        expected = 0.0 if sign[b] > 0 else float(ct_size[a] - 1)
-        if lab_size[b] != ct_size[a] or abs(t[b, 3] - expected) > 1e-3:
-            return None
-    lab_ijk = np.transpose(labels.voxels, (2, 1, 0))  # [i, j, k]
-    for b in range(3):
         if sign[b] < 0:
             lab_ijk = np.flip(lab_ijk, axis=b)
+            off[a] = int(lab_size[b] - 1 - offsets[b])
+        else:
+            off[a] = int(offsets[b])
     order = [int(np.flatnonzero(src_axis == a)[0]) for a in range(3)]
-    on_ct = np.ascontiguousarray(np.transpose(np.transpose(lab_ijk, order), (2, 1, 0)))
-    return ImageVolume(on_ct, ct.ijk_to_lps.copy())
+    in_ct_axes = np.transpose(lab_ijk, order)  # axis a = CT axis a
+    out = np.zeros(tuple(ct_size), dtype=labels.voxels.dtype)
+    dst, src = [], []
+    for a in range(3):
+        lo = max(0, -int(off[a]))
+        hi = min(int(ct_size[a]), in_ct_axes.shape[a] - int(off[a]))
+        if hi <= lo:
+            return None
+        dst.append(slice(lo, hi))
+        src.append(slice(lo + int(off[a]), hi + int(off[a])))
+    out[tuple(dst)] = in_ct_axes[tuple(src)]
+    covered = float(np.prod([d.stop - d.start for d in dst])) / float(np.prod(ct_size))
+    on_ct = np.ascontiguousarray(np.transpose(out, (2, 1, 0)))
+    return ImageVolume(on_ct, ct.ijk_to_lps.copy()), covered
 
 
 def _resample(ct: ImageVolume, labels: ImageVolume) -> tuple[ImageVolume, float, float]:
@@ -126,10 +144,13 @@ def labels_onto_ct(ct: ImageVolume, labels: ImageVolume, what: str = "label map"
             return GridFit(labels, "same", "")
     exact = _reorient(ct, labels)
     if exact is not None:
-        note = (f"{what} holds the CT's voxels in another axis order or direction: "
-                "reoriented exactly (no interpolation)")
+        volume, covered = exact
+        note = (f"{what} holds the CT's voxels in another axis order, direction or extent: "
+                "reoriented exactly (no interpolation)"
+                + (f"; it covers {100 * covered:.0f}% of the CT (outside: no label)"
+                   if covered < 0.999 else ""))
         log.info("%s", note)
-        return GridFit(exact, "reoriented", note)
+        return GridFit(volume, "reoriented", note)
     resampled, shift, inside = _resample(ct, labels)
     if inside == 0.0:
         raise ValueError(f"{what} does not overlap the CT (no CT voxel falls inside it)")

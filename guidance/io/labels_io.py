@@ -24,6 +24,8 @@ __all__ = [
     "LabelMapError",
     "check_same_grid",
     "load_label_map",
+    "load_labels_and_names",
+    "read_dicom_seg",
     "read_label_names",
     "read_nrrd",
     "write_nrrd",
@@ -179,8 +181,63 @@ def write_nrrd(volume: ImageVolume, path: str | Path, *, compress: bool = True) 
     Path(path).write_bytes(header.encode("ascii") + body)
 
 
+def _is_dicom(p: Path) -> bool:
+    try:
+        with p.open("rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def seg_name(label: str) -> str:
+    """A DICOM SEG's SegmentLabel as a structure name (``"Spinal cord"`` ->
+    ``spinal_cord``; TotalSegmentator's names are kept as they are)."""
+    return "_".join(label.strip().replace("-", " ").split()).lower() if " " in label.strip() \
+        else label.strip()
+
+
+def read_dicom_seg(path: str | Path) -> tuple[ImageVolume, dict[int, str]]:
+    """A DICOM Segmentation (binary or fractional, e.g. TotalSegmentator's
+    ``--output_type dicom`` or one from the PACS) as a label map: voxel = segment
+    number (where segments overlap, the higher number), on the SEG's own grid.
+
+    Returns:
+        (label volume ``[k, j, i]`` with ``ijk_to_lps``, segment number -> name).
+
+    Raises:
+        LabelMapError: not a readable SEG, or segments on no common grid.
+    """
+    import highdicom as hd
+
+    p = Path(path)
+    try:
+        seg = hd.seg.segread(p)
+        vol = seg.get_volume(combine_segments=True, relabel=False)
+    except Exception as e:  # highdicom/pydicom raise many types for a bad object
+        raise LabelMapError(f"{p}: cannot read as a DICOM Segmentation ({e})") from e
+    if vol is None:
+        raise LabelMapError(f"{p}: the SEG's frames do not form one regular volume")
+    names = {int(item.SegmentNumber): seg_name(str(item.SegmentLabel))
+             for item in seg.SegmentSequence}
+    # highdicom's array axes (a0, a1, a2) map through its affine; ours are [k, j, i].
+    m = np.asarray(vol.affine, dtype=np.float64)[:, [2, 1, 0, 3]]
+    labels = ImageVolume(np.ascontiguousarray(np.asarray(vol.array)), m)
+    return check_label_volume(labels, str(p), error=LabelMapError), names
+
+
+def load_labels_and_names(path: str | Path) -> tuple[ImageVolume, dict[int, str] | None]:
+    """A label map and, for a DICOM SEG, its segment names (``None`` otherwise: the
+    names come from ``--label-names`` or the defaults)."""
+    p = Path(path)
+    if p.is_file() and (p.suffix.lower() == ".dcm" or _is_dicom(p)):
+        return read_dicom_seg(p)
+    return load_label_map(p), None
+
+
 def load_label_map(path: str | Path) -> ImageVolume:
-    """Load an integer label map from NIfTI (``.nii``, ``.nii.gz``) or NRRD (``.nrrd``).
+    """Load an integer label map from NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``) or
+    a DICOM SEG (see :func:`read_dicom_seg`; its names via :func:`load_labels_and_names`).
 
     Raises:
         LabelMapError: missing file, unknown extension, non-integer labels.
@@ -188,6 +245,8 @@ def load_label_map(path: str | Path) -> ImageVolume:
     p = Path(path)
     if not p.is_file():
         raise LabelMapError(f"{p}: no such label map file")
+    if p.suffix.lower() == ".dcm" or _is_dicom(p):
+        return read_dicom_seg(p)[0]
     if p.name.endswith((".nii", ".nii.gz")):
         from guidance.io.nifti import NiftiError, load_nifti
 
@@ -198,7 +257,8 @@ def load_label_map(path: str | Path) -> ImageVolume:
     elif p.name.endswith((".nrrd", ".seg.nrrd")):
         vol = read_nrrd(p)
     else:
-        raise LabelMapError(f"{p}: unknown label map format (expected .nii, .nii.gz, .nrrd)")
+        raise LabelMapError(f"{p}: unknown label map format (expected .nii, .nii.gz, .nrrd or "
+                            "a DICOM SEG)")
     return check_label_volume(vol, str(p), error=LabelMapError)
 
 

@@ -412,7 +412,11 @@ def load_plan_structures(
     # Imported here: plan.py imports this module for PlanAnatomy, and the structures
     # (scipy) are only needed when a plan is rebuilt.
     from guidance.data import RealDataMissing, load_real_labels, structure_names
-    from guidance.io.labels_io import LabelMapError, load_label_map, read_label_names
+    from guidance.io.labels_io import (
+        LabelMapError,
+        load_labels_and_names,
+        read_label_names,
+    )
     from guidance.planning.plan import PlanError
     from guidance.planning.structures import build_structures
 
@@ -432,9 +436,13 @@ def load_plan_structures(
         names_path = checked(anatomy.label_names, "label names")
     step(0.08, "loading the labels")
     try:
-        labels = (load_real_labels() if anatomy.labels.arg == REAL
-                  else load_label_map(labels_path))
-        names = structure_names() if names_path is None else read_label_names(names_path)
+        own = None
+        if anatomy.labels.arg == REAL:
+            labels = load_real_labels()
+        else:
+            labels, own = load_labels_and_names(labels_path)  # a SEG names its segments
+        names = (read_label_names(names_path) if names_path is not None
+                 else own if own is not None else structure_names())
     except (LabelMapError, RealDataMissing) as e:
         raise PlanError(f"{where}: {e}") from e
     # The labels are on the planning CT's grid (checked when planning).

@@ -307,3 +307,23 @@ def test_verify_on_a_nifti_ct_writes_no_invented_identity(room, tmp_path, capsys
                  str(tmp_path / "v2"), "--pacs", "A@127.0.0.1:1"])
     assert code == 2
     assert "nothing to send" in capsys.readouterr().err
+
+
+def test_a_scanner_series_plans_as_its_nifti_with_the_embedded_labels(room, tmp_path):
+    """The planning series is the real CT as a scanner writes it: IOP (1,0,0, 0,-1,0),
+    slices ordered along the normal (feet-first against the NIfTI's head-first k axis).
+    The embedded labels (made on the NIfTI) are reoriented exactly onto it, and the plan
+    is the NIfTI's within 0.5 mm."""
+    from guidance.data import load_real_ct
+    from guidance.io.dicom_series import load_ct
+
+    first = pydicom.dcmread(next(room["planning"].iterdir()), stop_before_pixels=True)
+    assert [round(float(v)) for v in first.ImageOrientationPatient] == [1, 0, 0, 0, -1, 0]
+    series, nifti = load_ct(room["planning"]), load_real_ct()
+    assert series.ijk_to_lps[2, 2] * nifti.ijk_to_lps[2, 2] < 0  # k axes opposed
+    out = tmp_path / "nifti_plan.json"
+    assert main(["plan", "--ct", "real", "--labels", "real", "--target", "disc:L1-L2:left",
+                 "--auto", "--out", str(out)]) == 0
+    a, b = json.loads(out.read_text()), json.loads(room["plan"].read_text())
+    for key in ("entry_lps_mm", "target_lps_mm"):
+        assert np.linalg.norm(np.subtract(a[key], b[key])) < 0.5, key
