@@ -55,16 +55,20 @@ def _writable_dir(d: Path) -> str:
     return ""
 
 
-def check_path(text: str, kind: str, special: tuple[str, ...] = ()) -> str:
+def check_path(text: str, kind: str, special: tuple[str, ...] = (),
+               parents: bool = False) -> str:
     """The problem with a path argument before anything runs ('' when there is none).
 
     Args:
         text: the path as given.
         kind: one of :data:`PATH_KINDS`. ``output_file``: not a folder, in an existing
             writable folder, not a read-only file; ``output_dir``: a writable folder or
-            one that can be created (no file in the way); ``input_*``: exists, is a file
-            (``input_file``) or a folder (``input_dir``), and is readable.
+            one that can be created in an existing writable folder; ``input_*``: exists,
+            is a file (``input_file``) or a folder (``input_dir``), and is readable.
         special: values that are not paths (``real``, ``-`` for stdout).
+        parents: ``output_dir`` only: missing folders above it may be created too (a
+            cache under the home folder), else its parent must exist (a typo in a path
+            does not create a tree).
     """
     if kind not in PATH_KINDS:
         raise ValueError(f"kind must be one of {PATH_KINDS}, got {kind!r}")
@@ -98,13 +102,15 @@ def check_path(text: str, kind: str, special: tuple[str, ...] = ()) -> str:
             if p.exists() and not os.access(p, os.W_OK):
                 return "exists and is not writable"
             return ""
-        # output_dir: it, or the nearest folder above it that exists, must be writable.
+        # output_dir: it, or the folder it is created in, must be writable.
         if p.exists():
             return "" if p.is_dir() and os.access(p, os.W_OK | os.X_OK) else (
                 "exists and is not a folder" if not p.is_dir() else "folder is not writable")
         above = p.parent
-        while not above.exists() and above != above.parent:
+        while parents and not above.exists() and above != above.parent:
             above = above.parent
+        if not above.exists():
+            return f"folder {above} does not exist"
         if not above.is_dir():
             return f"cannot create it: {above} is a file"
         if not os.access(above, os.W_OK | os.X_OK):
@@ -115,7 +121,7 @@ def check_path(text: str, kind: str, special: tuple[str, ...] = ()) -> str:
 
 
 def path_arg(kind: str, convert: Callable[[str], _T] = str,  # type: ignore[assignment]
-             special: tuple[str, ...] = ()) -> Callable[[str], _T]:
+             special: tuple[str, ...] = (), parents: bool = False) -> Callable[[str], _T]:
     """argparse type of a path argument: ``guidance.cli.main.main`` checks every such
     argument of the chosen command with :func:`check_path` after parsing, before the
     command runs, so a missing input or an unwritable output is refused (exit 2, one line
@@ -125,6 +131,7 @@ def path_arg(kind: str, convert: Callable[[str], _T] = str,  # type: ignore[assi
         kind: one of :data:`PATH_KINDS`.
         convert: applied to the text (``str`` or ``Path``).
         special: values that are not paths (``real``, ``-``).
+        parents: see :func:`check_path`.
 
     Returns:
         The type function; its ``path_kind`` and ``special`` attributes say what is
@@ -138,6 +145,7 @@ def path_arg(kind: str, convert: Callable[[str], _T] = str,  # type: ignore[assi
 
     parse.path_kind = kind  # type: ignore[attr-defined]
     parse.special = special  # type: ignore[attr-defined]
+    parse.parents = parents  # type: ignore[attr-defined]
     parse.__name__ = kind  # argparse names the type in some messages
     return parse
 
@@ -175,7 +183,8 @@ def path_problems(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         if kind is None or value is None:
             continue
         for v in value if isinstance(value, list) else [value]:
-            problem = check_path(str(v), kind, getattr(action.type, "special", ()))
+            problem = check_path(str(v), kind, getattr(action.type, "special", ()),
+                                 getattr(action.type, "parents", False))
             if problem:
                 problems.append(f"{name} {v}: {problem}")
     return problems

@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="random seed of the simulated evaluation frames")
     p.add_argument("--backends", default="auto", help="backend chain, e.g. auto or "
                    "onnxruntime-cpu,torch-cpu")
-    p.add_argument("--cache", type=path_arg("output_dir", Path),
+    p.add_argument("--cache", type=path_arg("output_dir", Path, parents=True),
                    default=Path.home() / ".cache" / "guidance" / "datasets", metavar="DIR",
                    help="dataset cache folder")
     p.add_argument("--update-card", action="store_true", help="store the metrics in the card")

@@ -50,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1, as the shipped models: the same seed and "
                         "thread count give the same weights)")
-    p.add_argument("--cache", type=path_arg("output_dir", Path),
+    p.add_argument("--cache", type=path_arg("output_dir", Path, parents=True),
                    default=Path.home() / ".cache" / "guidance" / "datasets",
                    metavar="DIR", help="dataset cache folder")
     p.add_argument("--eval-frames", type=int, default=400,
