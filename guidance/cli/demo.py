@@ -117,6 +117,10 @@ def run(args: argparse.Namespace) -> int:
                           room=setup)
     if planned is not None:
         session.pipeline.set_plan(planned.plan, planned.structures)
+        if scanner is None:  # the picture of navigation from poses: the CT resliced
+            from guidance.data import load_real_ct
+
+            session.pipeline.set_navigation_ct(load_real_ct())
     else:  # the ultrasound scene is synthetic: a plan, no planning-CT structures
         from guidance.planning.plan import Plan
 
