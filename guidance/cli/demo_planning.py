@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -184,19 +185,34 @@ def nerve_root_near_plan(plan: Plan, structures: StructureSet,
 def verify_final_needle(plan: Plan, structures: StructureSet, tip_lps: npt.ArrayLike,
                         out_dir: Path, seed: int, target: Target | None = None,
                         ) -> dict[str, Any]:
-    """Make a control CT with the needle from the plan's entry to ``tip_lps`` and verify
-    it; returns the verification JSON (written with the report into ``out_dir``)."""
-    from guidance.planning.report import write_verification_report
+    """Make a control CT with the needle from the plan's entry to ``tip_lps`` (written as
+    the DICOM series a scanner would send, ``out_dir/control_ct``, the simulator's
+    synthetic patient) and verify it as ``guidance verify`` does: the report with the
+    structures outlined, and ``out_dir/dicom`` (SR, SEG, key images in the control CT's
+    study, ready for ``guidance pacs store``). Returns the verification JSON."""
+    from guidance.io.dicom_series import load_ct
+    from guidance.pacs.objects import from_report, write_verification_dicom
+    from guidance.pacs.source import read_source_series
+    from guidance.planning.report import key_images, write_verification_report
     from guidance.planning.verify import NeedleNotFoundError, verify_placement
-    from guidance.sim.control_ct import insert_needle
+    from guidance.sim.control_ct import insert_needle, write_control_ct
 
-    ct = insert_needle(load_real_ct(), plan.entry_lps, tip_lps,
-                       rng=np.random.default_rng(seed))
+    ct_dir = out_dir / "control_ct"
+    if ct_dir.exists():  # ours, from an earlier demo
+        shutil.rmtree(ct_dir)
+    write_control_ct(insert_needle(load_real_ct(), plan.entry_lps, tip_lps,
+                                   rng=np.random.default_rng(seed)), ct_dir)
+    ct = load_ct(ct_dir)
     try:
         result = verify_placement(ct, plan, structures, target=target)
     except NeedleNotFoundError as e:
         return {"verdict": "NEEDLE_NOT_FOUND", "reasons": [str(e)]}
-    write_verification_report(out_dir, ct, plan, result,
+    images = key_images(ct, plan, result, structures)
+    write_verification_report(out_dir, ct, plan, result, structures=structures,
+                              images=images,
                               ct_source="simulated control CT (real CT + inserted needle)")
+    written = write_verification_dicom(out_dir / "dicom", read_source_series(ct_dir, ct), ct,
+                                       plan, result, structures, from_report(images))
     data: dict[str, Any] = result.to_json()
+    data["dicom"] = [str(p) for p in written]
     return data

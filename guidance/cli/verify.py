@@ -93,7 +93,7 @@ def _write_dicom(args: argparse.Namespace, out: Path, ct: Any, plan: Any, result
                  structures: Any, images: list[Any]) -> list[Path]:
     """SR, SEG and key images under ``OUT/dicom`` when the control CT is DICOM (its
     identity copied); none for a NIfTI CT (no identity to copy: said, not invented)."""
-    from guidance.pacs.objects import KeyImage, write_verification_dicom
+    from guidance.pacs.objects import from_report, write_verification_dicom
     from guidance.pacs.source import NoDicomSource, read_source_series
 
     if args.ct == "real":
@@ -105,12 +105,8 @@ def _write_dicom(args: argparse.Namespace, out: Path, ct: Any, plan: Any, result
     except NoDicomSource as e:
         print(f"DICOM objects: none ({e})")
         return []
-    keys = [KeyImage(rgb, spec.u_lps, spec.v_lps, spec.pixel_mm,
-                     "axial slice through the needle tip" if name == "axial"
-                     else "oblique reformat along the needle")
-            for name, spec, rgb in images]
     written = write_verification_dicom(out / "dicom", source, ct, plan, result, structures,
-                                       keys)
+                                       from_report(images))
     print(f"DICOM objects in study {source.study_uid}: "
           + ", ".join(str(p) for p in written))
     return written

@@ -41,6 +41,7 @@ __all__ = [
     "MANUFACTURER",
     "SCHEME",
     "KeyImage",
+    "from_report",
     "key_image_objects",
     "measurement_report",
     "needle_length_in_body_mm",
@@ -372,6 +373,15 @@ class KeyImage:
     v_lps: npt.NDArray[np.float64]
     pixel_mm: float
     description: str
+
+
+def from_report(images: Sequence[tuple[str, Any, npt.NDArray[np.uint8]]]) -> list[KeyImage]:
+    """The report's key images (:func:`guidance.planning.report.key_images`: name, plane,
+    RGB) as :class:`KeyImage` objects."""
+    what = {"axial": "axial slice through the needle tip",
+            "reformat": "oblique reformat along the needle"}
+    return [KeyImage(rgb, spec.u_lps, spec.v_lps, spec.pixel_mm, what.get(name, name))
+            for name, spec, rgb in images]
 
 
 def _orientation_letters(d: npt.NDArray[np.float64]) -> str:
