@@ -242,9 +242,13 @@ def _nifti_non_integer(g: SimpleNamespace, tmp: Path) -> Path:
     return p
 
 
-def _nifti_other_grid(g: SimpleNamespace, tmp: Path) -> Path:
-    p = tmp / "other_grid.nii.gz"
-    _write_nifti(g.labels.voxels[:, :, :50], g.labels.ijk_to_lps, p)
+def _nifti_elsewhere(g: SimpleNamespace, tmp: Path) -> Path:
+    # (A label map on part of the CT's grid, or on another grid, is placed or resampled
+    # onto it: tests/guidance/test_label_grid.py. One 5 m away covers none of it.)
+    p = tmp / "elsewhere.nii.gz"
+    m = g.labels.ijk_to_lps.copy()
+    m[:3, 3] += [5000.0, 0.0, 0.0]
+    _write_nifti(g.labels.voxels, m, p)
     return p
 
 
@@ -260,7 +264,7 @@ BROKEN_LABELS: list[tuple[Callable[[SimpleNamespace, Path], Path], tuple[str, ..
     (_nrrd_missing_data_file, ("detached.nhdr.nrrd", "labels.raw.gz")),
     (_nrrd_bad_sizes, ("bad_sizes.nrrd", "sizes")),
     (_nifti_non_integer, ("fractional.nii.gz", "non-integer")),
-    (_nifti_other_grid, ("another grid", "(20, 60, 50)")),
+    (_nifti_elsewhere, ("elsewhere.nii.gz", "does not overlap")),
     (_nifti_truncated, ("truncated.nii.gz", "cannot read NIfTI")),
 ]
 
