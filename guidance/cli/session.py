@@ -152,8 +152,25 @@ class LiveSession:
             "unknown_types": dict(self.slots.unknown_types),
             "listener_errors": self.slots.listener_errors,
             **extra,
-            "devices": {k: vars(v) for k, v in self.slots.counters().items()},
+            "devices": self._device_counters(),
         }
+
+    def _device_counters(self) -> dict[str, dict[str, Any]]:
+        """Per device: received / dropped / taken for frames; for poses, how many went
+        into the transform graph (every one: a slots listener, so a pose replaced in its
+        slot before the loop woke is not lost -- "dropped" would mislead)."""
+        from guidance.navigation.navigator import POSE_TYPES
+
+        out: dict[str, dict[str, Any]] = {}
+        for name, c in self.slots.counters().items():
+            item = self.slots.latest(name)
+            kind = item.message_type if item is not None else ""
+            if kind in POSE_TYPES:
+                out[name] = {"type": kind, "received": c.received,
+                             "into_transform_graph": c.received}
+            else:
+                out[name] = {"type": kind, **vars(c)}
+        return out
 
     def stop(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Stop everything; write ``summary.json`` when an output folder was given.

@@ -261,6 +261,9 @@ def test_sigterm_stops_run_gracefully_with_summary_and_a_readable_recording(tmp_
     assert "SIGTERM: stopping" in err
     s = json.loads((out / "summary.json").read_text())
     assert len(s["transforms"]) == 20 and "Tool19ToReference" in s["transforms"]
+    # A pose is never "dropped": every one went into the transform graph as it arrived.
+    assert s["transport"]["devices"]["Tool7ToReference"] == {
+        "type": "TRANSFORM", "received": 1, "into_transform_graph": 1}
     recorded = [r for r in read_recording(rec) if r.header.message_type == "TRANSFORM"]
     assert len(recorded) == 20
 
