@@ -17,14 +17,13 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from guidance.cli.common import path_arg, show_or_screenshot, start_gui_or_fail
+from guidance.cli.common import path_arg, progress_line, show_or_screenshot, start_gui_or_fail
 from guidance.cli.main import UsageError
 from guidance.geometry import ImageVolume
 
@@ -35,28 +34,10 @@ if TYPE_CHECKING:
     from guidance.planning.targets import Target
     from guidance.planning.trajectory import TrajectoryMetrics
 
-__all__ = ["load_inputs", "progress_line", "register"]
+__all__ = ["load_inputs", "register"]
 
 #: Half size of the analysed box around the target, mm (L, P, S).
 ROI_HALF_MM = (100.0, 100.0, 50.0)
-
-
-def progress_line(label: str) -> Callable[[float, str], None]:
-    """A progress callback printing one updating line on stderr."""
-    state = {"last": -1.0}
-
-    def show(fraction: float, message: str) -> None:
-        if fraction - state["last"] < 0.02 and fraction < 1.0:
-            return
-        state["last"] = fraction
-        filled = round(30 * fraction)
-        sys.stderr.write(f"\r{label} [{'#' * filled}{' ' * (30 - filled)}] "
-                         f"{100 * fraction:3.0f}% {message[:40]:<40}")
-        if fraction >= 1.0:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
-
-    return show
 
 
 def _read_names(path: str | None) -> dict[int, str] | None:
