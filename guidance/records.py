@@ -59,6 +59,10 @@ class SafetyReason(enum.Enum):
     ANGLE_TO_PLAN = "angle_to_plan"
     #: The tip is past the target's depth along the plan.
     PAST_TARGET = "past_target"
+    #: Ultrasound: the tip touches or is inside a nerve the model sees.
+    INTRANEURAL_RISK = "intraneural_risk"
+    #: Ultrasound: the tip is inside a vessel the model sees.
+    INTRAVASCULAR_RISK = "intravascular_risk"
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from typing import Any
 
 from guidance.io.validate import InputError, read_json_document
 from guidance.safety.config import SafetyConfig
+from guidance.safety.image_anatomy import ImageAnatomyConfig
 
 __all__ = [
     "MODALITIES",
@@ -238,6 +239,7 @@ class PipelineConfig:
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     segment: SegmentConfig = field(default_factory=SegmentConfig)
     safety: SafetyConfig = field(default_factory=SafetyConfig)
+    image_anatomy: ImageAnatomyConfig = field(default_factory=ImageAnatomyConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -51,6 +52,8 @@ class Reason(enum.Enum):
     CLASSICAL_ONLY_NEEDLE = ("classical_only_needle", GuidanceState.OK)
     FRAME_NOT_PLACED = ("frame_not_placed", GuidanceState.OK)
     OVERLAY_NOT_REGISTERED = ("overlay_not_registered", GuidanceState.OK)
+    #: Ultrasound without a plan: the nerves and vessels the model sees are checked.
+    IMAGE_ANATOMY_ONLY = ("image_anatomy_only", GuidanceState.OK)
 
     def __init__(self, code: str, state: GuidanceState) -> None:
         self.code = code
@@ -173,6 +176,11 @@ class WorkItem:
     placement_edges: tuple[EdgeUse, ...] = ()
     tip_edges: tuple[EdgeUse, ...] = ()
     latency_s: float = 0.0
+    #: the model's output for this frame (probabilities, labels, grid), when a model ran:
+    #: the image-anatomy check reads its nerve and vessel classes.
+    segmentation: Any = None
+    #: ultrasound: the image-anatomy check's components of this frame.
+    image_structures: tuple[Any, ...] = ()
 
     def add(self, reason: Reason, message: str) -> None:
         """Add a reason (its state counts towards the update's state)."""
@@ -209,6 +217,8 @@ class FrameResult:
         modality: ``us``, ``fluoro`` or ``ct``.
         device_name: the input's device name.
         timestamp_s: the input's sender timestamp, s.
+        image_structures: ultrasound: the nerves and vessels the model sees, with their
+            distances (:class:`~guidance.safety.image_anatomy.ImageStructure`).
         at_s: the time the result is for on the poses' clock (a frame: its timestamp
             minus the temporal calibration's lag), s.
     """
@@ -232,6 +242,7 @@ class FrameResult:
     device_name: str = ""
     timestamp_s: float = 0.0
     at_s: float = float("nan")
+    image_structures: tuple[Any, ...] = ()
 
     @property
     def reasons(self) -> tuple[str, ...]:

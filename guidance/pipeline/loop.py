@@ -176,7 +176,8 @@ class Pipeline:
         self.segment = SegmentStage(self.config.segment, *load_segmenters(
             self.config.segment, (modality,) if modality else MODALITIES))
         self.needle = NeedleStage(self.config.navigation)
-        self.safety = SafetyStage(self.config.safety, self.navigator)
+        self.safety = SafetyStage(self.config.safety, self.navigator,
+                                  self.config.image_anatomy)
         self.overlay = OverlayComposer()
         self.stats = LatencyRecorder()
         self.frames_processed = 0
@@ -223,6 +224,26 @@ class Pipeline:
         self._plan = plan
         self.segment.hub_hint_ij = None
         self._last_plan_sent = 0.0
+
+    def set_image_target_px(self, u: float, v: float) -> None:
+        """A target given as a point of the incoming frame (ultrasound: column ``u``, row
+        ``v``, pixels): the in-plane tip-to-target distance of the US decisions. May be
+        called from another thread (the live view's click)."""
+        if not (math.isfinite(u) and math.isfinite(v)):
+            raise ValueError(f"image target must be finite pixels, got ({u}, {v})")
+        self.safety.set_image_target_px((float(u), float(v)))
+        self.overlay.image_target_px = (float(u), float(v))
+
+    def clear_image_target(self) -> None:
+        """Forget the image target."""
+        self.safety.set_image_target_px(None)
+        self.overlay.image_target_px = None
+
+    @property
+    def image_target_px(self) -> tuple[float, float] | None:
+        """The image target (column, row, pixels), if any."""
+        t = self.safety.image_target_px
+        return None if t is None else (float(t[0]), float(t[1]))
 
     def set_navigation_ct(self, ct: ImageVolume) -> None:
         """The planning CT (HU, LPS) for the picture of navigation from poses alone: the
@@ -414,15 +435,16 @@ class Pipeline:
             if item.needle is None:
                 item.add(Reason.NO_NEEDLE, "no needle found" if item.frame is not None
                          else "no needle pose")
-            elif not item.needle.has_3d:
+            elif not item.needle.has_3d and not self.safety.image_check_applies(item):
                 item.add(Reason.NO_3D_NEEDLE,
                          "the needle is seen in the image only: no 3D position "
                          + ("(a projection without a tracked needle)"
                             if item.placement is None or item.placement.is_projection
                             else "(the frame is not placed in the planning CT)"))
         t_b = time.monotonic_ns()
-        if item.needle is not None and item.needle.has_3d and item.state in (
-                GuidanceState.OK, GuidanceState.DEGRADED):
+        checkable = item.needle is not None and (
+            item.needle.has_3d or self.safety.image_check_applies(item))
+        if checkable and item.state in (GuidanceState.OK, GuidanceState.DEGRADED):
             gap = max((e.time_gap_s for e in item.tip_edges), default=0.0)
             item.latency_s = (t_b - item.received_ns) * 1e-9 + gap
             self.safety.process(item)
@@ -440,7 +462,7 @@ class Pipeline:
             state_reasons=tuple(item.reasons), needle=item.needle, decision=item.decision,
             metrics=dict(item.metrics), stage_ms=stage_ms, image=image, labels=item.labels,
             placement=item.placement, outlines=item.outlines, label_names=item.label_names,
-            modality=item.modality,
+            modality=item.modality, image_structures=item.image_structures,
             device_name=rec.device_name, timestamp_s=rec.timestamp_s, at_s=item.at_s)
         t_out = time.monotonic_ns()
         e2e = _E2E(rec.received_ns)

@@ -177,6 +177,8 @@ class OverlayComposer:
         self._shown: np.ndarray | None = None
         self._gray8: np.ndarray | None = None
         self.plan: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None = None
+        #: a target given as a point of the frame (ultrasound), column and row.
+        self.image_target_px: tuple[float, float] | None = None
 
     def compose(self, result: FrameResult, latency_ms: float | None = None) -> np.ndarray:
         """Draw the frame and its annotations; returns (rows, cols, 3) uint8 (a reused
@@ -224,11 +226,18 @@ class OverlayComposer:
             cv2.circle(rgb, tip, 5, NEEDLE_COLOUR, 2, cv2.LINE_AA)
             legend["needle (this frame)"] = NEEDLE_COLOUR
             d = result.decision
-            if d is not None and n.has_3d and math.isfinite(d.tip_to_target_mm) \
-                    and result.state not in (GuidanceState.STALE, GuidanceState.NO_GUIDANCE):
+            current = result.state not in (GuidanceState.STALE, GuidanceState.NO_GUIDANCE)
+            if d is not None and math.isfinite(d.tip_to_target_mm) and current:
                 texts.append((f"{d.tip_to_target_mm:.1f} mm to target",
                               (float(n.tip_ij[0]) + 8.0, float(n.tip_ij[1]) - 6.0),
                               NEEDLE_COLOUR))
+            if current:
+                self._image_distances(result, texts)
+        if self.image_target_px is not None and result.modality == "us":
+            u, v = (round(x) for x in self.image_target_px)
+            cv2.drawMarker(rgb, (u, v), PLAN_COLOUR, cv2.MARKER_CROSS, 14, 2, cv2.LINE_AA)
+            cv2.circle(rgb, (u, v), 7, PLAN_COLOUR, 1, cv2.LINE_AA)
+            legend["target"] = PLAN_COLOUR
         orient = display_orientation(result)
         shown = rgb
         if orient is not None and not orient.flip.identity:
@@ -245,6 +254,23 @@ class OverlayComposer:
             annotate(shown, orient.right_lps, orient.down_lps, orient.pixel_mm,
                      list(legend.items()), top_margin_px=top, bottom_margin_px=bottom)
         return shown
+
+    @staticmethod
+    def _image_distances(result: FrameResult,
+                         texts: list[tuple[str, tuple[float, float], tuple[int, int, int]]],
+                         ) -> None:
+        """The tip's distance beside the closest nerve and the closest vessel the model
+        sees (measured on this frame), in the class's colour."""
+        for kind in ("nerve", "vessel"):
+            items = [s for s in result.image_structures if s.kind == kind]
+            if not items:
+                continue
+            near = min(items, key=lambda s: s.tip_mm)
+            lab = result.label_names.index(kind) if kind in result.label_names else 0
+            colour = label_colour(lab, kind)
+            where = "inside" if near.tip_mm < 0 else f"{near.tip_mm:.1f} mm"
+            x, y = (float(v) for v in near.centroid_px)
+            texts.append((f"{kind} {where}", (x + 6.0, y), colour))
 
     def _shown_buffer(self, shape: tuple[int, int]) -> np.ndarray:
         if self._shown is None or self._shown.shape[:2] != shape:

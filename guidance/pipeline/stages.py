@@ -20,7 +20,14 @@ from guidance.pipeline.config import NavigationConfig, PreprocessConfig, Segment
 from guidance.pipeline.frame import NeedleEstimate2D3D, Reason, WorkItem
 from guidance.planning.plan import Plan
 from guidance.planning.structures import StructureSet
+from guidance.records import SafetyReason, WarningLevel
 from guidance.safety import SafetyCheck, SafetyConfig
+from guidance.safety.decision import MarginWidening, SafetyDecision
+from guidance.safety.image_anatomy import (
+    ImageAnatomyCheck,
+    ImageAnatomyConfig,
+    ImageAnatomyResult,
+)
 from trackers.needle_detect import RidgeNeedleDetector
 from trackers.needle_filter import NeedleFilter
 from trackers.needle_fit import NeedleRule, needle_evidence
@@ -29,7 +36,8 @@ if TYPE_CHECKING:
     from guidance.navigation.navigator import Navigator
     from models.segmenter import Segmenter
 
-__all__ = ["NeedleStage", "PreprocessStage", "SafetyStage", "SegmentStage", "load_segmenters"]
+__all__ = ["NeedleStage", "PreprocessStage", "SafetyStage", "SegmentStage",
+           "combine_decisions", "load_segmenters"]
 
 log = logging.getLogger(__name__)
 NAN2 = np.full(2, np.nan)
@@ -211,6 +219,7 @@ class SegmentStage:
         spacing = float(img.spacing_mm[0])
         res = seg.segment(plane, spacing)
         res.grid.labels_to_frame(res.labels, out=labels)
+        item.segmentation = res
         item.label_names = seg.card.labels
         item.metrics["segment_infer_ms"] = res.infer_ms
         if seg.degraded:
@@ -377,29 +386,148 @@ class NeedleStage:
 
 
 class SafetyStage:
-    """The one safety decision (:class:`guidance.safety.SafetyCheck`) of an update with a
-    plan and a 3D needle, its margins widened by the uncertainties declared on the
-    needle's path (``Navigator.widening``) and the latency times the needle's speed."""
+    """The one safety decision of an update, from up to two checks:
+
+    * the plan's (:class:`guidance.safety.SafetyCheck`), with a plan and a 3D needle, its
+      margins widened by the uncertainties declared on the needle's path
+      (``Navigator.widening``) and the latency times the needle's speed;
+    * on ultrasound, the anatomy the model sees in the frame
+      (:class:`guidance.safety.image_anatomy.ImageAnatomyCheck`: nerves and vessels, in
+      the image plane), with a needle in the image -- with or without a plan.
+
+    Both sets of findings go into the one :class:`SafetyDecision` (worst first). A US
+    target given as a point of the frame (:meth:`set_image_target_px`) gives the
+    in-plane tip-to-target distance when there is no 3D one.
+    """
 
     name = "safety"
 
-    def __init__(self, config: SafetyConfig, navigator: Navigator) -> None:
+    def __init__(self, config: SafetyConfig, navigator: Navigator,
+                 image_config: ImageAnatomyConfig | None = None) -> None:
         self.config = config
         self.navigator = navigator
         self.check: SafetyCheck | None = None
+        self.image_check = ImageAnatomyCheck(image_config)
+        self.image_target_px: npt.NDArray[np.float64] | None = None
+        #: the image-anatomy result of the last update (for the overlay).
+        self.last_image: ImageAnatomyResult | None = None
 
     def set_plan(self, plan: Plan, structures: StructureSet | None) -> None:
         """Check against this plan (and its structures) from now on."""
         self.check = SafetyCheck(plan, structures, self.config)
 
+    def set_image_target_px(self, target: npt.ArrayLike | None) -> None:
+        """A target as a point of the incoming frame (column, row, pixels), or None."""
+        self.image_target_px = None if target is None else np.asarray(target, float)
+
+    @staticmethod
+    def image_check_applies(item: WorkItem) -> bool:
+        """An ultrasound frame segmented by a model with nerve and vessel classes, with a
+        needle in the image."""
+        seg = item.segmentation
+        return (item.modality == "us" and seg is not None and item.needle is not None
+                and item.needle.in_image
+                and all(k in item.label_names for k in ("nerve", "vessel")))
+
     def process(self, item: WorkItem) -> None:
         n = item.needle
-        if self.check is None:
-            item.add(Reason.NO_PLAN, "no plan loaded (--plan plan.json): no safety check")
+        plan_decision: SafetyDecision | None = None
+        if self.check is not None and n is not None and n.has_3d:
+            widening = self.navigator.widening(
+                item.tip_edges, self.check.plan.target_lps, n.sigma_mm, item.latency_s,
+                n.speed_mm_s, self.config)
+            plan_decision = self.check.check(n.tip_lps, n.axis_lps, item.t_s, widening)
+        image = self._image_anatomy(item)
+        self.last_image = image
+        if image is not None:
+            item.image_structures = image.structures
+        if image is None:
+            if self.check is None:
+                item.add(Reason.NO_PLAN, "no plan loaded (--plan plan.json): no safety check")
+            item.decision = plan_decision
             return
-        if n is None or not n.has_3d:
-            return  # the loop says why there is no 3D needle
-        widening = self.navigator.widening(
-            item.tip_edges, self.check.plan.target_lps, n.sigma_mm, item.latency_s,
-            n.speed_mm_s, self.config)
-        item.decision = self.check.check(n.tip_lps, n.axis_lps, item.t_s, widening)
+        if self.check is None:
+            item.add(Reason.IMAGE_ANATOMY_ONLY,
+                     "no plan: the nerves and vessels the model sees are checked, in the "
+                     "image plane")
+        item.decision = combine_decisions(plan_decision, image, item.t_s,
+                                          self._image_target_mm(item))
+
+    def _image_anatomy(self, item: WorkItem) -> ImageAnatomyResult | None:
+        if not self.image_check_applies(item):
+            return None
+        seg = item.segmentation
+        n = item.needle
+        assert n is not None
+        grid = seg.grid
+        if not math.isfinite(grid.model_spacing_mm) or grid.model_spacing_mm <= 0:
+            item.add(Reason.SPACING_NOT_CALIBRATED,
+                     "the frame's pixel spacing is unknown: nerve and vessel distances are "
+                     "not measured")
+            return None
+        names = list(item.label_names)
+        probs = seg.probs
+        ur, uc = grid.used_shape
+        labels = seg.labels[:ur, :uc]
+        order = [0] * len(names)
+        order[2], order[3] = names.index("nerve"), names.index("vessel")
+        tip = grid.to_model_ij(n.tip_ij)
+        hub = grid.to_model_ij(n.hub_ij)
+        axis = tip - hub
+        norm = float(np.linalg.norm(axis))
+        axis = axis / norm if norm > 0 else np.array([1.0, 0.0])
+        if order[2] != 2 or order[3] != 3:  # the card's own class order
+            remap = np.zeros(256, np.uint8)
+            remap[order[2]], remap[order[3]] = 2, 3
+            labels = remap[labels]
+            probs = probs[[0, names.index("needle"), order[2], order[3]]]
+        return self.image_check.check(probs[:, :ur, :uc], labels, grid.model_spacing_mm,
+                                      tip, axis, grid.to_frame_ij, item.t_s)
+
+    def _image_target_mm(self, item: WorkItem) -> float:
+        """In-plane tip-to-target distance, mm (NaN without an image target)."""
+        if self.image_target_px is None or item.needle is None or item.frame is None:
+            return math.nan
+        sp = float(item.frame.image.spacing_mm[0])
+        if not math.isfinite(sp) or sp <= 0:
+            return math.nan
+        return float(np.linalg.norm(item.needle.tip_ij - self.image_target_px)) * sp
+
+
+def combine_decisions(plan: SafetyDecision | None, image: ImageAnatomyResult, t_s: float,
+                      image_target_mm: float = math.nan) -> SafetyDecision:
+    """One decision from the plan's (if any) and the image anatomy's findings: every
+    finding, worst first; the worst one's level, reason, structure and distance; every
+    clearance, closest first. The plan's figures (target, angle, widening) when there is
+    a plan decision, else the in-plane ones."""
+    findings = tuple(sorted((*(plan.findings if plan else ()), *image.findings),
+                            key=lambda w: -int(w.level)))
+    clearances = tuple(sorted((*(plan.clearances if plan else ()), *image.clearances),
+                              key=lambda c: c.clearance_mm if math.isfinite(c.clearance_mm)
+                              else math.inf))
+    worst = findings[0] if findings else None
+    if plan is not None:
+        if worst is None or worst in plan.findings:
+            return dataclasses.replace(plan, findings=findings, clearances=clearances)
+        return dataclasses.replace(
+            plan, level=worst.level, reason=worst.reason, structure=worst.structure,
+            clearance_mm=worst.distance_mm, margin_mm=worst.margin_mm, findings=findings,
+            clearances=clearances)
+    return SafetyDecision(
+        t_s=t_s,
+        level=worst.level if worst else WarningLevel.NONE,
+        reason=worst.reason if worst else SafetyReason.CLEAR,
+        structure=worst.structure if worst else "",
+        clearance_mm=worst.distance_mm if worst else math.nan,
+        margin_mm=worst.margin_mm if worst else math.nan,
+        findings=findings,
+        widening=MarginWidening(notes=(
+            "image anatomy: in-plane distances on the model's segmentation, no widening",)),
+        clearances=clearances,
+        tip_to_target_mm=image_target_mm,
+        lateral_offset_mm=math.nan,
+        angle_deg=math.nan,
+        depth_to_target_mm=math.nan,
+        depth_to_breach_mm=image.depth_to_breach_mm,
+        breach_structure=image.breach_structure,
+    )
