@@ -54,12 +54,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", type=path_arg("output_file", Path), default=Path("bench.json"),
                    metavar="FILE", help="where to write the results (JSON)")
     p.add_argument("--stage", choices=("all", "transport", "pipeline", "segment", "render",
-                                       "tracked"),
+                                       "tracked", "anatomy"),
                    default="all",
                    help="all = transport + pipeline; segment = model backends "
                         "(guidance.cli.bench_segment); render = GUI drawing "
                         "(guidance.cli.bench_render); tracked = navigation from poses "
-                        "(guidance.cli.bench_tracked)")
+                        "(guidance.cli.bench_tracked); anatomy = the ultrasound nerve and "
+                        "vessel check per frame (guidance.cli.bench_anatomy; --size, "
+                        "--frames)")
     from guidance.cli import bench_render, bench_segment, bench_tracked
 
     bench_segment.add_arguments(p)
@@ -240,6 +242,10 @@ def run(args: argparse.Namespace) -> int:
         from guidance.cli import bench_render
 
         return bench_render.run(args)
+    if args.stage == "anatomy":
+        from guidance.cli import bench_anatomy
+
+        return bench_anatomy.run(args)
     if not 32 <= args.size <= 2048:
         raise UsageError(f"--size must be 32..2048, got {args.size}")
     out: dict[str, Any] = {"size": args.size, "fps": args.fps, "seconds": args.seconds,

@@ -437,7 +437,7 @@ class SafetyStage:
                 item.tip_edges, self.check.plan.target_lps, n.sigma_mm, item.latency_s,
                 n.speed_mm_s, self.config)
             plan_decision = self.check.check(n.tip_lps, n.axis_lps, item.t_s, widening)
-        image = self._image_anatomy(item)
+        image = self.image_anatomy(item)
         self.last_image = image
         if image is not None:
             item.image_structures = image.structures
@@ -453,7 +453,8 @@ class SafetyStage:
         item.decision = combine_decisions(plan_decision, image, item.t_s,
                                           self._image_target_mm(item))
 
-    def _image_anatomy(self, item: WorkItem) -> ImageAnatomyResult | None:
+    def image_anatomy(self, item: WorkItem) -> ImageAnatomyResult | None:
+        """The image-anatomy check of a US frame (None when it does not apply)."""
         if not self.image_check_applies(item):
             return None
         seg = item.segmentation
