@@ -64,8 +64,10 @@ from guidance.io.validate import check_rescale
 __all__ = [
     "FLUORO_CROPS",
     "MODALITIES",
+    "PlacedFrame",
     "RealFrame",
     "describe_sources",
+    "dicom_file_frames",
     "needle_free_frames",
 ]
 
@@ -141,6 +143,22 @@ class RealFrame:
     spacing_mm: float
     source: str
     licence: str
+
+
+@dataclass(frozen=True, eq=False)
+class PlacedFrame:
+    """A frame of a DICOM file and where it lies in the stored frame.
+
+    Attributes:
+        frame: the image as the real-image check uses it.
+        index: frame number in the file (0-based).
+        box: (x0, y0, x1, y1), inclusive, of the stored frame's pixels it shows (an
+            ultrasound B-mode region), or None: the whole stored frame.
+    """
+
+    frame: RealFrame
+    index: int
+    box: tuple[int, int, int, int] | None
 
 
 @dataclass(frozen=True)
@@ -354,7 +372,7 @@ def _frozen(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def _us_frames(src: _Source, max_frames: int | None) -> list[RealFrame]:
+def _us_placed(src: _Source, max_frames: int | None) -> list[PlacedFrame]:
     ds = _read(src)
     rows, cols = int(ds.Rows), int(ds.Columns)
     regions = _us_regions(ds, rows, cols)
@@ -362,19 +380,26 @@ def _us_frames(src: _Source, max_frames: int | None) -> list[RealFrame]:
         log.info("%s:%s has no 2D tissue region (Doppler only?); skipped",
                  src.package, src.label)
         return []
-    out: list[RealFrame] = []
+    out: list[PlacedFrame] = []
     n = _n_frames(ds)
     for f in _frame_indices(n, max_frames):
         grey = _to_grey_u8(_decode_frame(ds, f), ds)
         if regions is None:
-            out.append(RealFrame(_frozen(grey), float("nan"),
-                                 f"{src.package}:{src.label} frame {f}", src.licence))
+            out.append(PlacedFrame(RealFrame(_frozen(grey), float("nan"),
+                                             f"{src.package}:{src.label} frame {f}",
+                                             src.licence), f, None))
             continue
         for k, (x0, y0, x1, y1, spacing) in enumerate(regions):
             tag = f" region {k}" if len(regions) > 1 else ""
-            out.append(RealFrame(_frozen(grey[y0:y1 + 1, x0:x1 + 1]), spacing,
-                                 f"{src.package}:{src.label} frame {f}{tag}", src.licence))
+            out.append(PlacedFrame(
+                RealFrame(_frozen(grey[y0:y1 + 1, x0:x1 + 1]), spacing,
+                          f"{src.package}:{src.label} frame {f}{tag}", src.licence),
+                f, (x0, y0, x1, y1)))
     return out
+
+
+def _us_frames(src: _Source, max_frames: int | None) -> list[RealFrame]:
+    return [p.frame for p in _us_placed(src, max_frames)]
 
 
 def _spacing(ds: Any) -> float:
@@ -595,3 +620,35 @@ def describe_sources(
         }
         for r in _cached(modality, max_frames_per_file)[1]
     ]
+
+
+def dicom_file_frames(path: Path, modality: str) -> list[PlacedFrame]:
+    """Every frame of one DICOM file, decoded as the real-image check decodes the
+    packages' files (``guidance eval --images``: a site's own annotated images).
+
+    Ultrasound: grey, cropped to the 2D tissue region(s) when the file has a
+    SequenceOfUltrasoundRegions (``box`` says where). Fluoroscopy: the radiograph
+    display (bone bright), whole frame only (no fixed crops). CT: HU.
+
+    Args:
+        path: the DICOM file.
+        modality: ``"us"``, ``"fluoro"`` or ``"ct"``.
+
+    Returns:
+        The frames in file order (``[]`` for an ultrasound file without a 2D region).
+
+    Raises:
+        ValueError: unknown modality, or a file pydicom cannot read or decode (the
+            message names the file).
+    """
+    _check_args(modality, None)
+    src = _Source("site", Path(path).name, Path(path), "site data")
+    try:
+        if modality == "us":
+            return _us_placed(src, None)
+        got = _ct_frames(src, None) if modality == "ct" else [
+            f for f in _fluoro_frames(src, None) if f.source.endswith(" whole")]
+    except Exception as e:  # pydicom raises many types for broken files
+        raise ValueError(f"{path}: not a readable {modality} DICOM image: "
+                         f"{type(e).__name__}: {e}") from e
+    return [PlacedFrame(f, k, None) for k, f in enumerate(got)]

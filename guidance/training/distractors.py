@@ -18,7 +18,7 @@ import math
 import cv2
 import numpy as np
 
-__all__ = ["add_fluoro_distractors", "add_us_distractors"]
+__all__ = ["add_fluoro_distractors", "add_us_distractors", "add_us_hard_negatives"]
 
 _TEXTS = ("GAIN 54", "DR 60", "12L-RS", "FR 31", "L12-5", "MI 1.1", "TIS 0.4", "2D", "CF",
           "C5-1", "DEPTH 4.0", "PWR 100%", "Nerve", "Abd", "ABD", "R", "L", "Freq 8.0")
@@ -135,6 +135,188 @@ def add_us_distractors(image: np.ndarray, labels: np.ndarray, spacing_mm: float,
     if rng.random() < 0.5:
         _overlays(img, rng)
     return img, lab
+
+
+def _line_mask(h: int, w: int, pts: np.ndarray, thick_px: float) -> np.ndarray:
+    """(h, w) float32 in [0, 1]: a polyline of ``thick_px``, edges blurred like the PSF."""
+    line = np.zeros((h, w), np.uint8)
+    cv2.polylines(line, [np.round(pts).astype(np.int32)], False, 255,
+                  max(1, round(thick_px)), cv2.LINE_AA)
+    m = cv2.GaussianBlur(line, (0, 0), max(0.5, thick_px / 3)).astype(np.float32) / 255
+    return np.asarray(m, np.float32)
+
+
+def _paint(img: np.ndarray, mask: np.ndarray, level: float, rng: np.random.Generator) -> None:
+    """Blend a bright specular echo (``level``, speckled along its length) into ``img``."""
+    speckle = rng.uniform(0.55, 1.0, img.shape).astype(np.float32)
+    out = img.astype(np.float32) * (1 - mask) + mask * np.float32(level) * speckle
+    img[...] = np.clip(np.maximum(out, img), 0, 255).astype(np.uint8)
+
+
+def _shadow(img: np.ndarray, mask: np.ndarray, loss: float) -> None:
+    """Darken the beam lines below a reflector (``loss``: remaining fraction)."""
+    below = (np.cumsum(mask > 0.5, axis=0) > 0) & (mask < 0.5)
+    img[below] = (img[below] * loss).astype(np.uint8)
+
+
+def _straight_line(h: int, w: int, rng: np.random.Generator, angle_deg: float,
+                   length_px: float, centre: np.ndarray, bend: float = 0.0) -> np.ndarray:
+    """(n, 2) (x, y) points of a straight (``bend`` = 0) or gently curved segment."""
+    a = math.radians(angle_deg)
+    d = np.array([math.cos(a), math.sin(a)]) * length_px / 2
+    nrm = np.array([-d[1], d[0]]) / max(float(np.linalg.norm(d)), 1e-9)
+    return _bezier(centre - d, centre + nrm * bend * length_px, centre + d, 64)
+
+
+def _fascia(img: np.ndarray, rng: np.random.Generator, px_per_mm: float) -> None:
+    """Fascial planes and tendon sheaths: thin, straight, bright lines that cross the
+    whole field (a needle ends in the picture: its tip), 0-35 degrees from the skin."""
+    h, w = img.shape
+    for _ in range(int(rng.integers(1, 4))):
+        ang = float(rng.choice([-1.0, 1.0]) * rng.uniform(0.0, 35.0))
+        c = rng.uniform([0.3 * w, 0.08 * h], [0.7 * w, 0.9 * h])
+        pts = _straight_line(h, w, rng, ang, 3.0 * max(h, w), c,
+                             bend=float(rng.uniform(-0.01, 0.01)))
+        m = _line_mask(h, w, pts, rng.uniform(0.15, 0.8) * px_per_mm)
+        _paint(img, m, rng.uniform(150, 255), rng)
+
+
+def _bone_surface(img: np.ndarray, rng: np.random.Generator, px_per_mm: float) -> None:
+    """A bone's surface (lamina, transverse process, rib, humerus): a very bright,
+    straight or gently curved line 8-40 mm long, -30 to 30 degrees, with a dense
+    acoustic shadow beneath."""
+    h, w = img.shape
+    length = rng.uniform(8.0, 40.0) * px_per_mm
+    c = rng.uniform([0.05 * w, 0.25 * h], [0.95 * w, 0.85 * h])
+    pts = _straight_line(h, w, rng, float(rng.uniform(-30.0, 30.0)), length, c,
+                         bend=float(rng.uniform(-0.08, 0.08)))
+    m = _line_mask(h, w, pts, rng.uniform(0.4, 1.5) * px_per_mm)
+    _shadow(img, m, float(rng.uniform(0.02, 0.25)))
+    _paint(img, m, rng.uniform(200, 255), rng)
+
+
+def _reverberation(img: np.ndarray, rng: np.random.Generator, px_per_mm: float) -> None:
+    """Reverberation: A-lines (copies of a strong flat interface, e.g. the pleura or the
+    probe's own face, at equal steps down the beam, each fainter) across the field, or a
+    comet tail below a small strong reflector (short stacked dashes, the needle's
+    reverberation without the needle)."""
+    h, w = img.shape
+    if rng.random() < 0.6:
+        step = rng.uniform(3.0, 12.0) * px_per_mm
+        y0 = rng.uniform(0.5, 15.0) * px_per_mm
+        ang = float(rng.uniform(-4.0, 4.0))
+        level = rng.uniform(140, 240)
+        decay = rng.uniform(0.5, 0.9)
+        x0, x1 = (0.0, float(w)) if rng.random() < 0.7 else sorted(rng.uniform(0, w, 2))
+        k = 0
+        while y0 + k * step < h and k < 8:
+            y = y0 + k * step
+            pts = np.array([[x0, y], [x1, y + (x1 - x0) * math.tan(math.radians(ang))]])
+            m = _line_mask(h, w, pts, rng.uniform(0.2, 0.7) * px_per_mm)
+            _paint(img, m, level * decay**k, rng)
+            k += 1
+    else:
+        x = rng.uniform(0.1 * w, 0.9 * w)
+        y = rng.uniform(0.1 * h, 0.7 * h)
+        half = rng.uniform(0.5, 3.0) * px_per_mm
+        step = rng.uniform(0.3, 1.0) * px_per_mm
+        level = rng.uniform(180, 255)
+        for k in range(int(rng.integers(4, 15))):
+            yk = y + k * step
+            if yk >= h:
+                break
+            m = _line_mask(h, w, np.array([[x - half, yk], [x + half, yk]]), 0.5 * step)
+            _paint(img, m, level * 0.85**k, rng)
+
+
+def _probe_artefacts(img: np.ndarray, rng: np.random.Generator, px_per_mm: float) -> None:
+    """The probe's own artefacts: near-field ring-down (bright horizontal bands just
+    below the face), a focal-zone band, a dead element's dark beam line, and a side-lobe
+    ghost (a faint, laterally shifted copy of a bright straight echo)."""
+    h, w = img.shape
+    choice = rng.random()
+    if choice < 0.35:  # ring-down: 1-4 full-width lines in the first 4 mm
+        for k in range(int(rng.integers(1, 5))):
+            y = rng.uniform(0.2, 4.0) * px_per_mm + k
+            m = _line_mask(h, w, np.array([[0.0, y], [float(w), y]]),
+                           rng.uniform(0.2, 0.8) * px_per_mm)
+            _paint(img, m, rng.uniform(160, 255), rng)
+    elif choice < 0.55:  # focal zone: a band of higher brightness
+        y = rng.uniform(0.2, 0.8) * h
+        band = np.exp(-0.5 * ((np.arange(h) - y) / (rng.uniform(2.0, 6.0) * px_per_mm)) ** 2)
+        gain = 1.0 + rng.uniform(0.3, 0.9) * band[:, None]
+        img[...] = np.clip(img * gain, 0, 255).astype(np.uint8)
+    elif choice < 0.75:  # dead element(s): dark vertical stripe
+        x = int(rng.integers(0, w))
+        half = max(1, round(rng.uniform(0.3, 1.5) * px_per_mm))
+        img[:, max(0, x - half):x + half] = (img[:, max(0, x - half):x + half]
+                                             * rng.uniform(0.05, 0.4)).astype(np.uint8)
+    else:  # side lobe: a bright straight echo and its faint shifted ghost
+        c = rng.uniform([0.2 * w, 0.15 * h], [0.8 * w, 0.8 * h])
+        ang = float(rng.uniform(-25.0, 25.0))
+        length = rng.uniform(10.0, 30.0) * px_per_mm
+        pts = _straight_line(h, w, rng, ang, length, c)
+        thick = rng.uniform(0.4, 1.2) * px_per_mm
+        _paint(img, _line_mask(h, w, pts, thick), rng.uniform(200, 255), rng)
+        shift = np.array([rng.choice([-1.0, 1.0]) * rng.uniform(3.0, 10.0) * px_per_mm, 0.0])
+        _paint(img, _line_mask(h, w, pts + shift, thick), rng.uniform(70, 130), rng)
+
+
+def _flat_arcs(img: np.ndarray, rng: np.random.Generator, px_per_mm: float) -> None:
+    """Long, nearly straight arcs (the edge of a large vessel, a muscle belly, the
+    humeral head seen close up): locally as straight as a needle over 5-10 mm."""
+    h, w = img.shape
+    length = rng.uniform(20.0, 60.0) * px_per_mm
+    c = rng.uniform([0.05 * w, 0.1 * h], [0.95 * w, 0.95 * h])
+    pts = _straight_line(h, w, rng, float(rng.uniform(0.0, 180.0)), length, c,
+                         bend=float(rng.choice([-1.0, 1.0]) * rng.uniform(0.02, 0.1)))
+    m = _line_mask(h, w, pts, rng.uniform(0.3, 1.5) * px_per_mm)
+    if rng.random() < 0.4:
+        _shadow(img, m, float(rng.uniform(0.15, 0.6)))
+    _paint(img, m, rng.uniform(150, 255), rng)
+
+
+_HARD = (_fascia, _bone_surface, _reverberation, _probe_artefacts, _flat_arcs)
+
+
+def add_us_hard_negatives(image: np.ndarray, labels: np.ndarray, spacing_mm: float,
+                          rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Draw 1-3 *straight* bright specular echoes that are not needles into an
+    ultrasound frame: fascial planes crossing the field, bone surfaces with their
+    shadow, reverberation (A-lines, a comet tail without a needle), the probe's own
+    artefacts (ring-down, focal band, a dead element, a side-lobe ghost) and nearly
+    straight arcs. Unlike :func:`add_us_distractors` (curved interfaces only) these are
+    as straight as a needle over its visible length, so the network must use what else
+    makes a needle: it ends in the picture (tip), is brighter than tissue all along,
+    has its comet tail beneath, and is not parallel to the skin across the whole field.
+
+    All are labelled background; the needle's pixels keep at least their brightness
+    (a hard negative never hides the needle), and labels are returned unchanged.
+
+    Args:
+        image: (rows, cols) uint8 B-mode frame.
+        labels: (rows, cols) uint8 class ids (1 = needle).
+        spacing_mm: pixel spacing, mm.
+        rng: the only source of randomness.
+
+    Returns:
+        (image, labels): new arrays.
+
+    Raises:
+        ValueError: not a 2D uint8 image with labels of its shape.
+    """
+    if image.ndim != 2 or image.dtype != np.uint8 or labels.shape != image.shape:
+        raise ValueError(f"need a 2D uint8 image and labels of its shape, got {image.shape} "
+                         f"{image.dtype} and {labels.shape}")
+    img = image.copy()
+    needle = labels == 1
+    keep = img[needle].copy()
+    px_per_mm = 1.0 / max(spacing_mm, 1e-3)
+    for k in rng.choice(len(_HARD), size=int(rng.integers(1, 4)), replace=False):
+        _HARD[int(k)](img, rng, px_per_mm)
+    img[image == 0] = 0  # nothing echoes outside the field of view (sector, footprint)
+    img[needle] = np.maximum(img[needle], keep)
+    return img, labels.copy()
 
 
 _MARKERS = ("L", "R", "A", "P", "LAO", "RAO", "AP", "LAT", "1", "2")

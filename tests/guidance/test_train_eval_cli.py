@@ -36,7 +36,7 @@ def test_eval_reports_metrics_and_updates_the_card(tiny_us_model: Path, tmp_path
     png = tmp_path / "ex.png"
     assert main(["eval", "--modality", "us", "--model", str(tiny_us_model), "--frames", "8",
                  "--json", str(report), "--png", str(png), "--update-card",
-                 "--cache", str(tmp_path / "c")]) == 0
+                 "--needle-free-frames", "8", "--cache", str(tmp_path / "c")]) == 0
     m = json.loads(report.read_text())
     assert set(m["dice"]) == {"needle", "nerve", "vessel"}
     assert m["held_out"]["split"] == "test"
@@ -47,9 +47,22 @@ def test_eval_reports_metrics_and_updates_the_card(tiny_us_model: Path, tmp_path
     assert lo <= real["rate"] <= hi and hi - lo > 0.0
     assert m["targets"]["real_false_needle_rate"]["ci95"] == [lo, hi]
     assert "needle_dice" in m["targets"] and isinstance(m["targets"]["all_pass"], bool)
+    free = m["needle_free_sim"]  # every needle reported there is false
+    assert free["frames"] == 8 and free["split"] == "needle-free"
+    assert free["needle_reported"] == len(free["frames_with_false_needle"])
+    assert m["targets"]["sim_false_needle_rate"]["ci95"] == free["rate_ci95"]
+    lo, hi = free["rate_ci95"]
+    assert lo <= free["rate"] <= hi
+    needle = m["needle"]
+    for key in ("detection_rate", "false_needle_rate_sim"):
+        if needle[key] is not None:
+            lo, hi = needle[key + "_ci95"]
+            assert lo <= needle[key] <= hi, key
     assert png.stat().st_size > 10_000
     card, _ = load_card(tiny_us_model)  # still loads: the hash covers the ONNX file only
     assert card.metrics["dice"]["needle"]["pooled"] == m["dice"]["needle"]["pooled"]
+    assert card.metrics["needle_free_sim"]["rate_ci95"] == free["rate_ci95"]
+    assert "frames_with_false_needle" in card.metrics["real_needle_free"]  # named in the card
 
 
 def test_bad_arguments_exit_2(tiny_us_model: Path, tmp_path: Path,
