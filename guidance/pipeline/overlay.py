@@ -269,8 +269,12 @@ class OverlayComposer:
             lab = result.label_names.index(kind) if kind in result.label_names else 0
             colour = label_colour(lab, kind)
             where = "inside" if near.tip_mm < 0 else f"{near.tip_mm:.1f} mm"
-            x, y = (float(v) for v in near.centroid_px)
-            texts.append((f"{kind} {where}", (x + 6.0, y), colour))
+            # Above the outline (not on it), from its left edge.
+            x = float(near.contour_px[:, 0].min()) if len(near.contour_px) else \
+                float(near.centroid_px[0])
+            y = float(near.contour_px[:, 1].min()) - 4.0 if len(near.contour_px) else \
+                float(near.centroid_px[1])
+            texts.append((f"{kind} {where}", (x, y), colour))
 
     def _shown_buffer(self, shape: tuple[int, int]) -> np.ndarray:
         if self._shown is None or self._shown.shape[:2] != shape:
