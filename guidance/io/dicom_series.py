@@ -306,6 +306,17 @@ def load_dicom_series(
     """
     folder = Path(folder)
     groups = _scan_headers(folder, progress)
+    if series_uid is None and len(groups) > 1 and modalities:
+        # A study from the PACS also holds derived objects (our SEG, say): when exactly
+        # one series has an accepted modality, it is the one.
+        wanted = {uid: items for uid, items in groups.items()
+                  if str(getattr(items[0][1], "Modality", "")) in modalities}
+        if len(wanted) == 1:
+            skipped = ", ".join(f"{getattr(items[0][1], 'Modality', '')!s} {uid}"
+                                for uid, items in groups.items() if uid not in wanted)
+            log.info("%s: the one %s series taken; not images to load: %s", folder,
+                     "/".join(modalities), skipped)
+            groups = wanted
     if series_uid is None:
         if len(groups) > 1:
             listing = "; ".join(

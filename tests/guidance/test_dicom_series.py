@@ -151,6 +151,19 @@ def test_several_series_require_a_choice(sub_ct: ImageVolume, tmp_path: Path) ->
         load_dicom_series(tmp_path, "1.2.3.4")
 
 
+def test_one_ct_among_derived_objects_is_taken(sub_ct: ImageVolume, tmp_path: Path) -> None:
+    """A study fetched from the PACS also holds our SEG (or SR, key images): the one CT
+    series is loaded; two CT series still need a choice."""
+    uid = write_dicom_series(sub_ct, tmp_path / "ct", description="control CT")
+    write_dicom_series(ImageVolume(np.ascontiguousarray(sub_ct.voxels[:3]), sub_ct.ijk_to_lps),
+                       tmp_path / "seg", modality="SEG", description="a derived series")
+    got = load_dicom_series(tmp_path)
+    assert got.series_uid == uid and got.volume.voxels.shape == sub_ct.voxels.shape
+    write_dicom_series(sub_ct, tmp_path / "ct2", description="another CT")
+    with pytest.raises(DicomSeriesError, match="3 series"):
+        load_dicom_series(tmp_path)
+
+
 def test_mixed_series_uid_with_duplicate_positions(sub_ct: ImageVolume, tmp_path: Path) -> None:
     write_dicom_series(sub_ct, tmp_path / "x", series_uid="1.2.826.0.1.99.1")
     write_dicom_series(sub_ct, tmp_path / "y", series_uid="1.2.826.0.1.99.1")
