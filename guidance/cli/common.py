@@ -30,6 +30,7 @@ __all__ = [
     "host_port",
     "path_arg",
     "path_problems",
+    "pixel_point",
     "positive_float",
     "progress_line",
     "summary_dict",
@@ -199,6 +200,21 @@ def positive_float(text: str) -> float:
     if not (v > 0 and math.isfinite(v)):
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
     return v
+
+
+def pixel_point(text: str) -> tuple[float, float]:
+    """argparse type: ``U,V``, a pixel of a frame (U column, V row; finite, >= 0)."""
+    parts = text.replace(" ", "").split(",")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        u, v = float(parts[0]), float(parts[1])
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected U,V (column,row in pixels), got {text!r}") from None
+    if not (math.isfinite(u) and math.isfinite(v) and u >= 0 and v >= 0):
+        raise argparse.ArgumentTypeError(f"U and V must be finite and >= 0, got {text}")
+    return u, v
 
 
 def int_at_least(minimum: int) -> Callable[[str], int]:

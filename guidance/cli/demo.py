@@ -12,7 +12,13 @@ from typing import Any
 
 import numpy as np
 
-from guidance.cli.common import path_arg, positive_float, print_summary, start_gui_or_fail
+from guidance.cli.common import (
+    path_arg,
+    pixel_point,
+    positive_float,
+    print_summary,
+    start_gui_or_fail,
+)
 from guidance.cli.main import UsageError
 from guidance.cli.session import LiveSession
 from guidance.cli.simulate import make_scanner_or_fail
@@ -38,15 +44,24 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="safe: the needle follows the plan (verification PASS); drift: it "
                    "deviates toward the nearest nerve root mid-way (warning), is pulled back "
                    "and redirected (warning cleared); breach: the deviation is not "
-                   "corrected (verification VIOLATION, one line per cause)")
+                   "corrected (verification VIOLATION, one line per cause). With --modality "
+                   "us the same in the image plane of an in-plane nerve block: safe reaches "
+                   "the target beside the nerve; drift turns toward the nerve (the vessel "
+                   "beyond it on the path ahead), is withdrawn and redirected; breach ends "
+                   "with the tip inside the nerve")
     p.add_argument("--modality", choices=("fluoro", "us", "none"), default="fluoro",
                    help="fluoro: C-arm frames of the real CT; us: B-mode frames of a "
-                   "synthetic nerve-block scene (no planning-CT structures, no "
-                   "verification); none: tracked needle poses only, navigation on the "
-                   "planning CT")
-    p.add_argument("--seconds", type=positive_float, default=12.0,
-                   help="duration of the streamed procedure, seconds (the scenario plays "
-                   "over it)")
+                   "synthetic nerve-block scene (its target is a point of the image, no "
+                   "planning CT; verified against the scene's ground truth); none: tracked "
+                   "needle poses only, navigation on the planning CT")
+    p.add_argument("--seconds", type=positive_float,
+                   help="duration of the streamed procedure, seconds (default: 12; with "
+                   "--modality us the scenario's own length at a real block's pace, 14-23 "
+                   "s). The scenario plays over it: shorter plays it faster")
+    p.add_argument("--target-px", type=pixel_point, metavar="U,V",
+                   help="--modality us: the target as a pixel of the frames (U column, V "
+                   "row; default: beside the nerve); the needle is aimed at it and the live "
+                   "loop measures the tip to it in the image plane")
     p.add_argument("--out", type=path_arg("output_dir", Path), default=Path("demo-out"),
                    metavar="DIR",
                    help="output folder (created)")
@@ -100,6 +115,10 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--size must be 32..2048, got {args.size}")
     if args.seed < 0:
         raise UsageError(f"--seed must be >= 0, got {args.seed}")
+    if args.target_px is not None and args.modality != "us":
+        raise UsageError("--target-px is a point of an ultrasound frame: it needs --modality us")
+    if args.seconds is None and args.modality != "us":
+        args.seconds = 12.0  # the CT plan's scenarios play over any duration
     what = {"fluoro": "fluoroscopy", "us": "ultrasound", "none": "tracked needle only"}
     print(f"demo: scenario {args.scenario}, {what[args.modality]} (seed {args.seed}) ...",
           flush=True)
@@ -108,12 +127,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"demo: preparing the {args.modality} simulator ...", flush=True)
         scanner = make_scanner_or_fail(args.modality, args.size, args.seed)
     planned, story = _plan_and_path(args, scanner)
+    seconds = args.seconds if args.seconds is not None else story.end_s
     room = SimulatedRoom(story.path, RoomParams(), args.seed, scanner)
     print("demo: the room's calibrations (simulated pivot, fiducials, temporal"
           + {"fluoro": ", C-arm", "us": ", probe", "none": ""}[args.modality]
           + " data) ...", flush=True)
     setup = load_room_or_fail(calibrate_room(room, args.out / "room"))
-    session = LiveSession(listen=0, out_dir=args.out, png_every_s=max(args.seconds / 12, 0.5),
+    session = LiveSession(listen=0, out_dir=args.out, png_every_s=max(seconds / 12, 0.5),
                           room=setup)
     if planned is not None:
         session.pipeline.set_plan(planned.plan, planned.structures)
@@ -121,11 +141,8 @@ def run(args: argparse.Namespace) -> int:
             from guidance.data import load_real_ct
 
             session.pipeline.set_navigation_ct(load_real_ct())
-    else:  # the ultrasound scene is synthetic: a plan, no planning-CT structures
-        from guidance.planning.plan import Plan
-
-        session.pipeline.set_plan(Plan(story.path.entry_lps, story.path.target_lps,
-                                       "simulated ultrasound target"))
+    else:  # the ultrasound scene is synthetic: its target is a point of the image
+        _set_us_target(session, story)
     timeline = SafetyTimeline(session)
     session.start()
     tracker = IgtlClient("127.0.0.1", session.port).start()
@@ -135,15 +152,17 @@ def run(args: argparse.Namespace) -> int:
         scanner_link.wait_connected(5.0)
     stop = threading.Event()
     frames = (f" and frames at {args.fps:g} fps" if scanner else "")
-    print(f"demo: streaming {args.seconds:g} s: needle marker poses at "
+    print(f"demo: streaming {seconds:.1f} s: needle marker poses at "
           f"{room.params.pose_hz:g} Hz{frames} ({story.description}) ...", flush=True)
+    for t_s, what_happens in (story.us.events if story.us is not None else ()):
+        print(f"  t={t_s:6.2f}s {what_happens}", flush=True)
 
     def stream() -> int:
         from guidance.sim.room import stream_room
 
         poses, n = stream_room(room, tracker.send,
                                scanner_link.send if scanner_link else None, args.fps,
-                               args.seconds, stop)
+                               seconds, stop)
         return n if scanner else poses
 
     if args.gui:
@@ -158,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
                              "frames_sent" if scanner else "pose_ticks_sent": n,
                              "timeline": timeline.to_json(), "story": story.description}
     verification: dict[str, Any] | None = None
-    tip = room.truth(story.end_s)[0]
+    tip = room.truth(min(story.end_s, seconds))[0]
     if planned is not None:
         from guidance.cli.demo_planning import verify_final_needle
 
@@ -168,13 +187,20 @@ def run(args: argparse.Namespace) -> int:
                                            planned.target)
         extra["verification"] = {k: verification.get(k) for k in
                                  ("verdict", "reasons", "tip_to_target_mm")}
+    elif story.us is not None:
+        from guidance.sim.us_scenario import us_verify
+
+        verification = us_verify(scanner, tip, story.us.target_xy_mm)
+        extra["verification"] = verification
+        extra["target_px"] = [round(float(x), 1) for x in story.us.target_px]
+        extra["story_events"] = [{"t_s": t, "what": w} for t, w in story.us.events]
     summary = session.stop(extra)
     print_summary(summary, f"guidance demo ({args.modality}, {args.scenario})")
     print(timeline.text())
-    if verification is not None:
+    if story.us is not None and verification is not None:
+        print_us_verification(verification, summary)
+    elif verification is not None:
         print_verification(verification, args.out / "verification" / "report.html")
-    elif args.modality == "us":
-        print("verification: none (the ultrasound scene is synthetic, not the planning CT)")
     print(f"output: {args.out}/summary.json and {len(summary.get('pngs', []))} PNGs")
     return 0
 
@@ -191,6 +217,7 @@ class _Story:
     path: Any
     description: str
     end_s: float
+    us: Any = None  # the ultrasound story (guidance.sim.us_scenario.UsStory)
 
 
 def _plan_and_path(args: argparse.Namespace, scanner: Any) -> tuple[_Planned | None, _Story]:
@@ -199,20 +226,20 @@ def _plan_and_path(args: argparse.Namespace, scanner: Any) -> tuple[_Planned | N
     from guidance.planning.plan import PlanError
     from guidance.sim.scenario import scenario_path
 
-    if args.modality == "us":  # the ultrasound scene's own plan (its target is beside
-        # the nerve, on the needle's line): the drift stays in the image plane, deeper.
-        plan_dir = scanner.target_lps - scanner.entry_lps
-        in_plane = np.cross(scanner.probe_to_lps[:3, 2], plan_dir)
-        if float(in_plane @ scanner.probe_to_lps[:3, 1]) < 0:
-            in_plane = -in_plane
-        path = scenario_path(scanner.entry_lps, scanner.target_lps, args.scenario,
-                             args.seconds, in_plane, needle=scanner.path.needle,
-                             drift_deg=8.0)
-        scanner.path = path
-        story = {"safe": "on the plan", "drift": "drifting 8 deg in the image plane, then "
-                 "pulled back and redirected", "breach": "drifting 8 deg in the image plane, "
-                 "not corrected"}[args.scenario]
-        return None, _Story(path, story, args.seconds)
+    if args.modality == "us":  # an in-plane block toward a point of the image
+        from guidance.sim.us_scenario import us_story
+
+        target = (None if args.target_px is None
+                  else scanner.px_to_probe_mm(*args.target_px))
+        try:
+            us = us_story(scanner, args.scenario, args.seconds, target_xy_mm=target)
+        except ValueError as e:
+            raise UsageError(f"demo: {e}") from e
+        u, v = us.target_px
+        print(f"target: pixel ({u:.0f}, {v:.0f}) of the {scanner.size}px frames, "
+              f"{scanner.nerve.signed_distance_mm(us.target_xy_mm)[0]:.1f} mm from the nerve",
+              flush=True)
+        return None, _Story(us.path, us.description, us.end_s, us)
     from guidance.cli.demo_planning import DEMO_TARGET, nerve_root_near_plan, plan_demo
 
     print(f"demo: planning {DEMO_TARGET} on the real CT (automatic, structures and "
@@ -255,6 +282,7 @@ class SafetyTimeline:
         self._last = "NONE"
         self._lock = threading.Lock()
         self.changes: list[dict[str, Any]] = []
+        self.decisions = 0
         session.pipeline.on_result = self._on_result
 
     def _on_result(self, result: FrameResult, rgb: Any) -> None:
@@ -263,6 +291,7 @@ class SafetyTimeline:
         d = result.decision
         if d is None:
             return
+        self.decisions += 1
         level = d.level.name
         if level == self._last:
             return
@@ -284,7 +313,8 @@ class SafetyTimeline:
         """The changes, one line each (level, structure, distance and margin)."""
         rows = self.to_json()
         if not rows:
-            return "safety timeline: no decision was made"
+            return ("safety timeline: no decision was made" if not self.decisions else
+                    f"safety timeline: no warning ({self.decisions} decisions, all NONE)")
         lines = ["safety timeline (level changes):"]
         for r in rows:
             what = r["message"] if r["level"] not in ("NONE",) else "clear"
@@ -302,6 +332,27 @@ _RANK = {"NONE": 0, "INFO": 1, "CAUTION": 2, "DANGER": 3}
 
 def _num(v: float) -> float | None:
     return round(float(v), 2) if math.isfinite(v) else None
+
+
+def _set_us_target(session: LiveSession, story: _Story) -> None:
+    """The ultrasound target as a point of the incoming frames: the live loop measures
+    the tip to it in the image plane (no plan: the scene is not the planning CT)."""
+    u, v = (float(x) for x in story.us.target_px)
+    session.pipeline.set_image_target_px(u, v)
+
+
+def print_us_verification(ver: dict[str, Any], summary: dict[str, Any]) -> None:
+    """The final tip against the scene's ground truth, and what the live loop measured."""
+    print(f"verification (the scene's ground truth, in the image plane): {ver['verdict']}: "
+          f"tip {ver['tip_to_target_mm']:.1f} mm from the target, nerve "
+          f"{ver['nerve_clearance_mm']:+.1f} mm, vessel {ver['vessel_clearance_mm']:+.1f} mm "
+          "(negative: inside)")
+    for reason in ver.get("reasons", []):
+        print(f"  - {reason}")
+    last = (summary.get("last_state") or {}).get("decision") or {}
+    t2t = last.get("tip_to_target_mm") if isinstance(last, dict) else None
+    if isinstance(t2t, (int, float)) and math.isfinite(t2t):
+        print(f"  the live loop's last tip-to-target: {t2t:.1f} mm")
 
 
 def print_verification(ver: dict[str, Any], report: Path) -> None:

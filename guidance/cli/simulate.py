@@ -8,6 +8,11 @@ then needs a ``ReferenceToCT`` (identity) to use them. With ``--tracked``: the r
 reference that is not the CT (registration needed), frames that lag behind their
 timestamps, each stream on its own connection -- and, with ``--write-inputs DIR``, the
 raw inputs of ``guidance calibrate`` (pivot, spin, fiducials, temporal; probe or C-arm).
+
+Ultrasound (``--modality us``) plays an in-plane nerve block at a real block's pace
+(:mod:`guidance.sim.us_scenario`, ``--scenario``): the needle enters the image about half
+a second in and advances at 1-3 mm/s with pauses toward a target beside the nerve (or
+``--target-px U,V``), then is held there.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from guidance.cli.common import (
     StopSignals,
     host_port,
     path_arg,
+    pixel_point,
     port_number,
     positive_float,
     wait_or_interrupt,
@@ -29,10 +35,12 @@ from guidance.cli.main import UsageError
 from guidance.io.igtl import IgtlClient, IgtlServer
 from guidance.io.sim_source import stream_scanner
 
-__all__ = ["make_room_or_fail", "make_scanner_or_fail", "register"]
+__all__ = ["make_room_or_fail", "make_scanner_or_fail", "register", "script_us_or_fail"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from guidance.sim.scenario import SCENARIOS
+
     p = sub.add_parser("simulate", help="stream a simulated scanner, or a simulated room",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--modality", choices=("us", "fluoro", "none"), default="us",
@@ -43,6 +51,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0,
                    help="random seed of the simulated scene (the same seed, the same frames)")
     p.add_argument("--seconds", type=positive_float, help="stop after this long (default: Ctrl-C)")
+    p.add_argument("--scenario", choices=SCENARIOS,
+                   help="--modality us: the needle's story at a real block's pace (default "
+                   "safe): safe reaches the target beside the nerve; drift turns toward the "
+                   "nerve (the vessel beyond it on the path ahead), is withdrawn and "
+                   "redirected; breach ends with the tip inside the nerve")
+    p.add_argument("--target-px", type=pixel_point, metavar="U,V",
+                   help="--modality us: the target as a pixel of the frames (U column, V row; "
+                   "default: beside the nerve)")
     dst = p.add_mutually_exclusive_group()
     dst.add_argument("--listen", type=port_number, metavar="PORT",
                      help="serve OpenIGTLink on this TCP port (the guidance connects)")
@@ -100,6 +116,9 @@ def make_room_or_fail(args: argparse.Namespace) -> Any:
         raise UsageError(str(e)) from e
     scanner = None if args.modality == "none" else make_scanner_or_fail(
         args.modality, args.size, args.seed)
+    story = script_us_or_fail(scanner, args)
+    if story:
+        print(f"simulate: {story}", flush=True)
     if args.plan is not None:
         if args.modality == "us":
             raise UsageError("--plan with --modality us: the ultrasound scene is synthetic, "
@@ -130,6 +149,26 @@ def make_room_or_fail(args: argparse.Namespace) -> Any:
     return SimulatedRoom(path, params, args.seed, scanner)
 
 
+def script_us_or_fail(scanner: Any, args: argparse.Namespace) -> str:
+    """Script the ultrasound needle (``--scenario``, ``--target-px``); returns the story's
+    one-line description ('' for other modalities, where both options are refused)."""
+    if getattr(scanner, "modality", None) != "us":
+        if args.scenario is not None or args.target_px is not None:
+            raise UsageError("--scenario and --target-px are for --modality us (the CT "
+                             "plan's scenarios: guidance demo --scenario)")
+        return ""
+    from guidance.sim.us_scenario import us_story
+
+    try:
+        target = None if args.target_px is None else scanner.px_to_probe_mm(*args.target_px)
+        story = us_story(scanner, args.scenario or "safe", target_xy_mm=target)
+    except ValueError as e:
+        raise UsageError(f"--target-px: {e}" if args.target_px is not None else str(e)) from e
+    u, v = story.target_px
+    return (f"{story.scenario}: {story.description}; target pixel ({u:.0f}, {v:.0f}); the "
+            f"last move ends at {story.end_s - 2.0:.1f} s, then the needle is held")
+
+
 def run(args: argparse.Namespace) -> int:
     if args.tracked:
         return _run_room(args)
@@ -138,18 +177,23 @@ def run(args: argparse.Namespace) -> int:
     if args.modality == "none" or args.write_inputs or args.plan:
         raise UsageError("--modality none, --write-inputs and --plan need --tracked")
     scanner = make_scanner_or_fail(args.modality, args.size, args.seed)
+    story = script_us_or_fail(scanner, args)
     stop = threading.Event()
     if args.listen is not None:
         server = IgtlServer(args.listen, host=args.bind).start()
         send = server.send
         print(f"simulate: {args.modality} {args.size}px at {args.fps} fps, listening on "
               f"{args.bind}:{server.port}", flush=True)
+        if story:
+            print(f"simulate: {story}", flush=True)
         closer = server.stop
     else:
         client = IgtlClient(*args.connect).start()
         send = client.send
         print(f"simulate: {args.modality} {args.size}px at {args.fps} fps to "
               f"{args.connect[0]}:{args.connect[1]}", flush=True)
+        if story:
+            print(f"simulate: {story}", flush=True)
         closer = client.stop
     t = threading.Thread(target=stream_scanner,
                          args=(scanner, send, args.fps, args.seconds, stop), daemon=True)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -36,7 +37,7 @@ from guidance.sim.frames import US_LABELS, SimFrame, SimTruth
 from guidance.sim.needle_path import NeedlePath, needle_pose
 from guidance.sim.params import UltrasoundParams
 
-__all__ = ["DEFAULT_PROBE_TO_LPS", "UltrasoundScanner"]
+__all__ = ["DEFAULT_PROBE_TO_LPS", "SceneStructure", "UltrasoundScanner"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,50 @@ def _ellipse_r(dx: np.ndarray, dy: np.ndarray, radii: tuple[float, float]) -> np
     return np.sqrt((dx / radii[0]) ** 2 + (dy / radii[1]) ** 2)
 
 
+#: Points on a unit circle that sample an ellipse's boundary (0.25 degree apart: the
+#: distance to the sampled boundary is within 0.01 mm of the exact one for radii <= 6 mm).
+_RIM = np.stack([np.cos(np.linspace(0.0, 2.0 * math.pi, 1440, endpoint=False)),
+                 np.sin(np.linspace(0.0, 2.0 * math.pi, 1440, endpoint=False))], axis=1)
+
+
+@dataclass(frozen=True)
+class SceneStructure:
+    """A structure of the simulated scene, in the image plane: the ground truth of its
+    label (an axis-aligned ellipse) in the probe frame.
+
+    Attributes:
+        name: ``"nerve"`` or ``"vessel"`` (the class names of ``US_LABELS``).
+        label: its class id in :attr:`SimTruth.labels`.
+        centre_mm: (x, y) centre in the probe frame (x along the array, y depth), mm.
+        radii_mm: (lateral, axial) semi-axes, mm (the vessel: its lumen).
+    """
+
+    name: str
+    label: int
+    centre_mm: tuple[float, float]
+    radii_mm: tuple[float, float]
+
+    def signed_distance_mm(self, xy_mm: npt.ArrayLike) -> F64:
+        """Signed distance from points of the image plane to the structure's boundary,
+        mm (negative inside).
+
+        Args:
+            xy_mm: (N, 2) or (2,) probe-frame (x, y) positions, mm.
+
+        Returns:
+            (N,) distances (a float array also for one point).
+        """
+        pts = np.atleast_2d(np.asarray(xy_mm, np.float64))
+        if pts.shape[1] != 2:
+            raise ValueError(f"xy_mm must be (N, 2), got shape {pts.shape}")
+        c = np.asarray(self.centre_mm, np.float64)
+        rim = c + _RIM * np.asarray(self.radii_mm, np.float64)
+        d = np.sqrt(((pts[:, None, :] - rim[None]) ** 2).sum(axis=2)).min(axis=1)
+        inside = _ellipse_r(pts[:, 0] - c[0], pts[:, 1] - c[1], self.radii_mm) <= 1.0
+        out: F64 = np.where(inside, -d, d)
+        return out
+
+
 class UltrasoundScanner:
     """B-mode frames of a synthetic nerve-block scene with an in-plane needle.
 
@@ -74,8 +119,13 @@ class UltrasoundScanner:
         seed: seed of the anatomy texture, speckle, noise and drift.
         spacing_mm: pixel spacing (square pixels), mm.
         probe_to_lps: (4, 4) ProbeToReference.
-        path: planned path and needle motion.
+        path: planned path and needle motion (replace it to script the needle:
+            :func:`guidance.sim.scenario.us_scenario_path`).
         entry_lps, target_lps: (3,) planned path, LPS mm.
+        entry_probe, target_probe: (3,) the same in the probe frame, mm.
+        nerve, vessel: the scene's ground truth (:class:`SceneStructure`).
+        fov_entry_mm: inserted length at which the planned line enters the field of
+            view, mm (0 when the skin entry is under the probe).
     """
 
     modality = "us"
@@ -197,6 +247,8 @@ class UltrasoundScanner:
         echo += 1.8 * rim
         spec += 0.8 * rim
         labels[inside_n] = 2
+        self.nerve = SceneStructure("nerve", 2, (float(nc[0]), float(nc[1])),
+                                    (float(a), float(b)))
 
         # Vessel: anechoic lumen, bright wall, low attenuation (posterior enhancement).
         vc = (nc[0] + side * p.vessel_offset_mm[0], nc[1] + p.vessel_offset_mm[1])
@@ -210,6 +262,8 @@ class UltrasoundScanner:
         alpha_db[lumen] *= 0.05
         labels[lumen] = 3
         self._labels_static = labels
+        self.vessel = SceneStructure("vessel", 3, (float(vc[0]), float(vc[1])),
+                                     (float(p.vessel_radii_mm[0]), float(p.vessel_radii_mm[1])))
 
         # Speckle: two independent complex scatterer fields, each PSF-filtered.
         sig = (max(p.psf_lateral_mm / s, 0.3), max(p.psf_axial_mm / s, 0.3))
@@ -253,17 +307,10 @@ class UltrasoundScanner:
 
     def _plan_path(self, rng: np.random.Generator) -> None:
         p = self.params
-        side = 1.0 if p.needle_from_left else -1.0
-        ang = math.radians(p.needle_angle_deg)
-        d = np.array([side * math.cos(ang), math.sin(ang)])
+        d = self._needle_direction()
         nc = np.array(self.nerve_centre_mm)
         r_along = 1.0 / math.hypot(d[0] / p.nerve_radii_mm[0], d[1] / p.nerve_radii_mm[1])
-        target = nc - (r_along + p.target_gap_mm) * d
-        entry = target - (target[1] / d[1]) * d  # on the skin (depth 0)
-        self.target_probe = np.array([target[0], target[1], 0.0])
-        self.entry_probe = np.array([entry[0], 0.0, 0.0])
-        self.entry_lps: F64 = self._probe_to_lps_pt(self.entry_probe)
-        self.target_lps: F64 = self._probe_to_lps_pt(self.target_probe)
+        self._set_line(nc - (r_along + p.target_gap_mm) * d)
         # Drift axis: in-plane rotation is about the elevation axis; a random sign.
         rot = self.probe_to_lps[:3, :3]
         z_lps = rot[:, 2]
@@ -274,18 +321,94 @@ class UltrasoundScanner:
         axis = sgn * (
             math.cos(beta) * z_lps + math.sin(beta) * w_lps * (1.0 if rng.random() < 0.5 else -1.0)
         )
+        self._set_default_path(axis)
+
+    def _needle_direction(self) -> F64:
+        """(2,) unit in-plane direction of the planned needle (probe x, y), skin -> deep."""
+        p = self.params
+        side = 1.0 if p.needle_from_left else -1.0
+        ang = math.radians(p.needle_angle_deg)
+        return np.array([side * math.cos(ang), math.sin(ang)])
+
+    def _set_line(self, target_xy: F64) -> None:
+        """The planned line to ``target_xy`` (probe x, y mm) at the needle's angle, its
+        skin entry (depth 0) and where it enters the field of view."""
+        p = self.params
+        d = self._needle_direction()
+        target = np.asarray(target_xy, np.float64)
+        entry = target - (target[1] / d[1]) * d  # on the skin (depth 0)
+        self.target_probe = np.array([target[0], target[1], 0.0])
+        self.entry_probe = np.array([entry[0], 0.0, 0.0])
+        self.entry_lps: F64 = self._probe_to_lps_pt(self.entry_probe)
+        self.target_lps: F64 = self._probe_to_lps_pt(self.target_probe)
         # The needle's start depth counts from where the planned line enters the field of
         # view (a steep or shallow plan may start the skin entry well outside it).
         half_w = min(p.footprint_mm / 2.0, (self.size - 1) / 2.0 * self.spacing_mm)
-        to_fov = max(0.0, (abs(entry[0]) - half_w) / abs(d[0]))
-        plan_len = float(np.linalg.norm(target - entry))
-        start = min(p.needle.start_depth_mm + to_fov, plan_len)
+        self.fov_entry_mm = max(0.0, (abs(entry[0]) - half_w) / abs(d[0]))
+
+    def _set_default_path(self, drift_axis_lps: F64) -> None:
+        p = self.params
+        plan_len = float(np.linalg.norm(self.target_probe - self.entry_probe))
+        start = min(p.needle.start_depth_mm + self.fov_entry_mm, plan_len)
         self.path = NeedlePath(
             entry_lps=self.entry_lps,
             target_lps=self.target_lps,
             needle=dataclasses.replace(p.needle, start_depth_mm=start),
-            drift_axis_lps=axis,
+            drift_axis_lps=drift_axis_lps,
         )
+
+    def aim_at(self, target_xy_mm: npt.ArrayLike) -> None:
+        """Plan the needle toward another target of the image plane: the line to it at
+        the needle's angle (``params.needle_angle_deg``, from the needle's side), the
+        default motion along it (a scripted path may replace :attr:`path` afterwards).
+
+        Args:
+            target_xy_mm: (2,) probe-frame (x, y) of the target, mm (see
+                :meth:`px_to_probe_mm` for a pixel).
+
+        Raises:
+            ValueError: the target is not finite, less than 2 mm deep, or outside the
+                image (footprint and depth).
+        """
+        t = np.asarray(target_xy_mm, np.float64).reshape(-1)
+        if t.shape != (2,) or not np.all(np.isfinite(t)):
+            raise ValueError(f"target_xy_mm must be 2 finite numbers, got {target_xy_mm!r}")
+        p = self.params
+        half_w = min(p.footprint_mm / 2.0, (self.size - 1) / 2.0 * self.spacing_mm)
+        if not (2.0 <= t[1] <= p.depth_mm and abs(t[0]) <= half_w):
+            raise ValueError(
+                f"the target ({t[0]:.1f}, {t[1]:.1f}) mm is outside the image: lateral "
+                f"within +-{half_w:.1f} mm, depth 2..{p.depth_mm:.0f} mm")
+        self._set_line(t)
+        self._set_default_path(self.path.drift_axis_lps)
+
+    def px_to_probe_mm(self, u: float, v: float) -> F64:
+        """Pixel (column ``u``, row ``v``) of a frame -> (2,) probe-frame (x, y), mm."""
+        n, s = self.size, self.spacing_mm
+        return np.array([(float(u) - (n - 1) / 2.0) * s, (float(v) + 0.5) * s])
+
+    def probe_mm_to_px(self, xy_mm: npt.ArrayLike) -> F64:
+        """(N, 2) or (2,) probe-frame (x, y), mm -> the same shape of pixel (column, row)."""
+        n, s = self.size, self.spacing_mm
+        xy = np.asarray(xy_mm, np.float64)
+        out: F64 = np.stack([xy[..., 0] / s + (n - 1) / 2.0, xy[..., 1] / s - 0.5], axis=-1)
+        return out
+
+    def lps_to_probe(self, points_lps: npt.ArrayLike) -> F64:
+        """(N, 3) or (3,) LPS mm -> the same shape in the probe frame, mm (z: elevation,
+        out of the image plane)."""
+        pts = np.asarray(points_lps, np.float64)
+        return self._lps_to_probe(pts.reshape(-1, 3)).reshape(pts.shape)
+
+    @property
+    def target_px(self) -> F64:
+        """(2,) the planned target as a pixel (column, row) of the frames."""
+        return self.probe_mm_to_px(self.target_probe[:2])
+
+    @property
+    def structures(self) -> tuple[SceneStructure, SceneStructure]:
+        """The nerve and the vessel (ground truth of the labels 2 and 3)."""
+        return (self.nerve, self.vessel)
 
     def _probe_to_lps_pt(self, q: F64) -> F64:
         return self.probe_to_lps[:3, :3] @ q + self.probe_to_lps[:3, 3]
