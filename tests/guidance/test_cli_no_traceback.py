@@ -21,6 +21,7 @@ import pytest
 
 from guidance.cli.common import PATH_KINDS
 from guidance.cli.main import build_parser, main
+from tests.peers import require_module
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -322,7 +323,7 @@ def test_garbage_input_file_exits_2_with_one_line(
         places: dict[str, Path], capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch, command: tuple[str, ...], option: str) -> None:
     if "--gui" in GARBAGE[(command, option)]:
-        pytest.importorskip("PyQt5")
+        require_module("PyQt5", "PyQt5 (a dependency)")
         runtime = places["root"] / "xdg"  # else Qt says on stderr that it has none
         runtime.mkdir(mode=0o700)
         monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))

