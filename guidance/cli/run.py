@@ -13,6 +13,7 @@ from guidance.cli.common import (
     host_port,
     int_at_least,
     path_arg,
+    pixel_point,
     port_number,
     positive_float,
     print_summary,
@@ -68,6 +69,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--modality", choices=MODALITIES,
                    help="modality of every frame (default: each frame's IGTLv3 metadata "
                         "'Modality'; a frame without it is refused)")
+    p.add_argument("--target-px", type=pixel_point, metavar="U,V",
+                   help="ultrasound: the target as a pixel of the incoming frames (U column, "
+                        "V row); the tip-to-target is then measured in the image plane (also "
+                        "set by a click in the live view, --gui)")
     p.add_argument("--seconds", type=positive_float, help="stop after this long (default: Ctrl-C)")
     p.add_argument("--no-crc", action="store_true", help="do not verify message CRCs")
     p.add_argument("--max-body-mb", type=positive_float, default=256.0,
@@ -150,6 +155,10 @@ def run(args: argparse.Namespace) -> int:
                           bind=args.bind, room=room)
     if plan is not None:
         session.pipeline.set_plan(plan, structures)
+    if args.target_px is not None:
+        session.pipeline.set_image_target_px(*args.target_px)
+        print(f"target: pixel ({args.target_px[0]:g}, {args.target_px[1]:g}) of the "
+              "ultrasound frames")
     session.start()
     if plan is not None:
         _load_navigation_ct(session, plan, args.plan)

@@ -66,6 +66,8 @@ class LiveRenderer:
 
     Attributes:
         plan: (entry_lps, target_lps), LPS mm, or ``None``.
+        image_target_px: a target given as a frame point (column, row, pixels), drawn
+            as a cross, or ``None``.
         show_labels: draw the segmentation outlines.
         image_rect: where the last frame was drawn (device pixels).
         frame_shape: (rows, cols) of the last frame drawn.
@@ -74,6 +76,8 @@ class LiveRenderer:
     def __init__(self) -> None:
         self.mapper = DisplayMapper()
         self.plan: tuple[F64, F64] | None = None
+        #: a target given as a point of the frame (column, row, pixels), or ``None``
+        self.image_target_px: tuple[float, float] | None = None
         self.show_labels = True
         self.image_rect = QRectF()
         self.frame_shape: tuple[int, int] = (0, 0)
@@ -100,6 +104,28 @@ class LiveRenderer:
         if self.orientation is not None and not self.orientation.flip.identity:
             ij = self.orientation.flip.points(ij, self._stored_shape)
         return np.stack([r.x() + (ij[:, 0] + 0.5) * sx, r.y() + (ij[:, 1] + 0.5) * sy], axis=1)
+
+    def to_frame(self, x: float, y: float) -> tuple[float, float] | None:
+        """Device coordinates -> frame pixel (column, row, as stored: as the frame
+        arrived) of the last drawn frame, through its display flips; ``None`` outside
+        the picture. The inverse of :meth:`to_device`."""
+        r = self.image_rect
+        rows, cols = self.frame_shape
+        if r.isEmpty() or rows <= 0 or cols <= 0 or not (
+                r.left() <= x <= r.right() and r.top() <= y <= r.bottom()):
+            return None
+        p = np.array([(x - r.x()) / (r.width() / cols) - 0.5,
+                      (y - r.y()) / (r.height() / rows) - 0.5])
+        p = np.clip(p, -0.5, [cols - 0.5, rows - 0.5])
+        o = self.orientation
+        if o is not None and not o.flip.identity:  # undo DisplayFlip.points
+            if o.flip.flip_cols:
+                p[0] = cols - 1 - p[0]
+            if o.flip.flip_rows:
+                p[1] = rows - 1 - p[1]
+            if o.flip.transpose:
+                p = p[::-1]
+        return float(p[0]), float(p[1])
 
     @staticmethod
     def layout(width: int, height: int, banner_h: float | None = None,
@@ -170,6 +196,7 @@ class LiveRenderer:
             if not model.stale and shown is not None:
                 self._outlines(p, shown)
                 self._plan(p, shown)
+                self._image_target(p)
                 self._needle(p, shown)
             if shown is not None and shown.image is not None:
                 self._orientation_marks(p)
@@ -322,6 +349,24 @@ class LiveRenderer:
         if not proj.is_projection and abs(off[1]) > 2.0:
             label += f" ({abs(off[1]):.0f} mm out of plane)"
         p.drawText(b + QPointF(1.4 * r, -1.2 * r), label)
+        p.restore()
+
+    def _image_target(self, p: QPainter) -> None:
+        """The target given as a frame point (``--target-px`` or a click): a cross."""
+        if self.image_target_px is None or self.image_rect.isEmpty():
+            return
+        x, y = self.to_device(np.asarray(self.image_target_px, np.float64))[0]
+        p.save()
+        p.setClipRect(self.image_rect)
+        pen = QPen(theme.PLAN_COLOUR, 3)
+        p.setPen(pen)
+        r = max(10.0, self.image_rect.width() / 60)
+        b = QPointF(x, y)
+        p.drawEllipse(b, r, r)
+        p.drawLine(b - QPointF(1.8 * r, 0), b + QPointF(1.8 * r, 0))
+        p.drawLine(b - QPointF(0, 1.8 * r), b + QPointF(0, 1.8 * r))
+        p.setFont(theme.font(max(16, int(self.image_rect.height() / 40)), bold=True))
+        p.drawText(b + QPointF(1.4 * r, -1.2 * r), "target")
         p.restore()
 
     def _needle(self, p: QPainter, result: FrameResult) -> None:

@@ -96,6 +96,10 @@ class FeedLike(Protocol):
 
     def plan(self) -> tuple[Any, Any] | None: ...
 
+    def image_target(self) -> tuple[float, float] | None: ...
+
+    def set_image_target(self, u: float, v: float) -> None: ...
+
     def frames_dropped(self) -> int: ...
 
     def connection(self) -> str: ...
@@ -139,6 +143,15 @@ class LiveFeed:
     def plan(self) -> tuple[Any, Any] | None:
         """(entry_lps, target_lps) of the loaded plan, LPS mm, or ``None``."""
         return self.pipeline.overlay.plan
+
+    def image_target(self) -> tuple[float, float] | None:
+        """The target given as a point of the frames (column, row, pixels), or ``None``."""
+        return self.pipeline.image_target_px
+
+    def set_image_target(self, u: float, v: float) -> None:
+        """Set the target to the frame point (column ``u``, row ``v``, pixels): the
+        pipeline measures the tip to it in the image plane (a click in the view)."""
+        self.pipeline.set_image_target_px(u, v)
 
     def frames_dropped(self) -> int:
         """Frames the pipeline skipped to stay on the newest."""

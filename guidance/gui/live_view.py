@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from PyQt5.QtCore import Qt, QTimer
-from PyQt5.QtGui import QColor, QKeySequence, QPaintEvent
+from PyQt5.QtGui import QColor, QKeySequence, QMouseEvent, QPaintEvent
 from PyQt5.QtWidgets import (
     QApplication,
     QGridLayout,
@@ -54,6 +54,7 @@ SHORTCUTS: tuple[tuple[str, str], ...] = (
     ("Up / Down", "window level (CT, fluoro) or gain (ultrasound)"),
     ("Left / Right", "window narrower / wider"),
     ("A", "automatic window again"),
+    ("Click", "set the target at that point of the frame (ultrasound)"),
     ("M", "warning sound on / off"),
     ("S", "save a screenshot"),
     ("F11", "full screen"),
@@ -79,6 +80,8 @@ class LiveCanvas(QWidget):
         self.model: LiveViewModel | None = None
         self.names: dict[int, str] = {}
         self.paint_count = 0
+        #: called with the frame pixel (column, row) of a left click on the picture
+        self.on_click: Callable[[float, float], None] | None = None
         self.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Expanding)
         self.setMinimumSize(320, 320)
         self.setAttribute(Qt.WidgetAttribute.WA_OpaquePaintEvent, True)
@@ -88,6 +91,13 @@ class LiveCanvas(QWidget):
             return
         self.paint_count += 1
         self.renderer.render(self, self.shown, self.model, self.names)
+
+    def mousePressEvent(self, event: QMouseEvent | None) -> None:  # noqa: N802 (Qt name)
+        if event is None or event.button() != Qt.MouseButton.LeftButton:
+            return
+        ij = self.renderer.to_frame(event.pos().x(), event.pos().y())
+        if ij is not None and self.on_click is not None:
+            self.on_click(*ij)
 
 
 def _fmt(m: Metric) -> str:
@@ -111,6 +121,7 @@ class LiveView(QWidget):
         self.sound = sound
         self.screenshot_dir = screenshot_dir or Path(".")
         self.canvas = LiveCanvas(self)
+        self.canvas.on_click = self.set_target
         self.last_result: FrameResult | None = None
         self.shown: FrameResult | None = None
         self.model: LiveViewModel | None = None
@@ -229,6 +240,7 @@ class LiveView(QWidget):
             self.canvas.model = model
             self.canvas.names = label_names_of(self.shown)
             self.canvas.renderer.plan = self.feed.plan()
+            self.canvas.renderer.image_target_px = self.feed.image_target()
             self.canvas.update()
             self._update_panel(model)
         if model.level >= WarningLevel.DANGER and self._last_level < WarningLevel.DANGER \
@@ -278,6 +290,26 @@ class LiveView(QWidget):
         """Show a one-line message (instead of a dialog) and log it."""
         self.message.setText(text)
         log.info("%s", text)
+
+    def set_target(self, u: float, v: float) -> None:
+        """The target at frame pixel (column ``u``, row ``v``): a click on the picture.
+        Ultrasound only: elsewhere the target is the plan's, in the patient."""
+        shown = self.shown
+        if shown is None or shown.image is None:
+            self.say("no frame yet: nothing to click on")
+            return
+        if shown.modality != "us":
+            self.say("a target by click is for ultrasound frames; on this frame it is the "
+                     "plan's")
+            return
+        try:
+            self.feed.set_image_target(u, v)
+        except ValueError as e:
+            self.say(f"target not set: {e}")
+            return
+        self.canvas.renderer.image_target_px = (u, v)
+        self.say(f"target set at pixel ({u:.0f}, {v:.0f}): tip to target in the image plane")
+        self.canvas.update()
 
     def toggle_record(self) -> None:
         rec = self.feed.record
