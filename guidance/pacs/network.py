@@ -170,12 +170,28 @@ class StoreOutcome:
     message: str
 
 
+def _is_dicom_file(path: Path) -> bool:
+    """A DICOM Part 10 file (the ``DICM`` magic after the 128-byte preamble)."""
+    try:
+        with path.open("rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
 def _dicom_files(paths: Iterable[str | Path]) -> list[Path]:
+    """The files to send: every file given, and the DICOM files in every folder given
+    (searched recursively; a report's HTML, PNG and JSON beside them are not sent)."""
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out.extend(sorted(f for f in p.rglob("*") if f.is_file()
-                              and not f.name.startswith(".")))
+            found = sorted(f for f in p.rglob("*") if f.is_file()
+                           and not f.name.startswith("."))
+            dicom = [f for f in found if _is_dicom_file(f)]
+            if len(dicom) < len(found):
+                log.info("%s: %d non-DICOM file(s) not sent", p, len(found) - len(dicom))
+            out.extend(dicom)
         elif p.is_file():
             out.append(p)
         else:

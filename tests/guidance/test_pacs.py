@@ -224,7 +224,8 @@ def test_orthanc_round_trip_store_fetch_plan_verify(room, orthanc, tmp_path):
     assert classes == sorted([SR_CLASS, SEG_CLASS, SC_CLASS, SC_CLASS])
 
 
-def test_unreachable_pacs_exit_2_one_line_and_every_file_kept(room, orthanc, tmp_path):
+def test_unreachable_pacs_exit_2_one_line_and_every_file_kept(room, orthanc, tmp_path,
+                                                             capsys):
     out = tmp_path / "verify"
     nobody = f"NOBODY@127.0.0.1:{free_port()}"
     r = subprocess.run([sys.executable, "-m", "guidance.cli.main", "verify", "--plan",
@@ -237,8 +238,12 @@ def test_unreachable_pacs_exit_2_one_line_and_every_file_kept(room, orthanc, tmp
     assert (out / "verification.json").exists() and (out / "report.html").exists()
     kept = sorted(p.name for p in (out / "dicom").iterdir())
     assert kept == ["key_1.dcm", "key_2.dcm", "seg.dcm", "sr.dcm"]
-    # ... and sent later, as the message says.
+    # ... and sent later, as the message says; a whole output folder too (its report's
+    # HTML, PNG and JSON beside the DICOM files are not sent).
+    capsys.readouterr()
     assert main(["pacs", "store", str(out / "dicom"), "--to", orthanc.address]) == 0
+    assert main(["pacs", "store", str(out), "--to", orthanc.address]) == 0
+    assert "4 of 4 object(s) stored" in capsys.readouterr().out
 
 
 def test_a_pacs_that_rejects_one_object_gets_the_others(verified, tmp_path, capsys):
