@@ -191,6 +191,7 @@ def run(args: argparse.Namespace) -> int:
         from guidance.sim.us_scenario import us_verify
 
         verification = us_verify(scanner, tip, story.us.target_xy_mm)
+        verification["live_tip_to_target_mm"] = _num(timeline.last_tip_to_target_mm)
         extra["verification"] = verification
         extra["target_px"] = [round(float(x), 1) for x in story.us.target_px]
         extra["story_events"] = [{"t_s": t, "what": w} for t, w in story.us.events]
@@ -198,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
     print_summary(summary, f"guidance demo ({args.modality}, {args.scenario})")
     print(timeline.text())
     if story.us is not None and verification is not None:
-        print_us_verification(verification, summary)
+        print_us_verification(verification)
     elif verification is not None:
         print_verification(verification, args.out / "verification" / "report.html")
     print(f"output: {args.out}/summary.json and {len(summary.get('pngs', []))} PNGs")
@@ -283,6 +284,8 @@ class SafetyTimeline:
         self._lock = threading.Lock()
         self.changes: list[dict[str, Any]] = []
         self.decisions = 0
+        #: the newest finite tip-to-target the loop measured (mm), NaN before one
+        self.last_tip_to_target_mm = math.nan
         session.pipeline.on_result = self._on_result
 
     def _on_result(self, result: FrameResult, rgb: Any) -> None:
@@ -292,6 +295,8 @@ class SafetyTimeline:
         if d is None:
             return
         self.decisions += 1
+        if math.isfinite(d.tip_to_target_mm):
+            self.last_tip_to_target_mm = float(d.tip_to_target_mm)
         level = d.level.name
         if level == self._last:
             return
@@ -341,7 +346,7 @@ def _set_us_target(session: LiveSession, story: _Story) -> None:
     session.pipeline.set_image_target_px(u, v)
 
 
-def print_us_verification(ver: dict[str, Any], summary: dict[str, Any]) -> None:
+def print_us_verification(ver: dict[str, Any]) -> None:
     """The final tip against the scene's ground truth, and what the live loop measured."""
     print(f"verification (the scene's ground truth, in the image plane): {ver['verdict']}: "
           f"tip {ver['tip_to_target_mm']:.1f} mm from the target, nerve "
@@ -349,10 +354,10 @@ def print_us_verification(ver: dict[str, Any], summary: dict[str, Any]) -> None:
           "(negative: inside)")
     for reason in ver.get("reasons", []):
         print(f"  - {reason}")
-    last = (summary.get("last_state") or {}).get("decision") or {}
-    t2t = last.get("tip_to_target_mm") if isinstance(last, dict) else None
-    if isinstance(t2t, (int, float)) and math.isfinite(t2t):
-        print(f"  the live loop's last tip-to-target: {t2t:.1f} mm")
+    live = ver.get("live_tip_to_target_mm")
+    if live is not None:
+        print(f"  the live loop's last tip-to-target (the needle it sees, the target pixel): "
+              f"{live:.1f} mm")
 
 
 def print_verification(ver: dict[str, Any], report: Path) -> None:

@@ -255,3 +255,16 @@ def test_us_drift_demo_warns_then_clears(tmp_path, capsys):
     assert s["verification"]["verdict"] == "PASS"
     assert "the warning cleared" in text and "verification (the scene's ground truth" in text
     assert s["target_px"] and s["story_events"]
+    assert s["verification"]["live_tip_to_target_mm"] < 1.5  # the loop sees it there too
+
+
+@pytest.mark.slow
+def test_us_demo_aims_at_a_target_pixel(tmp_path):
+    out = tmp_path / "px"
+    assert main(["demo", "--modality", "us", "--size", "256", "--seconds", "6",
+                 "--target-px", "150,110", "--out", str(out)]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["target_px"] == [150.0, 110.0]
+    ver = s["verification"]
+    assert ver["verdict"] == "PASS" and ver["tip_px"] == pytest.approx([150.0, 110.0], abs=0.2)
+    assert ver["live_tip_to_target_mm"] < 1.5
