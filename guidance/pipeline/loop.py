@@ -110,9 +110,10 @@ def modality_of(configured: str, metadata: object) -> tuple[str, str]:
 
 
 def status_code(state: GuidanceState, level: WarningLevel) -> int:
-    """OpenIGTLink STATUS code: 2 (DANGER) for a DANGER decision on current input (OK or
-    DEGRADED), else 1 OK, 7 STALE, 13 DEGRADED, 16 NO_GUIDANCE."""
-    if level >= WarningLevel.DANGER and state in (GuidanceState.OK, GuidanceState.DEGRADED):
+    """OpenIGTLink STATUS code: 2 (DANGER) for a DANGER decision on current input (not
+    STALE: a US nerve or vessel DANGER is sent even when the 3D guidance is
+    NO_GUIDANCE), else 1 OK, 7 STALE, 13 DEGRADED, 16 NO_GUIDANCE."""
+    if level >= WarningLevel.DANGER and state != GuidanceState.STALE:
         return 2
     return {GuidanceState.OK: 1, GuidanceState.STALE: 7, GuidanceState.DEGRADED: 13,
             GuidanceState.NO_GUIDANCE: 16}[state]
@@ -442,13 +443,18 @@ class Pipeline:
                             if item.placement is None or item.placement.is_projection
                             else "(the frame is not placed in the planning CT)"))
         t_b = time.monotonic_ns()
-        checkable = item.needle is not None and (
-            item.needle.has_3d or self.safety.image_check_applies(item))
-        if checkable and item.state in (GuidanceState.OK, GuidanceState.DEGRADED):
+        current = item.state in (GuidanceState.OK, GuidanceState.DEGRADED)
+        # The nerves and vessels in a US frame are checked whenever the frame is current,
+        # even when the 3D guidance is not available (no registration yet): an
+        # intraneural or intravascular risk is never hidden behind NO_GUIDANCE.
+        image = self.safety.image_check_applies(item) and item.state != GuidanceState.STALE
+        if (item.needle is not None and item.needle.has_3d and current) or image:
             gap = max((e.time_gap_s for e in item.tip_edges), default=0.0)
             item.latency_s = (t_b - item.received_ns) * 1e-9 + gap
-            self.safety.process(item)
-        elif self.safety.check is None:
+            self.safety.process(item, plan_check=current)
+        elif self.safety.check is None and not self.safety.image_anatomy_model(item):
+            # (a US frame whose model sees nerves and vessels: the anatomy is the check;
+            # without a needle, NO_NEEDLE says why there is none)
             item.add(Reason.NO_PLAN, "no plan loaded (--plan plan.json): no safety check")
         stage_ms["safety"] = (time.monotonic_ns() - t_b) * 1e-6
 

@@ -421,18 +421,24 @@ class SafetyStage:
         self.image_target_px = None if target is None else np.asarray(target, float)
 
     @staticmethod
-    def image_check_applies(item: WorkItem) -> bool:
-        """An ultrasound frame segmented by a model with nerve and vessel classes, with a
-        needle in the image."""
-        seg = item.segmentation
-        return (item.modality == "us" and seg is not None and item.needle is not None
-                and item.needle.in_image
+    def image_anatomy_model(item: WorkItem) -> bool:
+        """An ultrasound frame segmented by a model with nerve and vessel classes."""
+        return (item.modality == "us" and item.segmentation is not None
                 and all(k in item.label_names for k in ("nerve", "vessel")))
 
-    def process(self, item: WorkItem) -> None:
+    @classmethod
+    def image_check_applies(cls, item: WorkItem) -> bool:
+        """:meth:`image_anatomy_model`, with a needle in the image."""
+        return (cls.image_anatomy_model(item) and item.needle is not None
+                and item.needle.in_image)
+
+    def process(self, item: WorkItem, plan_check: bool = True) -> None:
+        """The decision of this update. ``plan_check``: the update's state allows the
+        plan's check (OK or DEGRADED); the image anatomy is checked on any current
+        frame."""
         n = item.needle
         plan_decision: SafetyDecision | None = None
-        if self.check is not None and n is not None and n.has_3d:
+        if self.check is not None and n is not None and n.has_3d and plan_check:
             widening = self.navigator.widening(
                 item.tip_edges, self.check.plan.target_lps, n.sigma_mm, item.latency_s,
                 n.speed_mm_s, self.config)

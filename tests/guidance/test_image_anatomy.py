@@ -181,8 +181,13 @@ class SceneSegmenter:
                             np.zeros((256, 256), np.float32))
 
 
-def test_the_loop_sends_the_us_anatomy_decision_and_draws_it():
+@pytest.mark.parametrize("unregistered_tracker", [False, True])
+def test_the_loop_sends_the_us_anatomy_decision_and_draws_it(unregistered_tracker):
+    """Also when a tracked needle has no path to the planning CT yet (NO_GUIDANCE for the
+    3D guidance): the nerve's DANGER is still decided and sent (STATUS 2)."""
     import threading
+
+    import pyigtl
 
     from guidance.geometry import ImageVolume
     from guidance.io.messages import image_message_from_volume
@@ -209,6 +214,10 @@ def test_the_loop_sends_the_us_anatomy_decision_and_draws_it():
     pipe.on_result = on_result
     pipe.start()
     try:
+        if unregistered_tracker:  # a tracked needle, no ReferenceToCT: MISSING_TRANSFORM
+            pose = pyigtl.TransformMessage(np.eye(4), device_name="NeedleTipToReference")
+            slots.put(pose.device_name, pose.message_type, pose, time.time(),
+                      time.monotonic_ns(), "test")
         img = np.random.default_rng(0).rayleigh(30, (512, 512)).clip(0, 255).astype(np.uint8)
         vol = ImageVolume(img[None], np.diag([0.1, 0.1, 1.0, 1.0]))  # 0.2 mm model grid
         for k, tip_x in enumerate([60, 60, 136, 136, 136]):  # far; then ~1 mm inside
@@ -222,9 +231,12 @@ def test_the_loop_sends_the_us_anatomy_decision_and_draws_it():
         pipe.stop()
     frames = [r for r, _ in results if r.kind == "frame"]
     first, last = frames[0], frames[-1]
-    assert first.state == GuidanceState.OK
     codes = {r.reason.code for r in first.state_reasons}
     assert "image_anatomy_only" in codes and "no_plan" not in codes  # no room: not placed
+    if unregistered_tracker:
+        assert first.state == GuidanceState.NO_GUIDANCE and "missing_transform" in codes
+    else:
+        assert first.state == GuidanceState.OK
     assert first.decision.level == WarningLevel.NONE
     assert first.decision.tip_to_target_mm == pytest.approx((125 - 60) * 0.2, abs=0.5)
     assert last.decision.level == WarningLevel.DANGER

@@ -291,6 +291,8 @@ def test_status_codes_from_state_and_level():
     assert status_code(GuidanceState.STALE, WarningLevel.DANGER) == 7
     assert status_code(GuidanceState.OK, WarningLevel.CAUTION) == 1
     assert status_code(GuidanceState.NO_GUIDANCE, WarningLevel.NONE) == 16
+    # a US nerve/vessel DANGER on a current frame without 3D guidance is still DANGER
+    assert status_code(GuidanceState.NO_GUIDANCE, WarningLevel.DANGER) == 2
     assert status_code(GuidanceState.DEGRADED, WarningLevel.INFO) == 13
 
 
