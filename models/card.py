@@ -39,7 +39,7 @@ MODALITIES: tuple[str, ...] = ("us", "fluoro", "ct")
 NORMALISATIONS: tuple[str, ...] = ("zscore", "ct_window")
 #: Needle-rule limits a card may carry, measured on the model's own training frames
 #: (fields of :class:`trackers.needle_fit.NeedleRule`; positive numbers).
-NEEDLE_RULE_LIMITS: tuple[str, ...] = ("max_flank_asymmetry",)
+NEEDLE_RULE_LIMITS: tuple[str, ...] = ("max_flank_asymmetry", "min_mean_prob")
 
 
 class CardError(ValueError):

@@ -11,11 +11,12 @@ enter from outside the picture).
 Whether a piece is *reported* as a needle is :class:`NeedleRule`: long enough, straight
 (its pixels lie close to its axis, as a needle's do, not spread like a curved wall or a
 blob) and coherent (most of the frame's needle evidence lies along that one line, not
-scattered in many pieces). For a model whose card says so (CT) also a *line, not an
-edge* (:func:`flank_asymmetry`): a needle is thin, so the tissue on its two sides is
-alike, where a bone plate such as the skull's inner table has bone on one side and brain
-on the other. The live loop and ``guidance eval`` apply the same rule
-(:meth:`NeedleRule.for_model`).
+scattered in many pieces). For a model whose card says so (ultrasound) also *confident*
+(the mean needle probability over the piece at least the card's limit); for one whose
+card says so (CT) also a *line, not an edge* (:func:`flank_asymmetry`): a needle is
+thin, so the tissue on its two sides is alike, where a bone plate such as the skull's
+inner table has bone on one side and brain on the other. The live loop and ``guidance
+eval`` apply the same rule (:meth:`NeedleRule.for_model`).
 """
 
 from __future__ import annotations
@@ -71,6 +72,11 @@ class NeedleRule:
             where the needle is brighter than everything around it (CT); a model's card
             carries the limit measured on its training frames (:meth:`for_model`).
         flank_mm: (near, far) distance of the flanks from the axis, mm.
+        min_mean_prob: smallest mean needle probability over the piece's pixels (at or
+            above ``threshold``) of a reported needle, or None: not checked. A model's
+            card carries the limit measured on its training frames (ultrasound: the
+            0.5th percentile of its own reported needles), so a short, faint piece that
+            the model itself is unsure of is not a needle.
     """
 
     threshold: float = 0.5
@@ -81,6 +87,7 @@ class NeedleRule:
     min_collinear: float = 0.5
     max_flank_asymmetry: float | None = None
     flank_mm: tuple[float, float] = (1.5, 3.0)
+    min_mean_prob: float | None = None
 
     @classmethod
     def for_model(cls, limits: Mapping[str, Any], **changes: Any) -> NeedleRule:
@@ -92,7 +99,9 @@ class NeedleRule:
         line with different tissue on its two sides is a bone plate, not a needle);
         ultrasound (the needle's shadow and reverberations lie on one side) and
         fluoroscopy (a projection: the needle crosses bone edges along its length)
-        models carry none.
+        models carry none. An ultrasound model carries ``min_mean_prob`` (the
+        0.5th percentile of the mean probability of its own reported needles on its
+        training frames: short faint pieces on bright specular lines fall below it).
 
         Args:
             limits: field -> value from the card (``{}``: the default rule).
@@ -120,6 +129,9 @@ class NeedleRule:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise ValueError(f"{name} must be a positive number, got {v!r}")
+        q = self.min_mean_prob
+        if q is not None and not (isinstance(q, (int, float)) and 0.0 <= q < 1.0):
+            raise ValueError(f"min_mean_prob must be in [0, 1) or None, got {q!r}")
         a = self.max_flank_asymmetry
         if a is not None and not (isinstance(a, (int, float)) and math.isfinite(a) and a > 0):
             raise ValueError(f"max_flank_asymmetry must be a positive number or None, got {a!r}")
@@ -312,6 +324,9 @@ def needle_evidence(
     elif collinear < rule.min_collinear:
         reason = (f"needle evidence scattered (only {collinear:.0%} on one line, "
                   f"< {rule.min_collinear:.0%})")
+    elif rule.min_mean_prob is not None and det.score < rule.min_mean_prob:
+        reason = (f"needle evidence faint (mean probability {det.score:.2f} over the piece "
+                  f"< {rule.min_mean_prob:.2f})")
     asym = math.nan
     if not reason and rule.max_flank_asymmetry is not None and image is not None:
         asym = flank_asymmetry(image, det, sp, rule.flank_mm)

@@ -4,8 +4,8 @@ Deterministic for a given ``--seed`` (and thread count): the training set, the b
 order and the augmentations all come from it. By default the result replaces the shipped
 model in ``models/weights`` and is then evaluated (``guidance eval``), the metrics
 written into the card. A CT model's needle-rule limit (a needle is a line, not an edge)
-is measured on its training frames and written into its card first
-(:mod:`guidance.training.rule_limits`).
+is measured on its training frames and written into its card first, as is an ultrasound
+model's confidence limit (:mod:`guidance.training.rule_limits`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,12 @@ import numpy as np
 
 from guidance.cli.common import path_arg
 from guidance.cli.main import UsageError
-from guidance.training.rule_limits import FLANK_CHECK_MODALITIES, measure_flank_limit
+from guidance.training.rule_limits import (
+    FLANK_CHECK_MODALITIES,
+    PROB_CHECK_MODALITIES,
+    measure_flank_limit,
+    measure_prob_limit,
+)
 
 __all__ = ["register"]
 
@@ -31,8 +36,9 @@ DEFAULT_FRAMES = {"us": 3200, "fluoro": 1920, "ct": 2400}
 #: well inside 30 min on this 2-core machine (about 0.2 s a step with one thread).
 DEFAULT_STEPS = {"us": 4500, "fluoro": 7000, "ct": 3600}
 #: Version written into the card: bumped with the recipe (fluoro 1.1.0: training data
-#: fluoro 7, 7000 steps).
-MODEL_VERSION = {"us": "1.0.0", "fluoro": "1.1.0", "ct": "1.0.0"}
+#: fluoro 7, 7000 steps; us 1.1.0: training data us 5 (needle-free scenes, straight hard
+#: negatives), the confidence limit in the card).
+MODEL_VERSION = {"us": "1.1.0", "fluoro": "1.1.0", "ct": "1.0.0"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -61,19 +67,23 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _measure_rule_limits(card: Any, card_path: Path, ds: Any) -> Any:
     """Measure the model's own needle-rule limits on its training frames and write them
-    into its card (:func:`guidance.training.rule_limits.measure_flank_limit`)."""
+    into its card (:func:`guidance.training.rule_limits.measure_flank_limit` for CT,
+    :func:`~guidance.training.rule_limits.measure_prob_limit` for ultrasound)."""
     from guidance.cli.common import progress_line
     from models.segmenter import Segmenter
 
     show = progress_line(f"rule limits {card.modality}")
     seg = Segmenter(card_path, chain=["onnxruntime-cpu"])
+    measure, field, what = ((measure_flank_limit, "max_flank_asymmetry", "flank")
+                            if card.modality in FLANK_CHECK_MODALITIES
+                            else (measure_prob_limit, "min_mean_prob", "confidence"))
     try:
-        limits, record = measure_flank_limit(
+        limits, record = measure(
             seg, ds, progress=lambda d, t, msg: show(d / t, f"{d}/{t} {msg}"))
     except ValueError as e:  # e.g. a model trained for a few steps finds no needle
-        print(f"WARNING: no flank limit in the card, the model gets the default needle "
+        print(f"WARNING: no {what} limit in the card, the model gets the default needle "
               f"rule: {e}", flush=True)
-        limits, record = {}, {"max_flank_asymmetry": {"not_measured": str(e)}}
+        limits, record = {}, {field: {"not_measured": str(e)}}
     else:
         print(f"needle rule limits (training frames): {limits}", flush=True)
     card = dataclasses.replace(card, needle_rule=limits,
@@ -131,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
         labels=LABELS[m], input_shape=GRID, pixel_spacing_mm=round(float(np.median(sp)), 4),
         spacing_range_mm=(float(sp.min()) * 0.9, float(sp.max()) * 1.1),
         normalisation=NORMALISATION[m], training=training)
-    if m in FLANK_CHECK_MODALITIES:
+    if m in FLANK_CHECK_MODALITIES or m in PROB_CHECK_MODALITIES:
         card = _measure_rule_limits(card, card_path, ds)
     print(f"wrote {card_path} and {out_dir / card.onnx_file} "
           f"({(out_dir / card.onnx_file).stat().st_size / 1e6:.2f} MB); "

@@ -11,6 +11,13 @@ Only modalities where the needle is the densest thing in the picture get the fla
 (:data:`FLANK_CHECK_MODALITIES`: CT). Ultrasound (shadow and reverberations on one side
 of the needle) and fluoroscopy (a projection: the needle crosses bone edges along its
 length) do not.
+
+Ultrasound models get a confidence limit instead (:data:`PROB_CHECK_MODALITIES`,
+:func:`measure_prob_limit`): the mean needle probability over a reported piece must
+reach the 0.5th percentile (:data:`PROB_LIMIT_PERCENTILE`) of that of the model's own
+reported needles on its training frames, rounded down to 0.01. The model's false
+needles on bright specular lines (fascia, bone surfaces, reverberation) are short pieces
+it is less sure of; its true needles are not.
 """
 
 from __future__ import annotations
@@ -23,13 +30,25 @@ import numpy as np
 
 from trackers.needle_fit import NeedleRule, flank_asymmetry, needle_evidence
 
-__all__ = ["FLANK_CHECK_MODALITIES", "FLANK_LIMIT_PERCENTILE", "measure_flank_limit"]
+__all__ = [
+    "FLANK_CHECK_MODALITIES",
+    "FLANK_LIMIT_PERCENTILE",
+    "PROB_CHECK_MODALITIES",
+    "PROB_LIMIT_PERCENTILE",
+    "measure_flank_limit",
+    "measure_prob_limit",
+]
 
 #: Modalities whose models get the flank check.
 FLANK_CHECK_MODALITIES: tuple[str, ...] = ("ct",)
 #: The limit is this percentile of the flank asymmetry of the model's own reported
 #: needles on its training frames (the next measured value), rounded up to 0.01.
 FLANK_LIMIT_PERCENTILE = 99.5
+#: Modalities whose models get the confidence limit.
+PROB_CHECK_MODALITIES: tuple[str, ...] = ("us",)
+#: The confidence limit is this percentile of the mean needle probability of the model's
+#: own reported needles on its training frames (a measured value), rounded down to 0.01.
+PROB_LIMIT_PERCENTILE = 0.5
 
 
 def measure_flank_limit(
@@ -98,3 +117,63 @@ def measure_flank_limit(
         }
     }
     return {"max_flank_asymmetry": limit}, record
+
+
+def measure_prob_limit(
+    segmenter: Any,
+    ds: Any,
+    *,
+    percentile: float = PROB_LIMIT_PERCENTILE,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Measure a model's confidence limit (``min_mean_prob``) on its training frames.
+
+    On every frame whose labels contain needle, the model's needle probability goes
+    through the default rule; for each reported needle the mean probability over its
+    piece (:attr:`trackers.needle_detect.NeedleDetection.score`) is recorded.
+
+    Args:
+        segmenter: the model (``models.segmenter.Segmenter``: ``card``, ``backend``).
+        ds: its training set (``guidance.training.dataset.SegDataset``).
+        percentile: in [0, 100).
+        progress: ``progress(done, total, message)``.
+
+    Returns:
+        (needle_rule, record): ``{"min_mean_prob": limit}`` for the card, and how it was
+        measured (frames, needles, median, the percentile before rounding, how many
+        training needles lie below the limit).
+
+    Raises:
+        ValueError: a percentile out of range, or no needle reported on any frame.
+    """
+    if not 0.0 <= percentile < 100.0:
+        raise ValueError(f"percentile must be in [0, 100), got {percentile!r}")
+    rule = NeedleRule()
+    card = segmenter.card
+    x = np.zeros((1, 1, *ds.images.shape[1:]), np.float32)
+    frames = [i for i in range(len(ds.images)) if (ds.labels[i] == 1).any()]
+    values = []
+    for k, i in enumerate(frames):
+        x[0, 0] = ds.images[i]
+        prob = segmenter.backend.run(x)[0][1]
+        ev = needle_evidence(prob, float(ds.spacing_mm[i]), card.pixel_spacing_mm, rule)
+        if ev.needle is not None:
+            values.append(ev.needle.score)
+        if progress and (k + 1) % 200 == 0:
+            progress(k + 1, len(frames), "training frames: needle probability")
+    if not values:
+        raise ValueError(f"model {card.name} reports no needle on its {len(frames)} training "
+                         "frames with a needle: the confidence limit cannot be measured")
+    v = np.asarray(values)
+    raw = float(np.percentile(v, percentile, method="lower"))  # a measured value
+    limit = math.floor(raw * 100.0 + 1e-9) / 100.0
+    record = {
+        "min_mean_prob": {
+            "measured_on": "training frames with a needle (default rule)",
+            "data": ds.description, "frames": len(frames), "needles": int(v.size),
+            "median": float(np.median(v)), "percentile": percentile,
+            "value_at_percentile": raw, "limit": limit,
+            "needles_below_limit": int((v < limit).sum()),
+        }
+    }
+    return {"min_mean_prob": limit}, record

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from guidance.training.rule_limits import measure_flank_limit
+from guidance.training.rule_limits import measure_flank_limit, measure_prob_limit
 
 
 class _Backend:
@@ -75,3 +75,25 @@ def test_a_model_that_reports_no_needle_has_no_measurable_limit() -> None:
     dark = SimpleNamespace(**{**vars(ds), "images": -ds.images})  # needles darker than sides
     with pytest.raises(ValueError, match="not brighter than their flanks"):
         measure_flank_limit(_segmenter(masks), dark)
+
+
+def test_the_confidence_limit_is_a_low_percentile_of_the_models_needles_rounded_down() -> None:
+    ds, masks = _training_set(40, plates=0)
+    masks[masks > 0] = 0.9375
+    masks[:4][masks[:4] > 0] = 0.875  # 4 of 40 needles drawn less surely
+    limits, record = measure_prob_limit(_segmenter(masks), ds, percentile=5.0)
+    rec = record["min_mean_prob"]
+    assert rec["frames"] == 40 and rec["needles"] == 40 and rec["data"] == ds.description
+    assert rec["value_at_percentile"] == 0.875  # a measured value, not interpolated
+    assert limits == {"min_mean_prob": 0.87} and rec["limit"] == 0.87  # rounded down
+    assert rec["needles_below_limit"] == 0
+    limits, _ = measure_prob_limit(_segmenter(masks), ds, percentile=50.0)
+    assert limits == {"min_mean_prob": 0.93}
+
+
+def test_no_confidence_limit_without_needles_or_with_a_bad_percentile() -> None:
+    ds, masks = _training_set(4, plates=0)
+    with pytest.raises(ValueError, match="reports no needle"):
+        measure_prob_limit(_segmenter(np.zeros_like(masks)), ds)
+    with pytest.raises(ValueError, match="percentile"):
+        measure_prob_limit(_segmenter(masks), ds, percentile=100.0)

@@ -29,6 +29,9 @@ def test_train_writes_a_card_that_loads(tiny_us_model: Path) -> None:
     assert card.training["train"]["config"]["steps"] == 3
     assert card.training["data"]["split"] == "train"
     assert onnx_path.stat().st_size < 5e6
+    # Ultrasound: the confidence limit measured on its training frames, or why not.
+    rec = card.training["needle_rule"]["min_mean_prob"]
+    assert card.needle_rule == ({"min_mean_prob": rec["limit"]} if "limit" in rec else {})
 
 
 def test_eval_reports_metrics_and_updates_the_card(tiny_us_model: Path, tmp_path: Path) -> None:

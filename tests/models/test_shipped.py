@@ -93,10 +93,17 @@ def test_shipped_metrics_were_measured_under_the_current_needle_rule(modality: s
 @pytest.mark.parametrize("modality", shipped.SHIPPED_MODALITIES)
 def test_only_the_ct_model_carries_a_flank_limit_measured_on_its_training_frames(
         modality: str) -> None:
-    from guidance.training.rule_limits import FLANK_CHECK_MODALITIES
+    from guidance.training.rule_limits import FLANK_CHECK_MODALITIES, PROB_CHECK_MODALITIES
     from models.card import load_card
 
     card, _ = load_card(shipped.shipped_card(modality))
+    if modality in PROB_CHECK_MODALITIES:  # ultrasound: a confidence limit instead
+        rec = card.training["needle_rule"]["min_mean_prob"]
+        assert card.needle_rule == {"min_mean_prob": rec["limit"]}
+        assert rec["data"] == card.training["data"]
+        assert rec["value_at_percentile"] - 0.01 < rec["limit"] <= rec["value_at_percentile"]
+        assert rec["needles"] > 1000 and rec["needles_below_limit"] < 0.01 * rec["needles"]
+        return
     if modality not in FLANK_CHECK_MODALITIES:
         assert card.needle_rule == {}
         return

@@ -110,7 +110,8 @@ def test_scatter_limit_follows_the_models_nominal_grid() -> None:
                                  {"min_length_mm": -1.0}, {"max_flank_asymmetry": 0.0},
                                  {"max_flank_asymmetry": math.inf},
                                  {"flank_mm": (3.0, 1.5)}, {"flank_mm": (0.0, 2.0)},
-                                 {"flank_mm": (1.0,)}])
+                                 {"flank_mm": (1.0,)}, {"min_mean_prob": 1.0},
+                                 {"min_mean_prob": -0.1}, {"min_mean_prob": math.nan}])
 def test_rule_refuses_bad_limits(bad: dict[str, object]) -> None:
     with pytest.raises(ValueError, match=next(iter(bad))):
         NeedleRule(**bad)
@@ -182,3 +183,15 @@ def test_a_models_own_limits_win_over_the_configured_ones_and_must_be_rule_field
         NeedleRule.for_model({"max_flank": 0.5})
     with pytest.raises(ValueError, match="max_flank_asymmetry"):
         NeedleRule.for_model({"max_flank_asymmetry": -1.0})
+
+
+def test_a_faint_piece_is_not_a_needle_under_a_models_confidence_limit() -> None:
+    m = np.zeros((128, 128), np.float32)
+    m[63:65, 10:110] = 0.8  # straight and long, but the model is unsure of it
+    assert needle_evidence(m, 0.2, 0.2).needle is not None  # default rule: no limit
+    rule = NeedleRule.for_model({"min_mean_prob": 0.84})
+    ev = needle_evidence(m, 0.2, 0.2, rule)
+    assert ev.needle is None and ev.candidate is not None
+    assert "needle evidence faint (mean probability 0.80" in ev.reason
+    m[63:65, 10:110] = 0.9
+    assert needle_evidence(m, 0.2, 0.2, rule).needle is not None
