@@ -290,6 +290,10 @@ def _garbage(root: Path) -> Path:
 GARBAGE: dict[tuple[tuple[str, ...], str], list[str]] = {
     (("replay",), "file"): ["--to", "127.0.0.1:9"],
     (("eval",), "--model"): ["--modality", "us"],
+    # (folders: a file given where a folder of images or labels is expected; damaged
+    # images and labels inside them: tests/guidance/test_site_eval.py)
+    (("eval",), "--images"): ["--modality", "us", "--labels", "{root}"],
+    (("eval",), "--labels"): ["--modality", "us", "--images", "{root}"],
     (("bench",), "--model"): ["--stage", "segment", "--sizes", "64"],
     (("simulate",), "--plan"): ["--tracked", "--modality", "none", "--write-inputs",
                                 "{root}/room"],
