@@ -130,6 +130,9 @@ class _Feed:
     def plan(self) -> Any:
         return self._plan
 
+    def image_target(self) -> tuple[float, float] | None:
+        return None
+
     def frames_dropped(self) -> int:
         return 0
 
