@@ -70,8 +70,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src = g.add_mutually_exclusive_group()
     src.add_argument("--model", type=path_arg("input_file", Path), metavar="CARD",
                      help="model card (JSON)")
-    src.add_argument("--modality", default="us",
-                     help="use the shipped model of this modality (default us)")
+    src.add_argument("--modality", default=None, choices=("us", "fluoro", "ct"),
+                     help="use the shipped model of this modality (default us); without "
+                          "--stage, --modality us times the ultrasound anatomy check "
+                          "(--stage anatomy)")
     g.add_argument("--threads", type=int_at_least(0), default=None, metavar="N",
                    help="CPU threads for ONNX Runtime / torch (default: the CPUs available)")
 
@@ -82,7 +84,7 @@ def _card_path(args: argparse.Namespace) -> Path:
     from models.shipped import shipped_card
 
     try:
-        return shipped_card(args.modality)
+        return shipped_card(args.modality or "us")
     except (ValueError, FileNotFoundError) as e:
         raise UsageError(f"{e} (or pass --model CARD)") from e
 

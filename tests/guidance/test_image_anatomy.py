@@ -256,3 +256,24 @@ def test_the_loop_sends_the_us_anatomy_decision_and_draws_it(unregistered_tracke
     nerve = np.array(label_colour(2, "nerve"), np.uint8)
     assert int(np.all(rgb == nerve, axis=2).sum()) > 50
     assert not math.isnan(last.decision.tip_to_target_mm)
+
+
+def test_bench_modality_us_times_the_anatomy_check(tmp_path, capsys):
+    """`guidance bench --modality us`: the anatomy check per frame, with the segment
+    stage in the same run, as percentiles in JSON and a histogram PNG."""
+    import json
+
+    from guidance.cli.main import main
+
+    out = tmp_path / "anatomy.json"
+    assert main(["bench", "--modality", "us", "--size", "256", "--frames", "30",
+                 "--json", str(out)]) == 0
+    assert "anatomy check" in capsys.readouterr().out
+    data = json.loads(out.read_text())
+    assert data["frames_timed"] > 0 and data["backend"]
+    for key in ("anatomy_ms", "segment_ms"):
+        p = data[key]
+        assert 0 < p["p50"] <= p["p95"] <= p["p99"] <= p["max"]
+    assert data["target_p99_ms"] == 2.0 and isinstance(data["meets_target"], bool)
+    assert out.with_suffix(".png").stat().st_size > 1000
+    assert main(["bench", "--modality", "fluoro", "--json", str(out)]) == 2
