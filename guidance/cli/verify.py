@@ -19,7 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from guidance.cli.common import path_arg, show_or_screenshot, start_gui_or_fail
+from guidance.cli.common import (
+    path_arg,
+    positive_float,
+    show_or_screenshot,
+    start_gui_or_fail,
+)
 from guidance.cli.main import UsageError
 from guidance.cli.pacs import ae_title, pacs_address
 
@@ -166,7 +171,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--label-names", default=None, type=path_arg("input_file"),
                    help="CSV id,structure")
     p.add_argument("--series-uid", default=None, help="series to load from a DICOM folder")
-    p.add_argument("--tolerance-mm", type=float, default=3.0,
+    p.add_argument("--tolerance-mm", type=positive_float, default=3.0,
                    help="largest acceptable tip-to-target distance (mm)")
     p.add_argument("--out", required=True, type=path_arg("output_dir"), help="output folder")
     p.add_argument("--pacs", type=pacs_address, metavar="AET@HOST:PORT",

@@ -30,6 +30,7 @@ from guidance.io.recording import read_recording
         ["demo", "--modality", "mri"],
         ["simulate", "--modality", "us", "--fps", "0", "--listen", "5000"],
         ["bench", "--fps", "nan"],
+        ["verify", "--plan", "p.json", "--ct", "real", "--out", "v", "--tolerance-mm", "-1"],
     ],
 )
 def test_wrong_arguments_exit_2(argv, capsys):
