@@ -269,10 +269,11 @@ class OverlayComposer:
             lab = result.label_names.index(kind) if kind in result.label_names else 0
             colour = label_colour(lab, kind)
             where = "inside" if near.tip_mm < 0 else f"{near.tip_mm:.1f} mm"
-            # Above the outline (not on it), from its left edge.
+            # Below the outline (not on it, and away from the needle, which comes in from
+            # the probe's side), from its left edge.
             x = float(near.contour_px[:, 0].min()) if len(near.contour_px) else \
                 float(near.centroid_px[0])
-            y = float(near.contour_px[:, 1].min()) - 4.0 if len(near.contour_px) else \
+            y = float(near.contour_px[:, 1].max()) + 16.0 if len(near.contour_px) else \
                 float(near.centroid_px[1])
             texts.append((f"{kind} {where}", (x, y), colour))
 
