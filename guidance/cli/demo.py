@@ -367,6 +367,12 @@ def print_verification(ver: dict[str, Any], report: Path) -> None:
     print(f"verification: {ver['verdict']} (tip to target {t2t_s}); report {report}")
     for reason in ver.get("reasons", []):
         print(f"  - {reason}")
+    dicom = ver.get("dicom")
+    if dicom:
+        folder = Path(dicom[0]).parent
+        print(f"  DICOM: {len(dicom)} objects (SR, SEG, key images) in {folder}, in the study "
+              f"of the control CT beside it; to a PACS: guidance pacs store "
+              f"{folder.parent} --to AET@HOST:PORT")
 
 
 def _stream_with_gui(stream: Callable[[], int], session: LiveSession, stop: threading.Event,
