@@ -20,6 +20,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                 "guidance.sim", "guidance.training", "guidance.realimages", "guidance.figures",
                 "guidance.pacs")),
     ("loop", ("guidance.navigation", "guidance.pipeline")),
+    ("session", ("guidance.session",)),
     ("front ends", ("guidance.gui", "guidance.cli", "guidance.__main__", "guidance")),
 ]
 

@@ -20,10 +20,10 @@ from guidance.cli.common import (
     start_gui_or_fail,
 )
 from guidance.cli.main import UsageError
-from guidance.cli.session import LiveSession
 from guidance.cli.simulate import make_scanner_or_fail
 from guidance.io.igtl import IgtlClient
 from guidance.pipeline.frame import FrameResult
+from guidance.session import LiveSession
 
 __all__ = ["register"]
 

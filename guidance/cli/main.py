@@ -122,6 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from guidance.cli.common import path_problems
     from guidance.io.validate import InputError
+    from guidance.session import SessionError
 
     problems = path_problems(parser, args)
     if problems:  # before anything runs: a missing input, an output that cannot be written
@@ -131,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.stderr = _StderrLines(stderr)
     try:
         return int(args.func(args))
-    except (UsageError, InputError) as e:
+    except (UsageError, InputError, SessionError) as e:
         # InputError: a loader's refusal of a bad file (CT, labels, plan, config,
         # calibration) that the command did not word itself; it names the file.
         return _refuse(args.command, e)

@@ -21,9 +21,9 @@ from guidance.cli.common import (
     wait_or_interrupt,
 )
 from guidance.cli.main import UsageError
-from guidance.cli.session import LiveSession
 from guidance.io.igtl import TransportConfig
 from guidance.pipeline.config import MODALITIES, ConfigError, PipelineConfig, load_config
+from guidance.session import LiveSession
 
 if TYPE_CHECKING:
     from guidance.navigation.setup import RoomSetup

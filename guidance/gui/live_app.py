@@ -1,4 +1,4 @@
-"""The live window around a :class:`~guidance.cli.session.LiveSession`: used by
+"""The live window around a :class:`~guidance.session.LiveSession`: used by
 ``guidance run --gui`` and ``guidance demo --gui`` (and their ``--screenshot FILE``)."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from PyQt5.QtCore import QTimer
 
@@ -14,23 +14,27 @@ from guidance.gui.app import MainWindow, ensure_app, grab_to_file, run_until
 from guidance.gui.feed import LiveFeed, RecordControl
 from guidance.gui.live_view import LiveView
 
+if TYPE_CHECKING:
+    from guidance.session import LiveSession
+
 __all__ = ["run_live_gui"]
 
 log = logging.getLogger(__name__)
 
 
-def _connection_text(session: Any) -> str:
+def _connection_text(session: LiveSession) -> str:
     if session.server is not None:
         n = len(session.server.connections())
         return (f"port {session.server.port}: {n} client{'s' if n != 1 else ''} connected"
                 if n else f"port {session.server.port}: waiting for a client")
     c = session.client
-    where = f"{c.host}:{c.port}" if hasattr(c, "host") else "server"
+    assert c is not None  # a session is a server or a client
+    where = f"{c.host}:{c.port}"
     return f"connected to {where}" if c.connected else f"connecting to {where} ..."
 
 
 def run_live_gui(
-    session: Any,
+    session: LiveSession,
     *,
     seconds: float | None = None,
     screenshot: Path | None = None,
@@ -41,7 +45,7 @@ def run_live_gui(
     """Show the live view of a started session until the window closes.
 
     Args:
-        session: a started :class:`~guidance.cli.session.LiveSession`.
+        session: a started :class:`~guidance.session.LiveSession`.
         seconds: close after this long (``None``: when the user closes the window).
         screenshot: draw offscreen and save this PNG when ``finished`` is set (without
             ``finished``: after ``seconds``, default 5 s), then close.
@@ -58,9 +62,7 @@ def run_live_gui(
     """
     app = ensure_app(headless=screenshot is not None)
     out = out_dir or Path(".")
-    raw = session.server.raw_listeners if session.server is not None \
-        else session.client.raw_listeners
-    record = RecordControl(raw, out, session.recorder)
+    record = RecordControl(session.raw_listeners, out, session.recorder)
     feed = LiveFeed(session.pipeline, session.slots, lambda: _connection_text(session), record)
     view = LiveView(feed, sound=sound, screenshot_dir=out)
     win = MainWindow([("Live", view)])

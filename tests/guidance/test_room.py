@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from guidance.cli.session import LiveSession
 from guidance.navigation.setup import load_room
 from guidance.pipeline.config import IngestConfig, PipelineConfig, config_from_dict
 from guidance.pipeline.frame import FrameResult
 from guidance.pipeline.overlay import LEVEL_COLOURS
 from guidance.planning.plan import Plan
 from guidance.records import GuidanceState, WarningLevel
+from guidance.session import LiveSession
 from guidance.sim.room import RoomParams, SimulatedRoom, plan_path, stream_room
 from tests.guidance.room_helpers import (
     Received3D,

@@ -1,4 +1,7 @@
-"""The headless live session shared by ``guidance run`` and ``guidance demo``."""
+"""The live session: transport (server or client) + the live loop + recording + PNGs +
+``summary.json``, composed in one place for ``guidance run``, ``guidance demo``, the
+benchmarks and the GUI. Errors are :class:`SessionError` (the CLI prints them as one
+line)."""
 
 from __future__ import annotations
 
@@ -7,8 +10,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from guidance.cli.common import FrameWriter, summary_dict, write_summary
-from guidance.cli.main import UsageError
 from guidance.io.igtl import ConnectionStats, IgtlClient, IgtlServer, TransportConfig
 from guidance.io.recording import Recorder, RecordingError
 from guidance.io.slots import LatestSlots
@@ -16,10 +17,17 @@ from guidance.navigation.setup import RoomSetup
 from guidance.pipeline.config import PipelineConfig
 from guidance.pipeline.frame import FrameResult
 from guidance.pipeline.loop import Pipeline
+from guidance.session.outputs import FrameWriter, summary_dict, write_summary
 
-__all__ = ["LiveSession"]
+__all__ = ["LiveSession", "SessionError"]
 
 log = logging.getLogger(__name__)
+
+
+class SessionError(Exception):
+    """A session that cannot be set up as asked (both or neither of listen/connect, a
+    recording or output folder that cannot be written, a port that cannot be listened
+    on); the text is one line naming what."""
 
 
 class LiveSession:
@@ -50,7 +58,7 @@ class LiveSession:
         room: RoomSetup | None = None,
     ) -> None:
         if (listen is None) == (connect is None):
-            raise UsageError("give exactly one of --listen PORT or --connect HOST:PORT")
+            raise SessionError("give exactly one of --listen PORT or --connect HOST:PORT")
         self.slots = LatestSlots()
         tcfg = transport or TransportConfig()
         self.server: IgtlServer | None = None
@@ -69,7 +77,7 @@ class LiveSession:
             try:
                 self.recorder = Recorder(record)
             except RecordingError as e:
-                raise UsageError(str(e)) from e
+                raise SessionError(str(e)) from e
             raw.append(self.recorder.on_raw)
         self.out_dir = out_dir
         self.writer: FrameWriter | None = None
@@ -79,7 +87,7 @@ class LiveSession:
                 for old in out_dir.glob("frame_*.png"):  # ours, from an earlier run
                     old.unlink()
             except OSError as e:
-                raise UsageError(f"cannot create output folder {out_dir}: {e}") from e
+                raise SessionError(f"cannot create output folder {out_dir}: {e}") from e
             self.writer = FrameWriter(out_dir, every_s=png_every_s)
         self.pipeline = Pipeline(self.slots, config, send=send, on_result=self._on_result,
                                  room=room)
@@ -101,12 +109,20 @@ class LiveSession:
             try:
                 self.server.start()
             except OSError as e:
-                raise UsageError(str(e)) from e
+                raise SessionError(str(e)) from e
         if self.client is not None:
             self.client.start()
         self.pipeline.start()
         self._t0 = time.monotonic()
         return self
+
+    @property
+    def raw_listeners(self) -> list[Any]:
+        """The transport's raw-bytes listeners (the recorder; the GUI's record button)."""
+        if self.server is not None:
+            return self.server.raw_listeners
+        assert self.client is not None
+        return self.client.raw_listeners
 
     @property
     def port(self) -> int:
