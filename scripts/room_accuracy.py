@@ -30,7 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from guidance.cli.session import LiveSession  # noqa: E402
+from guidance.session import LiveSession  # noqa: E402
 from guidance.navigation.setup import load_room  # noqa: E402
 from guidance.sim.room import RoomParams, SimulatedRoom, plan_path, stream_room  # noqa: E402
 from tests.guidance.room_helpers import Received3D, angle_deg, calibration_files, connect  # noqa: E402

@@ -241,7 +241,7 @@ def test_the_receive_loop_keeps_serving_a_good_tracker_after_a_bad_one() -> None
     good tracker's needle is still tracked, the garbage is counted by reason."""
     import pyigtl
 
-    from guidance.cli.session import LiveSession
+    from guidance.session import LiveSession
     from guidance.io.igtl import IgtlClient
 
     room = static_room({"NeedleTipToNeedle": np.eye(4), "ReferenceToCT": np.eye(4)}, "test")
