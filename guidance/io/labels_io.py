@@ -23,6 +23,7 @@ from guidance.io.validate import InputError, check_label_volume
 __all__ = [
     "LabelMapError",
     "check_same_grid",
+    "is_dicom_file",
     "load_label_map",
     "load_labels_and_names",
     "read_dicom_seg",
@@ -181,7 +182,8 @@ def write_nrrd(volume: ImageVolume, path: str | Path, *, compress: bool = True) 
     Path(path).write_bytes(header.encode("ascii") + body)
 
 
-def _is_dicom(p: Path) -> bool:
+def is_dicom_file(p: Path) -> bool:
+    """A DICOM Part 10 file (the ``DICM`` magic after the 128-byte preamble)."""
     try:
         with p.open("rb") as f:
             f.seek(128)
@@ -230,7 +232,7 @@ def load_labels_and_names(path: str | Path) -> tuple[ImageVolume, dict[int, str]
     """A label map and, for a DICOM SEG, its segment names (``None`` otherwise: the
     names come from ``--label-names`` or the defaults)."""
     p = Path(path)
-    if p.is_file() and (p.suffix.lower() == ".dcm" or _is_dicom(p)):
+    if p.is_file() and (p.suffix.lower() == ".dcm" or is_dicom_file(p)):
         return read_dicom_seg(p)
     return load_label_map(p), None
 
@@ -245,7 +247,7 @@ def load_label_map(path: str | Path) -> ImageVolume:
     p = Path(path)
     if not p.is_file():
         raise LabelMapError(f"{p}: no such label map file")
-    if p.suffix.lower() == ".dcm" or _is_dicom(p):
+    if p.suffix.lower() == ".dcm" or is_dicom_file(p):
         return read_dicom_seg(p)[0]
     if p.name.endswith((".nii", ".nii.gz")):
         from guidance.io.nifti import NiftiError, load_nifti

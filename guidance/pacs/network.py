@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from guidance.io.labels_io import is_dicom_file
+
 __all__ = [
     "DEFAULT_AE_TITLE",
     "FetchResult",
@@ -170,16 +172,6 @@ class StoreOutcome:
     message: str
 
 
-def _is_dicom_file(path: Path) -> bool:
-    """A DICOM Part 10 file (the ``DICM`` magic after the 128-byte preamble)."""
-    try:
-        with path.open("rb") as f:
-            f.seek(128)
-            return f.read(4) == b"DICM"
-    except OSError:
-        return False
-
-
 def _dicom_files(paths: Iterable[str | Path]) -> list[Path]:
     """The files to send: every file given, and the DICOM files in every folder given
     (searched recursively; a report's HTML, PNG and JSON beside them are not sent)."""
@@ -188,7 +180,7 @@ def _dicom_files(paths: Iterable[str | Path]) -> list[Path]:
         if p.is_dir():
             found = sorted(f for f in p.rglob("*") if f.is_file()
                            and not f.name.startswith("."))
-            dicom = [f for f in found if _is_dicom_file(f)]
+            dicom = [f for f in found if is_dicom_file(f)]
             if len(dicom) < len(found):
                 log.info("%s: %d non-DICOM file(s) not sent", p, len(found) - len(dicom))
             out.extend(dicom)
