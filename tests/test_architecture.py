@@ -16,7 +16,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundations", ("guidance.geometry", "guidance.records", "guidance.data",
                      "guidance.calibration_file", "guidance.io", "trackers", "calibration",
                      "models")),
-    ("domain", ("guidance.planning", "guidance.safety",
+    ("domain", ("guidance.planning", "guidance.safety", "guidance.ctscan",
                 "guidance.sim", "guidance.training", "guidance.realimages", "guidance.figures",
                 "guidance.pacs")),
     ("loop", ("guidance.navigation", "guidance.pipeline")),

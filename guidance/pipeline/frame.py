@@ -11,6 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from guidance.geometry import ImageVolume
+from guidance.ctscan.result import CtScanResult
 from guidance.pipeline.outlines import Outline
 from guidance.pipeline.placement import FramePlacement
 from guidance.records import GuidanceState, SafetyWarning, WarningLevel
@@ -221,6 +222,8 @@ class FrameResult:
             distances (:class:`~guidance.safety.image_anatomy.ImageStructure`).
         at_s: the time the result is for on the poses' clock (a frame: its timestamp
             minus the temporal calibration's lag), s.
+        ct_scan: a CT control slab's result (the needle in 3D, the patient's motion,
+            depths): :class:`~guidance.ctscan.result.CtScanResult`; ``None`` otherwise.
     """
 
     seq: int
@@ -243,6 +246,7 @@ class FrameResult:
     timestamp_s: float = 0.0
     at_s: float = float("nan")
     image_structures: tuple[Any, ...] = ()
+    ct_scan: CtScanResult | None = None
 
     @property
     def reasons(self) -> tuple[str, ...]:
