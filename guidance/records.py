@@ -63,6 +63,8 @@ class SafetyReason(enum.Enum):
     INTRANEURAL_RISK = "intraneural_risk"
     #: Ultrasound: the tip is inside a vessel the model sees.
     INTRAVASCULAR_RISK = "intravascular_risk"
+    #: CT control scan: the patient moved since the planning scan (registration).
+    PATIENT_MOTION = "patient_motion"
 
 
 @dataclass(frozen=True)

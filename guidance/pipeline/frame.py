@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from guidance.geometry import ImageVolume
 from guidance.ctscan.result import CtScanResult
+from guidance.geometry import ImageVolume
 from guidance.pipeline.outlines import Outline
 from guidance.pipeline.placement import FramePlacement
 from guidance.records import GuidanceState, SafetyWarning, WarningLevel
@@ -55,6 +55,14 @@ class Reason(enum.Enum):
     OVERLAY_NOT_REGISTERED = ("overlay_not_registered", GuidanceState.OK)
     #: Ultrasound without a plan: the nerves and vessels the model sees are checked.
     IMAGE_ANATOMY_ONLY = ("image_anatomy_only", GuidanceState.OK)
+    #: CT: a slab the control-scan path refuses (one slice, a bad matrix, NaN spacing).
+    SLAB_REFUSED = ("slab_refused", GuidanceState.NO_GUIDANCE)
+    #: CT: the needle leaves the slab going deeper: the tip was not imaged.
+    TIP_BEYOND_SLAB = ("tip_beyond_slab", GuidanceState.DEGRADED)
+    #: CT: the slab could not be registered to the planning CT (motion unknown).
+    REGISTRATION_FAILED = ("registration_failed", GuidanceState.DEGRADED)
+    #: CT: no planning CT loaded: the scanner's frame is taken as the planning CT's.
+    SLAB_NOT_REGISTERED = ("slab_not_registered", GuidanceState.DEGRADED)
 
     def __init__(self, code: str, state: GuidanceState) -> None:
         self.code = code
@@ -182,6 +190,8 @@ class WorkItem:
     segmentation: Any = None
     #: ultrasound: the image-anatomy check's components of this frame.
     image_structures: tuple[Any, ...] = ()
+    #: CT control slab: the scan's result.
+    ct_scan: CtScanResult | None = None
 
     def add(self, reason: Reason, message: str) -> None:
         """Add a reason (its state counts towards the update's state)."""

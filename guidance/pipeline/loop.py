@@ -30,11 +30,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pyigtl
 from pyigtl.messages import MessageBase
 
+from guidance.ctscan.timeline import TimelineWriter
 from guidance.geometry import RAS_TO_LPS, ImageVolume
 from guidance.io.messages import (
     StatusMessage,
@@ -45,6 +47,12 @@ from guidance.io.slots import LatestSlots, Received
 from guidance.navigation.navigator import POSE_TYPES, Navigator, frame_of_device
 from guidance.navigation.setup import RoomSetup
 from guidance.pipeline.config import MODALITIES, PipelineConfig
+from guidance.pipeline.ct_path import (
+    CtSlabPath,
+    is_slab_message,
+    labels_volume,
+    slab_picture,
+)
 from guidance.pipeline.frame import (
     Frame,
     FrameResult,
@@ -125,6 +133,14 @@ def result_text(result: FrameResult) -> str:
     parts = []
     if result.decision is not None:
         parts.append(result.decision.text())
+    scan = result.ct_scan
+    if scan is not None and scan.decision is not None:
+        to_struct = scan.depth_to_structure_mm
+        ahead = (f"{scan.structure_ahead} margin in {to_struct:.1f} mm"
+                 if math.isfinite(to_struct) and scan.structure_ahead else
+                 "no structure ahead" if to_struct == math.inf else "structure ahead unknown")
+        parts.append(f"scan {scan.scan_number}: {scan.depth_to_target_mm:.1f} mm to the "
+                     f"target depth, {ahead}")
     if result.state != GuidanceState.OK or result.decision is None:
         why = "; ".join(result.reasons)
         parts.append(f"{result.state.name}: {why}" if why else result.state.name)
@@ -179,6 +195,9 @@ class Pipeline:
         self.needle = NeedleStage(self.config.navigation)
         self.safety = SafetyStage(self.config.safety, self.navigator,
                                   self.config.image_anatomy)
+        #: CT control slabs (2-64 slices): the needle in 3D, the patient's motion.
+        self.ct_path = CtSlabPath(self.segment.segmenters.get("ct"), self.safety,
+                                  model_error=self.segment.load_errors.get("ct", ""))
         self.overlay = OverlayComposer()
         self.stats = LatencyRecorder()
         self.frames_processed = 0
@@ -251,6 +270,12 @@ class Pipeline:
         CT resliced along the needle with the plan's structures (:mod:`navview`). May be
         called from another thread (a loader) once the CT is read."""
         self._navview = NavigationView(ct, self._structures)
+        if self.ct_path.processor is not None:
+            self.ct_path.processor.set_planning_ct(ct)
+
+    def set_timeline(self, path: str | Path) -> None:
+        """Write the procedure timeline of CT control scans (JSON Lines) to ``path``."""
+        self.ct_path.timeline = TimelineWriter(path)
 
     @property
     def plan(self) -> Plan | None:
@@ -366,6 +391,11 @@ class Pipeline:
         self._last_image_ns = rec.received_ns
         stage_ms: dict[str, float] = {}
         nav = self.navigator
+        metadata = getattr(rec.message, "metadata", None)
+        if is_slab_message(rec.message) and modality_of(self.config.ingest.modality,
+                                                        metadata)[0] == "ct":
+            self._process_ct_slab(rec, t_start, stage_ms)
+            return
         image = volume_from_image_message(rec.message)
         frame_name = frame_of_device(rec.device_name, self.config.navigation.image_frame)
         at_s = nav.time_of(rec.timestamp_s, rec.received_ns) - nav.setup.lag_s
@@ -402,6 +432,18 @@ class Pipeline:
         if age_s > self.config.ingest.stale_after_s:
             item.add(Reason.FRAME_OLD, f"frame {age_s:.2f} s old when processed")
         self._finish_update(item, rec, t_start, stage_ms, image)
+        self.frames_processed += 1
+
+    def _process_ct_slab(self, rec: Received, t_start: int, stage_ms: dict[str, float]
+                         ) -> None:
+        """A CT control slab: :class:`~guidance.pipeline.ct_path.CtSlabPath`."""
+        at_s = self.navigator.time_of(rec.timestamp_s, rec.received_ns)
+        item = WorkItem(frame=None, t_s=(rec.received_ns - self._t0_ns) * 1e-9, at_s=at_s,
+                        received_ns=rec.received_ns, modality="ct")
+        result = self.ct_path.process(item, rec.message, rec.device_name, stage_ms)
+        item.ct_scan = result
+        self._finish_update(item, rec, t_start, stage_ms,
+                            result.slab if result is not None else None)
         self.frames_processed += 1
 
     def _process_pose(self, rec: Received) -> None:
@@ -464,12 +506,15 @@ class Pipeline:
         self._log_decision(item, state)
         result = FrameResult(
             seq=rec.seq, t_s=item.t_s, received_ns=rec.received_ns, state=state,
-            kind="frame" if item.frame is not None else "pose",
+            kind="frame" if item.frame is not None or item.modality == "ct" else "pose",
             state_reasons=tuple(item.reasons), needle=item.needle, decision=item.decision,
             metrics=dict(item.metrics), stage_ms=stage_ms, image=image, labels=item.labels,
             placement=item.placement, outlines=item.outlines, label_names=item.label_names,
             modality=item.modality, image_structures=item.image_structures,
-            device_name=rec.device_name, timestamp_s=rec.timestamp_s, at_s=item.at_s)
+            device_name=rec.device_name, timestamp_s=rec.timestamp_s, at_s=item.at_s,
+            ct_scan=item.ct_scan)
+        if item.ct_scan is not None:
+            self.ct_path.log_scan(item.ct_scan, state.name, result.reasons, item.t_s)
         t_out = time.monotonic_ns()
         e2e = _E2E(rec.received_ns)
         if self._send_outputs(result, rec, item, e2e) == 0:
@@ -477,7 +522,11 @@ class Pipeline:
         stage_ms["output"] = (time.monotonic_ns() - t_out) * 1e-6
         t_ov = time.monotonic_ns()
         rgb: np.ndarray | None = None
-        if item.frame is not None or (t_ov - self._last_pose_overlay_ns) * 1e-9 >= \
+        if item.ct_scan is not None or (item.modality == "ct" and item.frame is None):
+            # A control slab: the picture is the slice through the tip.
+            rgb = self.overlay.compose(slab_picture(result), (t_ov - rec.received_ns) * 1e-6)
+            stage_ms["overlay"] = (time.monotonic_ns() - t_ov) * 1e-6
+        elif item.frame is not None or (t_ov - self._last_pose_overlay_ns) * 1e-9 >= \
                 1.0 / POSE_OVERLAY_HZ:
             # Pose updates come at the tracker's rate: their picture (the planning CT
             # resliced along the needle, when loaded) at most POSE_OVERLAY_HZ, after the
@@ -580,7 +629,10 @@ class Pipeline:
         def done(ns: int) -> None:
             self._finish(e2e, sent_ns=ns)
 
-        if (out.send_labels and result.kind == "frame" and result.labels is not None
+        if out.send_labels and result.ct_scan is not None:
+            sent = self.send(image_message_from_volume(labels_volume(result.ct_scan),
+                                                       out.label_device, ts), done)
+        elif (out.send_labels and result.kind == "frame" and result.labels is not None
                 and result.image is not None):
             # On the frame's grid, placed in the planning CT when the frame is.
             pl = result.placement
