@@ -241,6 +241,9 @@ def fit_needle_3d(slab: ImageVolume, prob: np.ndarray, direction_hint_lps: F64 |
     k_end = max(t_by_slice, key=lambda s: t_by_slice[s])
     t_tip = _refine_tip_t(slab, prob[k_end], k_end, a, u, t_by_slice[k_end],
                           c.prob_threshold)
+    # The model may stop short of the tip where the needle is thin in a thick slice or
+    # enters bone: follow the metal itself along the line (slice by slice) from there.
+    t_tip = max(t_tip, _metal_end_t(slab, a, u, p_in[np.argsort(t)[len(t) // 4:]], t_tip))
     tip = a + u * t_tip
     t_exit = _exit_parameter(slab, a, u)
     beyond = t_tip >= t_exit - c.exit_tolerance_mm
@@ -280,3 +283,51 @@ def _refine_tip_t(slab: ImageVolume, prob_k: np.ndarray, k: int, a: F64, u: F64,
         return float(ts[j])
     frac = (vals[j] - thr) / max(vals[j] - vals[j + 1], 1e-6)
     return float(ts[j] + frac * (ts[j + 1] - ts[j]))
+
+
+def _metal_end_t(slab: ImageVolume, a: F64, u: F64, shaft_pts: F64, t_from: float,
+                 reach_mm: float = 12.0) -> float:
+    """Where the metal ends along the line beyond ``t_from``: the HU on the line's trace
+    (each point read in-plane in the slice it falls in) drops below half-way between the
+    needle's shaft (its median HU) and the tissue beyond; ``t_from`` if it does not
+    continue."""
+    vox = slab.voxels
+    kk = vox.shape[0]
+    ijk_shaft = slab.lps_to_ijk_points(shaft_pts)
+    shaft_k = np.clip(np.rint(ijk_shaft[:, 2]).astype(int), 0, kk - 1)
+    shaft_hu = np.array([ndimage.map_coordinates(vox[k].astype(np.float32), [[p[1]], [p[0]]],
+                                                 order=1)[0]
+                         for k, p in zip(shaft_k[:40], ijk_shaft[:40], strict=False)])
+    if shaft_hu.size == 0:
+        return t_from
+    ts = t_from + np.arange(-2.0, reach_mm, 0.2)
+    ijk = slab.lps_to_ijk_points(a + np.outer(ts, u))
+    ks = np.rint(ijk[:, 2]).astype(int)
+    inside = (ks >= 0) & (ks < kk)
+    vals = np.full(len(ts), np.nan)
+    for k in np.unique(ks[inside]):
+        sel = ks == k
+        vals[sel] = ndimage.map_coordinates(vox[k].astype(np.float32),
+                                            [ijk[sel, 1], ijk[sel, 0]], order=1,
+                                            mode="nearest")
+    shaft = float(np.median(shaft_hu))
+    tail = vals[np.isfinite(vals)][-10:]
+    if tail.size == 0:
+        return t_from
+    tissue = float(np.median(tail))
+    if shaft - tissue < 800.0:
+        return t_from  # no metal contrast to follow
+    half = 0.5 * (shaft + tissue)
+    j0 = int(np.searchsorted(ts, t_from))
+    run = 0
+    for j in range(j0, len(ts)):
+        if not np.isfinite(vals[j]) or vals[j] < half:
+            break
+        run = j
+    if run <= j0:
+        return t_from
+    j = run
+    if j + 1 < len(ts) and np.isfinite(vals[j + 1]):
+        frac = (vals[j] - half) / max(vals[j] - vals[j + 1], 1e-6)
+        return float(ts[j] + frac * (ts[j + 1] - ts[j]))
+    return float(ts[j])
