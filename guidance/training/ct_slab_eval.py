@@ -42,6 +42,10 @@ def _rot(axis: np.ndarray, deg: float) -> np.ndarray:
     return np.eye(3) + math.sin(t) * k + (1 - math.cos(t)) * (k @ k)
 
 
+def _le(value: float | None, limit: float) -> bool:
+    return value is not None and value <= limit
+
+
 def _centroids(labels: ImageVolume, names: dict[int, str]) -> list[np.ndarray]:
     out = []
     for value, name in names.items():
@@ -155,7 +159,7 @@ def evaluate_slabs(segmenter: Segmenter, ct: ImageVolume, labels: ImageVolume,
               "needle_free_reported_fraction": round(free_reported / max(n_free, 1), 4),
               "motion_tip_median_mm": pct(motion_err, 50)}
     targets = {k: {"value": values[k], "target": f"<= {lim:g}",
-                   "pass": values[k] is not None and values[k] <= lim}
+                   "pass": _le(values[k], lim)}
                for k, lim in TARGETS.items()}
     return {
         "slabs": {"with_needle": n, "needle_free": n_free, "after_motion": n_motion,
