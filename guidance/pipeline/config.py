@@ -59,11 +59,16 @@ class IngestConfig:
         modality: ``us``, ``fluoro`` or ``ct`` for every frame, or empty: each frame's
             IGTLv3 metadata ``Modality`` says (DICOM terms: US, CT; XA, RF, DX, CR for
             fluoroscopy). A frame whose modality is unknown is refused (NO_GUIDANCE).
+        ct_slabs: CT images are control slabs (2-64 contiguous slices: the needle in 3D,
+            the patient's motion; a single slice is refused as a slab); false: single
+            CT-fluoroscopy slices take the 2D path (placed through the transform graph)
+            and only images of several slices are slabs.
     """
 
     image_device: str = ""
     stale_after_s: float = 0.5
     modality: str = ""
+    ct_slabs: bool = True
 
     def __post_init__(self) -> None:
         _positive("ingest", self, "stale_after_s")

@@ -392,8 +392,8 @@ class Pipeline:
         stage_ms: dict[str, float] = {}
         nav = self.navigator
         metadata = getattr(rec.message, "metadata", None)
-        if is_slab_message(rec.message) and modality_of(self.config.ingest.modality,
-                                                        metadata)[0] == "ct":
+        if modality_of(self.config.ingest.modality, metadata)[0] == "ct" and (
+                self.config.ingest.ct_slabs or is_slab_message(rec.message)):
             self._process_ct_slab(rec, t_start, stage_ms)
             return
         image = volume_from_image_message(rec.message)
