@@ -91,6 +91,9 @@ class LiveSession:
             self.writer = FrameWriter(out_dir, every_s=png_every_s)
         self.pipeline = Pipeline(self.slots, config, send=send, on_result=self._on_result,
                                  room=room)
+        if out_dir is not None:
+            # CT control scans: one line per scan, written as each is processed.
+            self.pipeline.set_timeline(out_dir / "procedure_timeline.jsonl")
         self._t0 = time.monotonic()
         self.last_result: FrameResult | None = None
 

@@ -78,7 +78,8 @@ def summary_dict(
     """The ``summary.json`` content."""
     stats = pipeline.stats
     stages = {}
-    for name in ("ingest", "preprocess", "segment", "needle", "safety", "output", "overlay"):
+    for name in ("ingest", "preprocess", "registration", "segment", "needle", "safety",
+                 "output", "overlay"):
         v = stats.values(name)
         if v.size:
             p = percentiles(v)
@@ -111,6 +112,13 @@ def summary_dict(
         "peak_rss_mb": round(usage.ru_maxrss / 1024.0, 1),
         "last_error": pipeline.last_error,
     }
+    ct = pipeline.ct_path
+    if ct.processor is not None and ct.processor.scans:
+        out["ct_scans"] = {
+            "processed": ct.processor.scans,
+            "timeline": str(ct.timeline.path) if ct.timeline is not None else None,
+            "timeline_lines": ct.timeline.lines if ct.timeline is not None else 0,
+            "timeline_errors": ct.timeline_errors}
     if extra:
         out.update(extra)
     return out
