@@ -67,6 +67,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a site's annotated DICOM images (needs --labels; see above)")
     p.add_argument("--labels", type=path_arg("input_dir", Path), default=None, metavar="DIR",
                    help="label maps NAME.png / NAME.npy and needle-free.txt for --images")
+    p.add_argument("--slabs", type=int, default=100, metavar="N",
+                   help="CT: also run the whole control-scan path (registration, batched "
+                        "segmentation, 3D needle) on N held-out simulated slabs with a "
+                        "needle, max(100, N) needle-free and N/3 after 10 mm / 3 deg of "
+                        "patient motion (default 100; 0: slices only)")
     p.add_argument("--update-card", action="store_true", help="store the metrics in the card")
     p.set_defaults(func=run)
 
@@ -88,7 +93,8 @@ def evaluate_and_record(card_path: Path, modality: str, *, n_test: int = 400, se
                         cache: Path | None = None, backends: str = "auto",
                         json_out: str | None = None, png: Path | None = None,
                         update_card: bool = False,
-                        n_needle_free: int | None = None) -> dict[str, Any]:
+                        n_needle_free: int | None = None, n_slabs: int = 0
+                        ) -> dict[str, Any]:
     """Evaluate the model behind ``card_path``; write JSON/PNG; optionally update the card.
 
     Returns:
@@ -106,6 +112,10 @@ def evaluate_and_record(card_path: Path, modality: str, *, n_test: int = 400, se
     metrics = evaluate_model(seg, modality, n_test=n_test, seed=seed, cache_dir=cache, png=png,
                              progress=lambda d, t, msg: show(d / t, f"{d}/{t} {msg}"),
                              n_needle_free=n_needle_free)
+    if modality == "ct" and n_slabs > 0:
+        metrics["control_slabs"] = _slab_eval(seg, n_slabs)
+        for k, v in metrics["control_slabs"]["targets"].items():
+            metrics.setdefault("targets", {})[f"slab_{k}"] = v
     metrics = _clean(metrics)
     text = json.dumps(metrics, indent=1)
     if json_out == "-":
@@ -119,11 +129,30 @@ def evaluate_and_record(card_path: Path, modality: str, *, n_test: int = 400, se
 
         card, _ = load_card(card_path)
         slim = {k: metrics[k] for k in ("backend", "held_out", "dice", "needle",
-                                        "needle_free_sim", "targets") if k in metrics}
+                                        "needle_free_sim", "targets", "control_slabs")
+                if k in metrics}
         slim["real_needle_free"] = metrics["real_needle_free"]
         dataclasses.replace(card, metrics=slim).save(card_path)
         print(f"updated metrics in {card_path}", file=sys.stderr)
     return metrics
+
+
+def _slab_eval(seg: Any, n_slabs: int) -> dict[str, Any]:
+    """The control-scan path on held-out simulated slabs of the real CT
+    (:mod:`guidance.training.ct_slab_eval`): n_slabs with a needle, as many needle-free
+    (at least 100), a third as many after 10 mm / 3 deg of motion."""
+    from guidance.cli.common import progress_line
+    from guidance.data import RealDataMissing, load_real_ct, load_real_labels, structure_names
+    from guidance.training.ct_slab_eval import evaluate_slabs
+
+    try:
+        ct, labels, names = load_real_ct(), load_real_labels(), structure_names()
+    except RealDataMissing as e:
+        raise UsageError(f"--slabs needs the real CT: {e}") from e
+    show = progress_line("eval ct control slabs")
+    return evaluate_slabs(seg, ct, labels, names, n=n_slabs, n_free=max(100, n_slabs),
+                          n_motion=max(10, n_slabs // 3),
+                          progress=lambda d, t: show(d / t, f"{d}/{t} slabs"))
 
 
 def _segmenter(card_path: Path, modality: str, backends: str) -> Any:
@@ -181,6 +210,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.frames < 1:
         raise UsageError(f"--frames must be >= 1, got {args.frames}")
+    if args.slabs < 0:
+        raise UsageError(f"--slabs must be >= 0, got {args.slabs}")
     if args.needle_free_frames < 0:
         raise UsageError(f"--needle-free-frames must be >= 0, got {args.needle_free_frames}")
     if (args.images is None) != (args.labels is None):
@@ -200,7 +231,8 @@ def run(args: argparse.Namespace) -> int:
         m = evaluate_and_record(card, args.modality, n_test=args.frames, seed=args.seed,
                                 cache=args.cache, backends=args.backends, json_out=args.json,
                                 png=args.png, update_card=args.update_card,
-                                n_needle_free=args.needle_free_frames)
+                                n_needle_free=args.needle_free_frames,
+                                n_slabs=args.slabs if args.modality == "ct" else 0)
     t = m["targets"]
     for k, v in t.items():
         if isinstance(v, dict):
