@@ -242,11 +242,15 @@ def run(args: argparse.Namespace) -> int:
         from guidance.cli import bench_render
 
         return bench_render.run(args)
+    if args.stage == "all" and args.modality == "ct":
+        from guidance.cli import bench_ct
+
+        return bench_ct.run(args)
     if args.stage == "all" and args.modality is not None:
         if args.modality != "us":
             raise UsageError(f"--modality {args.modality}: give --stage segment (the model's "
                              "speed); without --stage, --modality us times the ultrasound "
-                             "anatomy check")
+                             "anatomy check and --modality ct the CT control slabs")
         print("bench: --modality us: the ultrasound anatomy check (--stage anatomy)")
         args.stage = "anatomy"
     if args.stage == "anatomy":

@@ -279,3 +279,19 @@ def test_timeline_survives_a_torn_last_line(tmp_path):
     p.write_text('{"scan": 1}\nnot json\n{"scan": 3}\n')
     with pytest.raises(ValueError, match="line 2"):
         read_timeline(p)
+
+
+def test_bench_ct_writes_percentiles_and_the_targets(ct, tmp_path):
+    import json
+
+    from guidance.cli.main import main
+
+    out = tmp_path / "bench_ct.json"
+    assert main(["bench", "--modality", "ct", "--frames", "3", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["slabs"] == 3 and data["slices"] == 5
+    assert set(data["latency_ms"]) == {"p50", "p95", "p99", "max"}
+    assert data["stages_ms"]["registration"]["p50"] > 0
+    assert data["stages_ms"]["segment"]["p50"] > 0
+    assert set(data["targets"]) == {"end_to_end_p99_ms", "segment_p99_ms"}
+    assert out.with_suffix(".png").stat().st_size > 1000
