@@ -43,8 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("simulate", help="stream a simulated scanner, or a simulated room",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--modality", choices=("us", "fluoro", "none"), default="us",
-                   help="frames to stream (none: tracked poses only, with --tracked)")
+    p.add_argument("--modality", choices=("us", "fluoro", "ct", "none"), default="us",
+                   help="frames to stream (none: tracked poses only, with --tracked; ct: "
+                   "control slabs of a CT-guided procedure, one per step)")
     p.add_argument("--fps", type=positive_float, default=15.0,
                    help="frames per second streamed (Hz)")
     p.add_argument("--size", type=int, default=256, help="frame size in pixels (default 256)")
@@ -59,6 +60,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target-px", type=pixel_point, metavar="U,V",
                    help="--modality us: the target as a pixel of the frames (U column, V row; "
                    "default: beside the nerve)")
+    ct = p.add_argument_group("--modality ct: control scans (slabs) along a plan")
+    ct.add_argument("--ct-steps", type=int, default=6, help="control scans (default 6)")
+    ct.add_argument("--ct-interval-s", type=float, default=2.0,
+                    help="seconds between scans (default 2.0)")
+    ct.add_argument("--ct-slices", type=int, default=5, help="slices per slab (default 5)")
+    ct.add_argument("--ct-thickness-mm", type=positive_float, default=3.0,
+                    help="slice thickness = spacing, mm (default 3)")
+    ct.add_argument("--ct-motion-mm", type=float, default=0.0,
+                    help="patient translation toward +L from the 3rd scan on, mm (default 0)")
     dst = p.add_mutually_exclusive_group()
     dst.add_argument("--listen", type=port_number, metavar="PORT",
                      help="serve OpenIGTLink on this TCP port (the guidance connects)")
@@ -170,6 +180,10 @@ def script_us_or_fail(scanner: Any, args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.modality == "ct" and not args.tracked:
+        from guidance.cli.simulate_ct import run_ct
+
+        return run_ct(args)
     if args.tracked:
         return _run_room(args)
     if args.listen is None and args.connect is None:
