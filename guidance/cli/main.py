@@ -26,6 +26,7 @@ COMMAND_MODULES: list[str] = [
     "guidance.cli.run",
     "guidance.cli.demo",
     "guidance.cli.simulate",
+    "guidance.cli.control_ct",
     "guidance.cli.replay",
     "guidance.cli.bench",
     "guidance.cli.calibrate",
