@@ -27,13 +27,16 @@ from PyQt5.QtGui import (
     QPen,
 )
 
+from guidance.ctscan.result import CtScanResult
 from guidance.figures import edge_letters, scale_bar_mm
 from guidance.gui import theme
-from guidance.gui.display import DisplayMapper, display_plane
+from guidance.gui.ct_view import CT_WINDOW, render_ct_view
+from guidance.gui.display import DisplayMapper, WindowLevel, display_plane
 from guidance.gui.live_model import LiveViewModel
 from guidance.pipeline.frame import FrameResult
 from guidance.pipeline.overlay import Orientation, display_orientation
 from guidance.pipeline.placement import FramePlacement
+from guidance.planning.structures import StructureSet
 from guidance.records import GuidanceState, WarningLevel
 
 __all__ = ["LiveRenderer"]
@@ -90,6 +93,9 @@ class LiveRenderer:
         self._stored_shape: tuple[int, int] = (0, 0)
         self._fit_cache: dict[tuple[str, int, int, bool], int] = {}
         self._stale_img: QImage | None = None
+        #: the plan's structures (planning CT) for a CT control scan's outlines
+        self.structures: object | None = None
+        self._ct_cache: tuple[tuple[object, ...], np.ndarray] | None = None
 
     # -- geometry --------------------------------------------------------------------
 
@@ -187,22 +193,26 @@ class LiveRenderer:
         p = QPainter(device)
         try:
             p.fillRect(QRectF(0, 0, w, h), theme.BACKGROUND)
-            if shown is not None and shown.image is not None:
+            ct = shown.ct_scan if shown is not None else None
+            if ct is not None:
+                self._ct(p, ct, area, model.stale)
+            elif shown is not None and shown.image is not None:
                 self._frame(p, shown, area, model.stale, names)
             else:
                 self.image_rect = QRectF()
             p.setRenderHint(QPainter.Antialiasing, True)
             p.setRenderHint(QPainter.TextAntialiasing, True)
-            if not model.stale and shown is not None:
+            if not model.stale and shown is not None and ct is None:
                 self._outlines(p, shown)
                 self._plan(p, shown)
                 self._image_target(p)
                 self._needle(p, shown)
-            if shown is not None and shown.image is not None:
+            if shown is not None and shown.image is not None and ct is None:
                 self._orientation_marks(p)
             inset = max(14.0, area.width() / 60) + 6  # inside the STALE border
             corners = area.adjusted(inset, 0, -inset, -inset)
-            self._legend(p, corners, names, model.stale)
+            if ct is None:
+                self._legend(p, corners, names, model.stale)
             self._age(p, corners, model)
             self._banner(p, banner, model)
             if model.stale:
@@ -263,6 +273,30 @@ class LiveRenderer:
         qimg = QImage(self._disp.data, iw, ih, iw * 3,  # type: ignore[call-overload]
                       QImage.Format_RGB888)
         p.drawImage(QPointF(x0, y0), qimg)
+
+    def _ct(self, p: QPainter, ct: CtScanResult, area: QRectF, stale: bool) -> None:
+        """A CT control scan: :mod:`guidance.gui.ct_view`'s picture, rendered once per
+        scan, window, plan and structures (the window keys work on ``mapper.window``)."""
+        if self.mapper.window is None:
+            self.mapper.window = WindowLevel(*CT_WINDOW)
+        w = self.mapper.window
+        key = (ct, w, id(self.plan), id(self.structures))
+        if self._ct_cache is None or self._ct_cache[0] != key:
+            st = self.structures if isinstance(self.structures, StructureSet) else None
+            rgb = render_ct_view(ct, window=(w.centre, w.width), plan=self.plan,
+                                 structures=st).rgb
+            self._ct_cache = (key, rgb)
+        rgb = self._ct_cache[1]
+        if stale:
+            rgb = np.ascontiguousarray((rgb * STALE_DIM).astype(np.uint8))
+        h, wd = rgb.shape[:2]
+        k = min(area.width() / wd, area.height() / h)
+        self.image_rect = QRectF()
+        rect = QRectF(area.x() + (area.width() - wd * k) / 2,
+                      area.y() + (area.height() - h * k) / 2, wd * k, h * k)
+        img = QImage(rgb.data, wd, h, wd * 3, QImage.Format_RGB888)  # type: ignore[call-overload]
+        p.setRenderHint(QPainter.SmoothPixmapTransform, True)
+        p.drawImage(rect, img)
 
     def _orientation_marks(self, p: QPainter) -> None:
         """L/R/A/P (or S/I) letters at the middle of the image's edges and a scale bar

@@ -144,6 +144,11 @@ class LiveFeed:
         """(entry_lps, target_lps) of the loaded plan, LPS mm, or ``None``."""
         return self.pipeline.overlay.plan
 
+    def structures(self) -> Any:
+        """The plan's structures (planning CT LPS) for a CT scan's outlines, or ``None``."""
+        check = self.pipeline.safety.check
+        return check.structures if check is not None else None
+
     def image_target(self) -> tuple[float, float] | None:
         """The target given as a point of the frames (column, row, pixels), or ``None``."""
         return self.pipeline.image_target_px

@@ -240,6 +240,8 @@ class LiveView(QWidget):
             self.canvas.model = model
             self.canvas.names = label_names_of(self.shown)
             self.canvas.renderer.plan = self.feed.plan()
+            structures = getattr(self.feed, "structures", None)  # a CT scan's outlines
+            self.canvas.renderer.structures = structures() if callable(structures) else None
             self.canvas.renderer.image_target_px = self.feed.image_target()
             self.canvas.update()
             self._update_panel(model)

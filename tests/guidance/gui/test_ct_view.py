@@ -82,3 +82,55 @@ def test_no_needle_renders_and_says_so(tmp_path):
     assert v.axial.slice_index == NK // 2
     assert any("no needle" in n for n in v.axial.notes)
     assert v.save_png(tmp_path / "x.png").exists()
+
+
+def test_live_view_accepts_a_ct_frame(qtbot):
+    import time
+
+    from guidance.gui.live_view import LiveView
+    from guidance.pipeline.frame import FrameResult
+    from guidance.records import GuidanceState
+
+    r = _result()
+    fr = FrameResult(seq=1, t_s=0.0, received_ns=time.monotonic_ns(), state=GuidanceState.OK,
+                     image=r.slab, modality="ct", ct_scan=r)
+
+    class Feed:
+        record = None
+        stale_after_s = 60.0
+
+        def latest(self):
+            return fr
+
+        latest_picture = latest
+
+        def plan(self):
+            return None
+
+        def image_target(self):
+            return None
+
+        def set_image_target(self, u, v):
+            pass
+
+        def frames_dropped(self):
+            return 0
+
+        def connection(self):
+            return "test"
+
+        def streams(self, now_ns=None):
+            return ()
+
+    view = LiveView(Feed(), poll_ms=20)
+    qtbot.addWidget(view)
+    view.resize(1200, 800)
+    view.show()
+    qtbot.waitExposed(view)
+    view.poll()
+    assert view.shown is fr and view.model is not None and not view.model.stale
+    from PyQt5.QtGui import QImage
+    img = QImage(1000, 700, QImage.Format.Format_RGB888)
+    view.canvas.renderer.render(img, view.shown, view.model, {})
+    assert view.canvas.renderer._ct_cache is not None
+    assert view.canvas.renderer.mapper.window is not None
