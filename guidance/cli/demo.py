@@ -49,10 +49,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "the target beside the nerve; drift turns toward the nerve (the vessel "
                    "beyond it on the path ahead), is withdrawn and redirected; breach ends "
                    "with the tip inside the nerve")
-    p.add_argument("--modality", choices=("fluoro", "us", "none"), default="fluoro",
+    p.add_argument("--modality", choices=("fluoro", "us", "ct", "none"), default="fluoro",
                    help="fluoro: C-arm frames of the real CT; us: B-mode frames of a "
                    "synthetic nerve-block scene (its target is a point of the image, no "
-                   "planning CT; verified against the scene's ground truth); none: tracked "
+                   "planning CT; verified against the scene's ground truth); ct: control "
+                   "slabs of the real CT, one per step as the needle advances (the needle "
+                   "in 3D, patient motion, the procedure timeline); none: tracked "
                    "needle poses only, navigation on the planning CT")
     p.add_argument("--seconds", type=positive_float,
                    help="duration of the streamed procedure, seconds (default: 12; with "
@@ -111,6 +113,13 @@ def run(args: argparse.Namespace) -> int:
     from guidance.sim.room import RoomParams, SimulatedRoom
 
     start_gui_or_fail(args, require_png=True)  # before anything starts
+    if args.modality == "ct":
+        if args.gui:
+            raise UsageError("--modality ct: the CT demo runs without --gui for now (its "
+                             "pictures are written to --out)")
+        from guidance.cli.demo_ct import run_ct
+
+        return run_ct(args)
     if not 32 <= args.size <= 2048:
         raise UsageError(f"--size must be 32..2048, got {args.size}")
     if args.seed < 0:

@@ -75,9 +75,9 @@ class SlabNeedle:
     message: str = "no needle in the slab"
 
     def to_json(self) -> dict[str, object]:
-        return {"found": self.found, "tip_lps": _vec(self.tip_lps),
+        return {"found": bool(self.found), "tip_lps": _vec(self.tip_lps),
                 "axis_lps": _vec(self.axis_lps, 4), "hub_lps": _vec(self.hub_lps),
-                "tip_in_slab": self.tip_in_slab, "end_slice": self.end_slice,
+                "tip_in_slab": bool(self.tip_in_slab), "end_slice": int(self.end_slice),
                 "tip_sigma_mm": _num(self.tip_sigma_mm), "n_voxels": self.n_voxels,
                 "rms_mm": _num(self.rms_mm), "confidence": _num(self.confidence, 3),
                 "slices_crossed": self.slices_crossed, "message": self.message}
@@ -116,7 +116,7 @@ class PatientMotion:
 
     def to_json(self) -> dict[str, object]:
         return {"translation_mm": _num(self.translation_mm),
-                "rotation_deg": _num(self.rotation_deg), "ok": self.ok,
+                "rotation_deg": _num(self.rotation_deg), "ok": bool(self.ok),
                 "reason": self.reason, "metric": _num(self.metric, 5),
                 "iterations": self.iterations, "ms": _num(self.ms, 1), "method": self.method,
                 "slab_to_ct": [[round(float(v), 5) for v in row] for row in self.slab_to_ct]}

@@ -41,7 +41,8 @@ def timeline_entry(result: CtScanResult, state: str, reasons: list[str] | tuple[
         "t_s": round(t_s, 3), "scan": result.scan_number,
         "slices": int(result.slab.voxels.shape[0]),
         "slice_mm": _num(float(result.slab.spacing_mm[2])),
-        "needle_found": result.needle.found, "tip_in_slab": result.needle.tip_in_slab,
+        "needle_found": bool(result.needle.found),
+        "tip_in_slab": bool(result.needle.tip_in_slab),
         "needle": result.needle.message,
         "tip_ct_lps": _vec(result.tip_ct_lps), "axis_ct_lps": _vec(result.axis_ct_lps, 4),
         "depth_to_target_mm": _num(result.depth_to_target_mm),
@@ -49,7 +50,7 @@ def timeline_entry(result: CtScanResult, state: str, reasons: list[str] | tuple[
                                   if math.isfinite(result.depth_to_structure_mm) else
                                   ("none ahead" if result.depth_to_structure_mm == math.inf
                                    else None)),
-        "structure_ahead": result.structure_ahead,
+        "structure_ahead": str(result.structure_ahead),
         "level": d.level.name if d is not None else "NONE",
         "state": state, "reasons": list(reasons),
         "motion": result.motion.to_json() if result.motion is not None else None,
@@ -64,7 +65,7 @@ def timeline_entry(result: CtScanResult, state: str, reasons: list[str] | tuple[
             "decision": d.text(),
             "clearances": {c.structure: {"mm": _num(c.clearance_mm),
                                          "margin_mm": _num(c.margin_mm),
-                                         "at_least": c.capped}
+                                         "at_least": bool(c.capped)}
                            for c in d.clearances},
         })
     return entry

@@ -152,7 +152,7 @@ class CtSlabPath:
             return
         try:
             self.timeline.append(timeline_entry(result, state, reasons, t_s))
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, TypeError) as e:
             self.timeline_errors += 1
             log.error("procedure timeline %s not written: %s", self.timeline.path, e)
 

@@ -295,3 +295,25 @@ def test_bench_ct_writes_percentiles_and_the_targets(ct, tmp_path):
     assert data["stages_ms"]["segment"]["p50"] > 0
     assert set(data["targets"]) == {"end_to_end_p99_ms", "segment_p99_ms"}
     assert out.with_suffix(".png").stat().st_size > 1000
+
+
+def test_demo_ct_scans_the_procedure_and_verifies_the_last_scan(ct, tmp_path):
+    import json
+
+    from guidance.cli.main import main
+    from guidance.ctscan.timeline import read_timeline
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--modality", "ct", "--scenario", "drift", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["ct_scans"]["processed"] == 6
+    assert summary["ct_scans"]["timeline_errors"] == 0
+    lines = read_timeline(out / "procedure_timeline.jsonl")
+    assert [ln["scan"] for ln in lines] == [1, 2, 3, 4, 5, 6]
+    assert all(ln["needle_found"] for ln in lines)
+    # The patient moved 3 mm before the third scan: found and warned about.
+    assert lines[0]["motion"]["translation_mm"] < 1.0
+    assert lines[3]["motion"]["translation_mm"] == pytest.approx(3.0, abs=1.0)
+    assert any(w["structure"] == "patient" for w in summary["warnings"])
+    assert summary["verification"]["verdict"] in ("PASS", "OFF_TARGET", "VIOLATION")
+    assert (out / "verification" / "dicom").is_dir()

@@ -241,8 +241,8 @@ def test_the_receive_loop_keeps_serving_a_good_tracker_after_a_bad_one() -> None
     good tracker's needle is still tracked, the garbage is counted by reason."""
     import pyigtl
 
-    from guidance.session import LiveSession
     from guidance.io.igtl import IgtlClient
+    from guidance.session import LiveSession
 
     room = static_room({"NeedleTipToNeedle": np.eye(4), "ReferenceToCT": np.eye(4)}, "test")
     session = LiveSession(listen=0, room=room).start()
