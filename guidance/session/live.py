@@ -104,7 +104,8 @@ class LiveSession:
     def _on_result(self, result: FrameResult, rgb: Any) -> None:
         self.last_result = result
         if self.writer is not None and rgb is not None:
-            self.writer.offer(result, rgb)
+            # Every CT control scan is a picture of its own (scans are seconds apart).
+            self.writer.offer(result, rgb, force=result.ct_scan is not None)
 
     def start(self) -> LiveSession:
         """Open the transport and start processing."""

@@ -39,8 +39,9 @@ class FrameWriter:
         self._count = 0
 
     def offer(self, result: FrameResult, rgb: np.ndarray, force: bool = False) -> None:
-        """Queue this frame if it is time for the next PNG (or ``force``)."""
-        if self._count >= self.max_frames:
+        """Queue this frame if it is time for the next PNG (or ``force``: always, even
+        past ``max_frames``, e.g. every CT control scan)."""
+        if self._count >= self.max_frames and not force:
             return
         if not force and result.t_s - self._last_t < self.every_s:
             return

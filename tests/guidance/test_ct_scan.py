@@ -317,3 +317,18 @@ def test_demo_ct_scans_the_procedure_and_verifies_the_last_scan(ct, tmp_path):
     assert any(w["structure"] == "patient" for w in summary["warnings"])
     assert summary["verification"]["verdict"] in ("PASS", "OFF_TARGET", "VIOLATION")
     assert (out / "verification" / "dicom").is_dir()
+
+
+def test_every_control_scan_gets_its_png_past_the_rate_and_the_cap(tmp_path):
+    from guidance.pipeline.frame import FrameResult
+    from guidance.session.outputs import FrameWriter
+
+    w = FrameWriter(tmp_path, every_s=100.0, max_frames=1)
+    rgb = np.zeros((8, 8, 3), np.uint8)
+    stale = FrameResult(seq=0, t_s=1.0, received_ns=0, state=GuidanceState.STALE, kind="none")
+    w.offer(stale, rgb)
+    w.offer(stale, rgb)  # too soon, and the cap is reached
+    scan = FrameResult(seq=1, t_s=1.1, received_ns=0, state=GuidanceState.OK)
+    w.offer(scan, rgb, force=True)  # a control scan: always
+    w.close()
+    assert len(w.written) == 2
