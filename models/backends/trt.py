@@ -33,6 +33,10 @@ INPUT = "image"
 OUTPUT = "probs"
 
 
+#: Largest batch an engine takes: a CT control slab's slices (at most 64) in one call.
+MAX_BATCH = 64
+
+
 def engine_file_name(onnx_sha256: str, gpu_name: str, capability: tuple[int, int],
                      trt_version: str, precision: str, input_shape: tuple[int, int]) -> str:
     """Cache file name of an engine: everything the engine is only valid for.
@@ -49,19 +53,20 @@ def engine_file_name(onnx_sha256: str, gpu_name: str, capability: tuple[int, int
     ver = re.sub(r"[^A-Za-z0-9.]+", "-", trt_version)
     rows, cols = input_shape
     return (f"{onnx_sha256[:16]}-{gpu}-sm{capability[0]}{capability[1]}-trt{ver}-"
-            f"{precision}-{rows}x{cols}.engine")
+            f"{precision}-{rows}x{cols}-n{MAX_BATCH}.engine")
 
 
 def profile_shapes(input_shape: tuple[int, int]) -> tuple[tuple[int, int, int, int], ...]:
     """(min, opt, max) input shapes of the optimisation profile: the model grid is the
-    optimum; half and double of it (multiples of 16) are the limits."""
+    optimum; half and double of it (multiples of 16) are the limits; batches of 1 (a
+    frame) to :data:`MAX_BATCH` (the slices of a CT control slab, one call)."""
     rows, cols = input_shape
 
     def m16(v: float) -> int:
         return max(16, round(v / 16.0) * 16)
 
     return ((1, 1, m16(rows / 2), m16(cols / 2)), (1, 1, rows, cols),
-            (1, 1, m16(rows * 2), m16(cols * 2)))
+            (MAX_BATCH, 1, m16(rows * 2), m16(cols * 2)))
 
 
 class TensorRTBackend:
@@ -234,8 +239,8 @@ class TensorRTBackend:
         self._shape = shape
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        """(1, 1, H, W) float32 -> (1, C, H, W) float32 probabilities, a reused pinned
-        buffer valid until the next call.
+        """(N, 1, H, W) float32 -> (N, C, H, W) float32 probabilities (N <= MAX_BATCH), a
+        reused pinned buffer valid until the next call.
 
         Raises:
             ValueError: H, W outside the engine's profile (see :func:`profile_shapes`).

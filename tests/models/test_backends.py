@@ -299,7 +299,7 @@ def test_ort_rejects_a_file_that_is_not_onnx(model_card: Path, tmp_path: Path) -
 def test_engine_file_name_keys_everything_it_depends_on() -> None:
     sha = "ab" * 32
     name = engine_file_name(sha, "NVIDIA H100 80GB HBM3", (9, 0), "10.3.0", "fp16", (256, 256))
-    assert name == "abababababababab-nvidia-h100-80gb-hbm3-sm90-trt10.3.0-fp16-256x256.engine"
+    assert name == "abababababababab-nvidia-h100-80gb-hbm3-sm90-trt10.3.0-fp16-256x256-n64.engine"
     others = {engine_file_name("cd" * 32, "NVIDIA H100 80GB HBM3", (9, 0), "10.3.0", "fp16",
                                (256, 256)),
               engine_file_name(sha, "NVIDIA A100", (8, 0), "10.3.0", "fp16", (256, 256)),
@@ -313,9 +313,9 @@ def test_engine_file_name_keys_everything_it_depends_on() -> None:
 
 
 @pytest.mark.parametrize("grid, expect", [
-    ((256, 256), ((1, 1, 128, 128), (1, 1, 256, 256), (1, 1, 512, 512))),
-    ((64, 96), ((1, 1, 32, 48), (1, 1, 64, 96), (1, 1, 128, 192))),
-    ((16, 16), ((1, 1, 16, 16), (1, 1, 16, 16), (1, 1, 32, 32))),
+    ((256, 256), ((1, 1, 128, 128), (1, 1, 256, 256), (64, 1, 512, 512))),
+    ((64, 96), ((1, 1, 32, 48), (1, 1, 64, 96), (64, 1, 128, 192))),
+    ((16, 16), ((1, 1, 16, 16), (1, 1, 16, 16), (64, 1, 32, 32))),
 ])
 def test_profile_shapes(grid: tuple[int, int], expect: tuple[Any, ...]) -> None:
     assert profile_shapes(grid) == expect
@@ -341,6 +341,9 @@ def test_tensorrt_agrees_with_ort_and_caches_its_engine(model_card: Path,
         b = trt_be.run(x)
         assert np.abs(a - b).max() < 2e-2  # fp16
         _assert_same_masks(a, b, seen)
+    # A CT control slab's slices in one call (the profile's batch dimension).
+    batch = np.concatenate(list(_inputs(5, GRID[0], seed=22)), axis=0)
+    assert np.abs(ort_be.run(batch).copy() - trt_be.run(batch)).max() < 2e-2
     again, _ = load_backend_chain(onnx_path, card, ["tensorrt"], opts)
     assert again.describe()["built_now"] is False  # from the cache
     engines[0].write_bytes(b"truncated")
