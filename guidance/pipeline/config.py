@@ -63,15 +63,19 @@ class IngestConfig:
             the patient's motion; a single slice is refused as a slab); false: single
             CT-fluoroscopy slices take the 2D path (placed through the transform graph)
             and only images of several slices are slabs.
+        ct_stale_after_s: after a CT control slab, the result stands this long before
+            the state turns STALE (scans come seconds apart; the age is shown meanwhile).
     """
 
     image_device: str = ""
     stale_after_s: float = 0.5
     modality: str = ""
     ct_slabs: bool = True
+    ct_stale_after_s: float = 60.0
 
     def __post_init__(self) -> None:
         _positive("ingest", self, "stale_after_s")
+        _positive("ingest", self, "ct_stale_after_s")
         if self.modality not in ("", *MODALITIES):
             raise ConfigError(f"ingest.modality must be empty (from each frame's metadata) or "
                               f"one of {', '.join(MODALITIES)}, got {self.modality!r}")

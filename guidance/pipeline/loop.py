@@ -222,6 +222,8 @@ class Pipeline:
         self._structures: StructureSet | None = None
         self._navview: NavigationView | None = None
         self._last_image_ns = 0
+        #: the last update was a CT control slab (its own stale limit).
+        self._last_was_slab = False
         self._last_pose_overlay_ns = 0
         self._tip_live_names: frozenset[str] = frozenset()
         self.last_error = ""
@@ -338,7 +340,8 @@ class Pipeline:
         last_update_ns = last_stale_ns = time.monotonic_ns()
         while not self._stop.is_set():
             now = time.monotonic_ns()
-            limit = nav.pose_stale_after_s if self._pose_mode(now) else ingest.stale_after_s
+            limit = (nav.pose_stale_after_s if self._pose_mode(now) else
+                     ingest.ct_stale_after_s if self._last_was_slab else ingest.stale_after_s)
             # Wake up at the latest when the input turns stale: poses that lead to no
             # update (a probe's, say, with frames) must not keep a STALE report away.
             wait_s = max(limit - (now - max(last_update_ns, last_stale_ns)) * 1e-9, 1e-3)
@@ -394,8 +397,10 @@ class Pipeline:
         metadata = getattr(rec.message, "metadata", None)
         if modality_of(self.config.ingest.modality, metadata)[0] == "ct" and (
                 self.config.ingest.ct_slabs or is_slab_message(rec.message)):
+            self._last_was_slab = True
             self._process_ct_slab(rec, t_start, stage_ms)
             return
+        self._last_was_slab = False
         image = volume_from_image_message(rec.message)
         frame_name = frame_of_device(rec.device_name, self.config.navigation.image_frame)
         at_s = nav.time_of(rec.timestamp_s, rec.received_ns) - nav.setup.lag_s

@@ -332,3 +332,37 @@ def test_every_control_scan_gets_its_png_past_the_rate_and_the_cap(tmp_path):
     w.offer(scan, rgb, force=True)  # a control scan: always
     w.close()
     assert len(w.written) == 2
+
+
+@pytest.mark.parametrize(("ct_stale_s", "expect_stale"), [(0.4, True), (60.0, False)])
+def test_a_control_scan_stands_for_its_own_stale_limit(ct, ct_stale_s, expect_stale):
+    from guidance.sim.ct_slab import make_slab
+
+    entry, target, _ = needle_path(10.0)
+    slab, _ = make_slab(ct, entry, target, n_slices=3, thickness_mm=3.0)
+    slots = LatestSlots()
+    pipe = Pipeline(slots, config_from_dict({"ingest": {
+        "modality": "ct", "stale_after_s": 0.2, "ct_stale_after_s": ct_stale_s}}))
+    scanned, stale = threading.Event(), threading.Event()
+    times: dict[str, float] = {}
+
+    def on_result(result, rgb):
+        if result.kind == "frame":
+            times["scan"] = result.t_s
+            scanned.set()
+        elif result.state == GuidanceState.STALE and scanned.is_set():
+            times.setdefault("stale", result.t_s)
+            stale.set()
+
+    pipe.on_result = on_result
+    pipe.start()
+    try:
+        msg = image_message_from_volume(slab, "CT_Reference", time.time())
+        slots.put(msg.device_name, "IMAGE", msg, msg.timestamp, time.monotonic_ns(), "test")
+        assert scanned.wait(30.0)
+        # Frames turn stale after 0.2 s; a control scan stands for ct_stale_after_s.
+        assert stale.wait(2.0) is expect_stale
+    finally:
+        pipe.stop()
+    if expect_stale:
+        assert times["stale"] - times["scan"] >= 0.35
