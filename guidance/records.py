@@ -9,7 +9,53 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-__all__ = ["GuidanceState", "SafetyReason", "SafetyWarning", "WarningLevel"]
+__all__ = [
+    "MODALITIES",
+    "GuidanceState",
+    "Modality",
+    "SafetyReason",
+    "SafetyWarning",
+    "WarningLevel",
+]
+
+
+class Modality(str, enum.Enum):
+    """The imaging modality of a frame: it picks the model, the frame's geometry and the
+    loop's path. The one list of modalities; everything else derives from it.
+
+    A ``str`` enum: ``Modality.US == "us"``, so configuration files, command lines and
+    model cards keep their lower-case names.
+    """
+
+    US = "us"
+    FLUORO = "fluoro"
+    CT = "ct"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def dicom_term(self) -> str:
+        """The DICOM Modality (0008,0060) term we send in IGTLv3 metadata."""
+        return _DICOM_TERM[self]
+
+    @classmethod
+    def from_dicom_term(cls, term: str) -> Modality | None:
+        """The modality of a DICOM Modality term or of our own name (case-insensitive),
+        None when it is not one we image with (e.g. ``"MR"``)."""
+        t = term.strip().upper()
+        return _FROM_DICOM.get(t)
+
+
+_DICOM_TERM = {Modality.US: "US", Modality.FLUORO: "RF", Modality.CT: "CT"}
+#: DICOM terms (and our own names) -> modality. XA/RF/DX/CR/RG: projection X-ray.
+_FROM_DICOM: dict[str, Modality] = {
+    "US": Modality.US, "CT": Modality.CT, "XA": Modality.FLUORO, "RF": Modality.FLUORO,
+    "DX": Modality.FLUORO, "CR": Modality.FLUORO, "RG": Modality.FLUORO,
+    "FLUORO": Modality.FLUORO, "FLUOROSCOPY": Modality.FLUORO,
+}
+#: The modalities' names, in the order of :class:`Modality`.
+MODALITIES: tuple[str, ...] = tuple(m.value for m in Modality)
 
 
 class GuidanceState(enum.Enum):

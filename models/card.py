@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from guidance.records import MODALITIES
+
 __all__ = [
     "CARD_SCHEMA",
     "MODALITIES",
@@ -34,7 +36,6 @@ __all__ = [
 #: Version of the card's JSON layout.
 CARD_SCHEMA = 1
 #: Modalities a model can be made for.
-MODALITIES: tuple[str, ...] = ("us", "fluoro", "ct")
 #: Normalisation methods (see :func:`models.preprocess.normalise`).
 NORMALISATIONS: tuple[str, ...] = ("zscore", "ct_window")
 #: Needle-rule limits a card may carry, measured on the model's own training frames

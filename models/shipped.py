@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from guidance.records import MODALITIES
+
 __all__ = ["SHIPPED_MODALITIES", "WEIGHTS_DIR", "shipped_card"]
 
 #: Modalities a model is shipped for.
-SHIPPED_MODALITIES: tuple[str, ...] = ("us", "fluoro", "ct")
+#: Every modality has a shipped model.
+SHIPPED_MODALITIES: tuple[str, ...] = MODALITIES
 #: The folder holding the shipped cards and ONNX files.
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 

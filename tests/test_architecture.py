@@ -14,10 +14,9 @@ PACKAGES = ("guidance", "trackers", "models", "calibration")
 #: Layers, lowest first: a layer may import its own and lower layers only.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundations", ("guidance.geometry", "guidance.records", "guidance.data",
-                     "guidance.calibration_file", "guidance.io", "trackers", "calibration",
-                     "models")),
+                     "guidance.io", "trackers", "calibration", "models")),
     ("domain", ("guidance.planning", "guidance.safety", "guidance.ctscan",
-                "guidance.sim", "guidance.training", "guidance.realimages", "guidance.figures",
+                "guidance.sim", "guidance.training", "guidance.figures",
                 "guidance.pacs")),
     ("loop", ("guidance.navigation", "guidance.pipeline")),
     ("session", ("guidance.session",)),

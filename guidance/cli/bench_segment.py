@@ -35,6 +35,7 @@ import numpy as np
 
 from guidance.cli.common import int_at_least, path_arg
 from guidance.cli.main import UsageError
+from guidance.records import MODALITIES
 
 __all__ = ["TARGET_ORT_256_P50_MS", "add_arguments", "run"]
 
@@ -70,7 +71,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src = g.add_mutually_exclusive_group()
     src.add_argument("--model", type=path_arg("input_file", Path), metavar="CARD",
                      help="model card (JSON)")
-    src.add_argument("--modality", default=None, choices=("us", "fluoro", "ct"),
+    src.add_argument("--modality", default=None, choices=MODALITIES,
                      help="use the shipped model of this modality (default us); without "
                           "--stage, --modality us times the ultrasound anatomy check "
                           "(--stage anatomy)")

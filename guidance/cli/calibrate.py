@@ -25,9 +25,9 @@ import numpy.typing as npt
 import calibration
 from calibration.accuracy import run_all
 from guidance import __version__
-from guidance.calibration_file import CalibrationFileError, Provenance, make_document
 from guidance.cli.common import path_arg
 from guidance.cli.main import UsageError
+from guidance.io.calibration_file import CalibrationFileError, Provenance, make_document
 from guidance.io.validate import (
     InputError,
     holds_bool,
@@ -324,7 +324,7 @@ def _cmd_pivot(args: argparse.Namespace) -> int:
 
 def _pivot_file(path: str, frame: str) -> tuple[npt.NDArray[np.float64], float]:
     """(tip offset, RMS) of a pivot calibration file of ``frame``'s tool."""
-    from guidance.calibration_file import load_calibration
+    from guidance.io.calibration_file import load_calibration
 
     calib = load_calibration(path)
     if calib.kind != "pivot":

@@ -23,6 +23,7 @@ from guidance.cli.main import UsageError
 from guidance.cli.simulate import make_scanner_or_fail
 from guidance.io.igtl import IgtlClient
 from guidance.pipeline.frame import FrameResult
+from guidance.records import MODALITIES
 from guidance.session import LiveSession
 
 __all__ = ["register"]
@@ -49,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "the target beside the nerve; drift turns toward the nerve (the vessel "
                    "beyond it on the path ahead), is withdrawn and redirected; breach ends "
                    "with the tip inside the nerve")
-    p.add_argument("--modality", choices=("fluoro", "us", "ct", "none"), default="fluoro",
+    p.add_argument("--modality", choices=(*MODALITIES, "none"), default="fluoro",
                    help="fluoro: C-arm frames of the real CT; us: B-mode frames of a "
                    "synthetic nerve-block scene (its target is a point of the image, no "
                    "planning CT; verified against the scene's ground truth); ct: control "

@@ -35,6 +35,7 @@ from typing import Any
 
 from guidance.cli.common import path_arg
 from guidance.cli.main import UsageError
+from guidance.records import MODALITIES
 
 __all__ = ["evaluate_and_record", "evaluate_site", "register"]
 
@@ -42,7 +43,7 @@ __all__ = ["evaluate_and_record", "evaluate_site", "register"]
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="measure a segmentation model (held-out + real images)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--modality", choices=("us", "fluoro", "ct"), required=True,
+    p.add_argument("--modality", choices=MODALITIES, required=True,
                    help="which model: ultrasound, fluoroscopy or CT(-fluoroscopy) slices")
     p.add_argument("--model", type=path_arg("input_file", Path), default=None, metavar="CARD",
                    help="model card JSON (default: the shipped model of the modality)")

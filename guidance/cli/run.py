@@ -103,7 +103,7 @@ def allow_list(text: str) -> tuple[Any, ...]:
 
 def load_room_or_fail(paths: list[Path]) -> RoomSetup:
     """The calibration files as a room setup; bad files -> UsageError naming them."""
-    from guidance.calibration_file import CalibrationFileError
+    from guidance.io.calibration_file import CalibrationFileError
     from guidance.navigation.setup import load_room
 
     try:

@@ -34,6 +34,7 @@ from guidance.cli.common import (
 from guidance.cli.main import UsageError
 from guidance.io.igtl import IgtlClient, IgtlServer
 from guidance.io.sim_source import stream_scanner
+from guidance.records import MODALITIES
 
 __all__ = ["make_room_or_fail", "make_scanner_or_fail", "register", "script_us_or_fail"]
 
@@ -43,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("simulate", help="stream a simulated scanner, or a simulated room",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--modality", choices=("us", "fluoro", "ct", "none"), default="us",
+    p.add_argument("--modality", choices=(*MODALITIES, "none"), default="us",
                    help="frames to stream (none: tracked poses only, with --tracked; ct: "
                    "control slabs of a CT-guided procedure, one per step)")
     p.add_argument("--fps", type=positive_float, default=15.0,

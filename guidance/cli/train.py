@@ -21,6 +21,7 @@ import numpy as np
 
 from guidance.cli.common import path_arg
 from guidance.cli.main import UsageError
+from guidance.records import MODALITIES
 from guidance.training.rule_limits import (
     FLANK_CHECK_MODALITIES,
     PROB_CHECK_MODALITIES,
@@ -44,7 +45,7 @@ MODEL_VERSION = {"us": "1.1.0", "fluoro": "1.1.0", "ct": "1.0.0"}
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a segmentation model (ONNX + model card)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--modality", choices=("us", "fluoro", "ct"), required=True,
+    p.add_argument("--modality", choices=MODALITIES, required=True,
                    help="which model: ultrasound, fluoroscopy or CT(-fluoroscopy) slices")
     p.add_argument("--out", type=path_arg("output_dir", Path), default=None, metavar="DIR",
                    help="where to write <modality>-seg.onnx/.json (default: the shipped "

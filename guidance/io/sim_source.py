@@ -21,9 +21,10 @@ import pyigtl
 from pyigtl.messages import MessageBase
 
 from guidance.io.messages import image_message_from_volume
+from guidance.records import Modality
 
 #: DICOM modality term sent as IGTLv3 metadata ``Modality`` per simulated modality.
-MODALITY_TERMS = {"us": "US", "fluoro": "RF", "ct": "CT"}
+MODALITY_TERMS = {m.value: m.dicom_term for m in Modality}
 
 __all__ = ["IMAGE_DEVICE", "stream_scanner"]
 

@@ -33,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from calibration.registration import expected_tre
-from guidance.calibration_file import CalibrationFile, CalibrationFileError, load_calibration
+from guidance.io.calibration_file import CalibrationFile, CalibrationFileError, load_calibration
 from trackers.transform_graph import TransformGraph, parse_transform_name
 
 __all__ = ["CArmIntrinsics", "EdgeUncertainty", "RoomSetup", "RoomSetupError", "load_room",

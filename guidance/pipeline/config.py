@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from guidance.io.validate import InputError, read_json_document
+from guidance.records import MODALITIES
 from guidance.safety.config import SafetyConfig
 from guidance.safety.image_anatomy import ImageAnatomyConfig
 
@@ -46,7 +47,6 @@ def _positive(section: str, obj: object, *names: str) -> None:
 
 #: Modalities of the live loop; a frame's modality comes from ``ingest.modality`` or its
 #: IGTLv3 metadata ``Modality``, never from its pixel type.
-MODALITIES: tuple[str, ...] = ("us", "fluoro", "ct")
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ from guidance.io.messages import (
 from guidance.io.slots import LatestSlots, Received
 from guidance.navigation.navigator import POSE_TYPES, Navigator, frame_of_device
 from guidance.navigation.setup import RoomSetup
-from guidance.pipeline.config import MODALITIES, PipelineConfig
+from guidance.pipeline.config import PipelineConfig
 from guidance.pipeline.ct_path import (
     CtSlabPath,
     is_slab_message,
@@ -76,7 +76,13 @@ from guidance.pipeline.stages import (
 from guidance.pipeline.stats import LatencyRecorder
 from guidance.planning.plan import Plan
 from guidance.planning.structures import StructureSet
-from guidance.records import GuidanceState, SafetyWarning, WarningLevel
+from guidance.records import (
+    MODALITIES,
+    GuidanceState,
+    Modality,
+    SafetyWarning,
+    WarningLevel,
+)
 from trackers.pose import pose_from_tip_axis
 
 __all__ = ["Pipeline", "SendFn", "modality_of", "status_code"]
@@ -86,9 +92,6 @@ log = logging.getLogger(__name__)
 #: ``send(message, on_sent) -> number of peers``: the transport's send.
 SendFn = Callable[[MessageBase, Callable[[int], None] | None], int]
 
-#: DICOM modality terms (IGTLv3 metadata ``Modality``) -> the loop's modality.
-_MODALITY_TERMS = {"US": "us", "CT": "ct", "XA": "fluoro", "RF": "fluoro", "DX": "fluoro",
-                   "CR": "fluoro", "RG": "fluoro", "FLUORO": "fluoro", "FLUOROSCOPY": "fluoro"}
 _NAN2 = np.full(2, np.nan)
 #: Overlays composed per second at most for pose updates (no image; the tracker's rate).
 POSE_OVERLAY_HZ = 15.0
@@ -105,13 +108,11 @@ def modality_of(configured: str, metadata: object) -> tuple[str, str]:
     if isinstance(metadata, dict):
         for key, value in metadata.items():
             if str(key).lower() == "modality":
-                term = str(value).strip().upper()
-                if term.lower() in MODALITIES:
-                    return term.lower(), ""
-                if term in _MODALITY_TERMS:
-                    return _MODALITY_TERMS[term], ""
+                found = Modality.from_dicom_term(str(value))
+                if found is not None:
+                    return found.value, ""
                 return "", (f"unknown modality {str(value)[:40]!r} in the frame's metadata "
-                            f"(known: {', '.join(sorted(_MODALITY_TERMS))}): give "
+                            f"(known: US, CT, XA, RF, DX, CR, RG): give "
                             "--modality us|fluoro|ct")
     return "", ("modality unknown: the frame carries no IGTLv3 metadata 'Modality'; give "
                 "--modality us|fluoro|ct")

@@ -14,6 +14,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
+from guidance.records import Modality
 from guidance.sim.frames import SimFrame
 from guidance.sim.needle_path import NeedlePath
 from guidance.sim.params import FluoroParams, UltrasoundParams
@@ -23,7 +24,7 @@ __all__ = ["MODALITIES", "Scanner", "make_scanner"]
 log = logging.getLogger(__name__)
 
 #: Modalities :func:`make_scanner` accepts.
-MODALITIES: tuple[str, ...] = ("us", "fluoro")
+MODALITIES: tuple[str, ...] = (Modality.US.value, Modality.FLUORO.value)
 
 
 @runtime_checkable

@@ -14,7 +14,7 @@ Two kinds of evidence:
   :func:`guidance.training.needle_free.build_needle_free_set`: 400 held-out frames
   scanned without the needle, with curved distractors and straight hard negatives):
   every needle reported there is false; the acceptance target is on this rate.
-* **Real needle-free images** (:func:`guidance.realimages.needle_free_frames`): the
+* **Real needle-free images** (:func:`guidance.training.realimages.needle_free_frames`): the
   fraction of frames on which a needle is reported. A model must not invent needles.
   With few real frames (15 radiographs) the fraction is a coarse estimate, so its 95 %
   Wilson interval is reported beside it (:func:`wilson_interval`): 0 of 15 is still
@@ -142,8 +142,8 @@ def evaluate_model(
     Returns:
         JSON-ready metrics with the targets and a ``pass`` flag per target.
     """
-    from guidance.realimages import describe_sources, needle_free_frames
     from guidance.training.dataset import build_dataset
+    from guidance.training.realimages import describe_sources, needle_free_frames
 
     card = segmenter.card
     if card.modality != modality:

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from guidance.records import Modality
 from trackers.needle_fit import NeedleRule, flank_asymmetry, needle_evidence
 
 __all__ = [
@@ -40,12 +41,12 @@ __all__ = [
 ]
 
 #: Modalities whose models get the flank check.
-FLANK_CHECK_MODALITIES: tuple[str, ...] = ("ct",)
+FLANK_CHECK_MODALITIES: tuple[str, ...] = (Modality.CT.value,)
 #: The limit is this percentile of the flank asymmetry of the model's own reported
 #: needles on its training frames (the next measured value), rounded up to 0.01.
 FLANK_LIMIT_PERCENTILE = 99.5
 #: Modalities whose models get the confidence limit.
-PROB_CHECK_MODALITIES: tuple[str, ...] = ("us",)
+PROB_CHECK_MODALITIES: tuple[str, ...] = (Modality.US.value,)
 #: The confidence limit is this percentile of the mean needle probability of the model's
 #: own reported needles on its training frames (a measured value), rounded down to 0.01.
 PROB_LIMIT_PERCENTILE = 0.5

@@ -7,7 +7,7 @@ rates on them. Layout (documented in ``guidance eval --help`` and the README):
 * ``IMAGES/``: DICOM files (any name; every regular file in the folder, not recursive,
   sorted by name). Multi-frame files count frame by frame. Ultrasound frames are cropped
   to their 2D tissue region when the file has a SequenceOfUltrasoundRegions, as in the
-  real-image check (:func:`guidance.realimages.dicom_file_frames`).
+  real-image check (:func:`guidance.training.realimages.dicom_file_frames`).
 * ``LABELS/NAME.png`` for image ``NAME`` or ``NAME.dcm`` (``NAME`` is the file name
   without its last suffix): the label map of a single-frame file, the stored frame's
   rows x columns, 8- or 16-bit grey, pixel value = class id of the model's labels
@@ -139,8 +139,8 @@ def evaluate_site_images(segmenter: Any, modality: str, images_dir: Path, labels
     Raises:
         ValueError: wrong modality, a folder that does not exist, or no usable frame.
     """
-    from guidance.realimages import dicom_file_frames
     from guidance.training.dataset import labels_to_grid
+    from guidance.training.realimages import dicom_file_frames
 
     card = segmenter.card
     if card.modality != modality:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from guidance.calibration_file import (
+from guidance.io.calibration_file import (
     CalibrationFileError,
     Provenance,
     load_calibration,

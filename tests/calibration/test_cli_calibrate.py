@@ -14,7 +14,7 @@ import guidance.cli.calibrate as calibrate_cli
 import guidance.cli.main as cli_main
 from calibration import project
 from calibration.accuracy import simulate_pivot_poses
-from guidance.calibration_file import load_calibration
+from guidance.io.calibration_file import load_calibration
 from trackers.pose import TrackedPose
 
 TIP = np.array([3.0, -2.0, -160.0])

@@ -395,7 +395,7 @@ def test_broken_plan_config_is_refused(
 
 def _calibration(tmp: Path) -> dict[str, Any]:
     """A valid temporal calibration document (written by guidance calibrate)."""
-    from guidance.calibration_file import Provenance, make_document
+    from guidance.io.calibration_file import Provenance, make_document
 
     prov = Provenance("2026-01-01T00:00:00+00:00", "0" * 64, "test", "guidance test", "test")
     return make_document("temporal", {"lag_s": 0.05, "peak_correlation": 0.9, "step_s": 0.01,

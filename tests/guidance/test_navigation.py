@@ -14,7 +14,7 @@ from scipy.spatial.transform import Rotation
 
 import guidance.cli.main as cli_main
 from calibration.registration import expected_tre
-from guidance.calibration_file import CalibrationFileError, Provenance, make_document
+from guidance.io.calibration_file import CalibrationFileError, Provenance, make_document
 from guidance.io.messages import PositionMessage
 from guidance.io.slots import LatestSlots, Received
 from guidance.navigation import Navigator, RoomSetupError, load_room, static_room

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from guidance import realimages
-from guidance.realimages import RealFrame, describe_sources, needle_free_frames
+from guidance.training import real_sources, realimages
+from guidance.training.realimages import RealFrame, describe_sources, needle_free_frames
 
 #: Frames per multi-frame file in these tests (full US decoding takes ~5 s).
 MAX_FRAMES = 30
@@ -113,17 +113,17 @@ def test_ct_slices_in_hu() -> None:
 def test_broken_file_is_skipped_and_counted(caplog: pytest.LogCaptureFixture) -> None:
     from pydicom.data import get_testdata_file
 
-    good = realimages._Source(
+    good = real_sources._Source(
         "pydicom-data", "CT_small.dcm", Path(get_testdata_file("CT_small.dcm", download=False)),
-        realimages.PYDICOM_DATA_LICENCE,
+        real_sources.PYDICOM_DATA_LICENCE,
     )
-    bad = realimages._Source(
+    bad = real_sources._Source(
         "pydicom-data", "MR_truncated.dcm",
         Path(get_testdata_file("MR_truncated.dcm", download=False)),
-        realimages.PYDICOM_DATA_LICENCE,
+        real_sources.PYDICOM_DATA_LICENCE,
     )
-    missing = realimages._Source("x", "nope.dcm", Path("/nonexistent/nope.dcm"), "none")
-    with caplog.at_level(logging.WARNING, logger="guidance.realimages"):
+    missing = real_sources._Source("x", "nope.dcm", Path("/nonexistent/nope.dcm"), "none")
+    with caplog.at_level(logging.WARNING, logger="guidance.training.realimages"):
         frames, reports = realimages._load("ct", [bad, good, missing], None)
     assert [f.source for f in frames] == ["pydicom-data:CT_small.dcm frame 0"]
     assert [r.frames for r in reports] == [0, 1, 0]
