@@ -19,7 +19,11 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                 "guidance.sim", "guidance.training", "guidance.figures",
                 "guidance.pacs")),
     ("loop", ("guidance.navigation", "guidance.pipeline")),
-    ("session", ("guidance.session",)),
+    # The composition root and what composes whole jobs from it (benchmarks, demo and
+    # simulator scenarios, the before/after-procedure workflows): the CLI only parses
+    # arguments, calls one of these and prints.
+    ("session", ("guidance.session", "guidance.bench", "guidance.scenarios",
+                 "guidance.workflows")),
     ("front ends", ("guidance.gui", "guidance.cli", "guidance.__main__", "guidance")),
 ]
 
