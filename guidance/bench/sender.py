@@ -1,4 +1,4 @@
-"""Frame sender for ``guidance bench`` (run as ``python -m guidance.cli.bench_sender``).
+"""Frame sender for ``guidance bench`` (run as ``python -m guidance.bench.sender``).
 
 With ``--tracked`` it is the tracker of ``guidance bench --tracked`` instead: the
 simulated room's needle marker poses (``NeedleToReference``, :mod:`guidance.sim.room`) at
@@ -30,6 +30,8 @@ import pyigtl
 from guidance.geometry import ImageVolume
 from guidance.io.messages import image_message_from_volume
 
+__all__ = ["frames", "main"]
+
 
 def frames(size: int, n: int, seed: int) -> list[ImageVolume]:
     """Pre-render ``n`` 16-bit fluoroscopy frames (the simulator on the real CT), or
@@ -40,7 +42,7 @@ def frames(size: int, n: int, seed: int) -> list[ImageVolume]:
         sc = make_scanner("fluoro", size=size, seed=seed)
         return [sc.frame(i, i / 15.0).image for i in range(n)]
     except Exception as e:  # pragma: no cover - fallback when the data package is absent
-        print(f"bench_sender: simulator unavailable ({e}); synthetic frames", file=sys.stderr)
+        print(f"bench sender: simulator unavailable ({e}); synthetic frames", file=sys.stderr)
         import cv2
 
         rng = np.random.default_rng(seed)
@@ -69,7 +71,9 @@ def _drain(sock: socket.socket) -> None:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser()
+    """The process: parse its arguments, say ``READY <port>``, serve one receiver, say
+    ``SENT <n>``; returns the exit status (0)."""
+    ap = argparse.ArgumentParser(prog="python -m guidance.bench.sender")
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--fps", type=float, default=15.0)
     ap.add_argument("--seconds", type=float, default=20.0)
@@ -114,7 +118,7 @@ def _paced(seconds: float, period: float,
             if delay > 0:
                 stop.wait(delay)
     except OSError as e:
-        print(f"bench_sender: receiver went away: {e}", file=sys.stderr)
+        print(f"bench sender: receiver went away: {e}", file=sys.stderr)
     print(f"SENT {n}", flush=True)
     try:
         conn.shutdown(socket.SHUT_WR)
@@ -142,7 +146,7 @@ def _listen() -> tuple[socket.socket, socket.socket]:
 
 def _tracked(args: argparse.Namespace) -> int:
     """The room's tracker: marker poses at ``--pose-hz`` for ``--seconds``."""
-    from guidance.cli.bench_tracked import bench_room
+    from guidance.bench.tracked import bench_room
 
     room = bench_room(args.seed)
     rng = np.random.default_rng([args.seed, 1])
