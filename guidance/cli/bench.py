@@ -1,7 +1,9 @@
-"""``guidance bench``: latency of the live loop and of the transport, as percentiles.
+"""``guidance bench``: latency percentiles (JSON + histogram PNG) of the live loop and its
+parts; the measuring is :mod:`guidance.bench`, this module parses, dispatches and prints.
 
-Three phases, each against its own sender process streaming the same pre-rendered
-frames (``guidance.cli.bench_sender``):
+Without ``--stage`` (or ``--stage transport`` / ``pipeline``), three phases, each
+against its own sender process (``python -m guidance.bench.sender``) streaming the same
+pre-rendered frames (:mod:`guidance.bench.transport`):
 
 1. ``transport``: our OpenIGTLink client and a consumer blocked on the latest-value
    slot; latency = consumer wakes with the decoded frame - sender's clock just before it
@@ -17,30 +19,44 @@ Both transports run in the same invocation, so the ratio holds on a noisy machin
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
+import math
 import os
-import subprocess
-import sys
-import threading
-import time
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import psutil
-
-from guidance.cli.common import path_arg, positive_float, write_summary
+from guidance.cli.common import int_at_least, path_arg, positive_float, progress_line
 from guidance.cli.main import UsageError
-from guidance.io.igtl import IgtlClient
-from guidance.navigation.setup import static_room
-from guidance.pipeline.config import IngestConfig, PipelineConfig
-from guidance.pipeline.loop import Pipeline
-from guidance.pipeline.stats import percentiles
-from guidance.planning.plan import Plan
+from guidance.records import MODALITIES
 
-__all__ = ["register"]
+if TYPE_CHECKING:
+    from guidance.bench.measure import BenchReport
 
-DEVICE = "Image_Reference"
+__all__ = ["register", "run"]
+
+_say = partial(print, flush=True)
+
+
+def _sizes(text: str) -> list[int]:
+    from guidance.bench.segment import parse_sizes
+
+    try:
+        return parse_sizes(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _canvas(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, got {text!r}") from None
+    if not (64 <= w <= 8192 and 64 <= h <= 8192):
+        raise argparse.ArgumentTypeError(f"canvas must be 64..8192 pixels a side, got {text}")
+    return w, h
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -57,236 +73,196 @@ def register(sub: argparse._SubParsersAction) -> None:
                                        "tracked", "anatomy"),
                    default="all",
                    help="all = transport + pipeline; segment = model backends "
-                        "(guidance.cli.bench_segment); render = GUI drawing "
-                        "(guidance.cli.bench_render); tracked = navigation from poses "
-                        "(guidance.cli.bench_tracked); anatomy = the ultrasound nerve and "
-                        "vessel check per frame (guidance.cli.bench_anatomy; --size, "
+                        "(guidance.bench.segment); render = GUI drawing "
+                        "(guidance.bench.render); tracked = navigation from poses "
+                        "(guidance.bench.tracked); anatomy = the ultrasound nerve and "
+                        "vessel check per frame (guidance.bench.anatomy; --size, "
                         "--frames)")
-    from guidance.cli import bench_render, bench_segment, bench_tracked
-
-    bench_segment.add_arguments(p)
-    bench_render.add_arguments(p)
-    bench_tracked.add_arguments(p)
+    g = p.add_argument_group("--stage segment")
+    g.add_argument("--backends", default="auto", metavar="auto|NAME,...",
+                   help="backends to time: auto = every one available here (default), or "
+                        "names from models.backends.BACKENDS")
+    g.add_argument("--sizes", type=_sizes, default=[128, 256, 512], metavar="S,S,...",
+                   help="model grid sizes, px (default 128,256,512)")
+    g.add_argument("--frames", type=int_at_least(0), default=300, metavar="N",
+                   help="timed frames per backend and size (default 300)")
+    g.add_argument("--warmup", type=int_at_least(0), default=20, metavar="N",
+                   help="untimed frames first (default 20)")
+    src = g.add_mutually_exclusive_group()
+    src.add_argument("--model", type=path_arg("input_file", Path), metavar="CARD",
+                     help="model card (JSON)")
+    src.add_argument("--modality", default=None, choices=MODALITIES,
+                     help="use the shipped model of this modality (default us); without "
+                          "--stage, --modality us times the ultrasound anatomy check "
+                          "(--stage anatomy)")
+    g.add_argument("--threads", type=int_at_least(0), default=None, metavar="N",
+                   help="CPU threads for ONNX Runtime / torch (default: the CPUs available)")
+    g = p.add_argument_group("--stage render")
+    g.add_argument("--render-frames", type=int_at_least(10), default=1000, metavar="N",
+                   help="frames timed per series (default 1000)")
+    g.add_argument("--render-canvas", type=_canvas, default=(1180, 1000), metavar="WxH",
+                   help="size of the drawn picture, pixels (default 1180x1000: the live "
+                        "view's picture in a 1600x1000 window)")
+    g.add_argument("--render-modality", choices=("auto", "fluoro", "us"), default="auto",
+                   help="simulated frames (default: fluoro when the real CT is installed)")
+    g = p.add_argument_group("--tracked (--stage tracked)")
+    g.add_argument("--tracked", action="store_true",
+                   help="tracked navigation on the real CT: pose received -> NeedleTipToRAS "
+                        "sent, with the full structure check (same as --stage tracked)")
+    g.add_argument("--pose-hz", type=float, default=60.0, help="tracker rate (default 60)")
     p.set_defaults(func=run)
 
 
-class _Sender:
-    """The sender process (``guidance.cli.bench_sender``) with its arguments."""
-
-    def __init__(self, size: int, fps: float, seconds: float,
-                 argv: list[str] | None = None) -> None:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        argv = argv if argv is not None else ["--size", str(size), "--fps", str(fps),
-                                              "--seconds", str(seconds)]
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "guidance.cli.bench_sender", *argv],
-            stdout=subprocess.PIPE, text=True, env=env)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline().split()
-        if len(line) != 2 or line[0] != "READY":
-            self.proc.kill()
-            raise RuntimeError(f"bench sender failed to start: {line}")
-        self.port = int(line[1])
-
-    @classmethod
-    def start(cls, argv: list[str]) -> _Sender:
-        return cls(0, 0.0, 0.0, argv)
-
-    def wait(self) -> int:
-        assert self.proc.stdout is not None
-        out = self.proc.stdout.read()
-        self.proc.wait(30)
-        for tok in out.split("\n"):
-            if tok.startswith("SENT"):
-                return int(tok.split()[1])
-        return 0
-
-
-class _Usage:
-    def __init__(self) -> None:
-        self.proc = psutil.Process()
-        self.t0 = time.monotonic()
-        self.c0 = self.proc.cpu_times()
-
-    def done(self) -> dict[str, float]:
-        wall = time.monotonic() - self.t0
-        c = self.proc.cpu_times()
-        cpu = (c.user - self.c0.user) + (c.system - self.c0.system)
-        return {"cpu_percent_of_one_core": round(100.0 * cpu / wall, 1),
-                "rss_mb": round(self.proc.memory_info().rss / 2**20, 1)}
-
-
-def _transport_ours(args: argparse.Namespace) -> dict[str, Any]:
-    sender = _Sender(args.size, args.fps, args.seconds)
-    usage = _Usage()
-    client = IgtlClient("127.0.0.1", sender.port).start()
-    lat: list[float] = []
-    seq = 0
-    deadline = time.monotonic() + args.seconds + 10
-    while time.monotonic() < deadline:
-        item = client.slots.wait_newer(DEVICE, seq, timeout_s=2.0)
-        if item is None:
-            if seq:
-                break
-            continue
-        now = time.monotonic()
-        seq = item.seq
-        lat.append((now - item.timestamp_s) * 1e3)
-    sent = sender.wait()
-    client.stop()
-    c = client.slots.counters().get(DEVICE)
-    return {"latency_ms": percentiles(np.array(lat)), "frames_sent": sent,
-            "frames_consumed": len(lat), "frames_dropped": c.dropped if c else 0,
-            **usage.done(), "_values": lat}
-
-
-def _transport_pyigtl(args: argparse.Namespace) -> dict[str, Any]:
-    import pyigtl
-
-    sender = _Sender(args.size, args.fps, args.seconds)
-    usage = _Usage()
-    client = pyigtl.OpenIGTLinkClient("127.0.0.1", sender.port)
-    lat: list[float] = []
-    got_any = False
-    deadline = time.monotonic() + args.seconds + 10
-    while time.monotonic() < deadline:
-        msg = client.wait_for_message(DEVICE, timeout=2.0)
-        if msg is None:
-            if got_any:
-                break
-            continue
-        got_any = True
-        lat.append((time.monotonic() - msg.timestamp) * 1e3)
-    sent = sender.wait()
-    client.stop()
-    return {"latency_ms": percentiles(np.array(lat)), "frames_sent": sent,
-            "frames_consumed": len(lat), **usage.done(), "_values": lat}
-
-
-def _pipeline(args: argparse.Namespace) -> dict[str, Any]:
-    sender = _Sender(args.size, args.fps, args.seconds)
-    usage = _Usage()
-    client = IgtlClient("127.0.0.1", sender.port)
-
-    def send(m: Any, on_sent: Any = None) -> int:
-        return 1 if client.send(m, on_sent) else 0
-
-    # The sender streams fluoroscopy frames and a needle pose that moves along +x from
-    # the origin: a room whose needle marker sits at the tip and whose reference is the
-    # CT frame (static identities), and a plan along the needle, so that the tracked
-    # needle and the safety decision run on every frame.
-    room = static_room({"NeedleTipToNeedle": np.eye(4), "ReferenceToCT": np.eye(4)},
-                       "bench: needle marker at the tip, reference = CT")
-    config = PipelineConfig(ingest=IngestConfig(modality="fluoro"))
-    pipe = Pipeline(client.slots, config, send=send, room=room)
-    pipe.set_plan(Plan(np.zeros(3), np.array([100.0, 0.0, 0.0]), "bench"))
-    client.start()
-    pipe.start()
-    sent = sender.wait()
-    done = threading.Event()
-    done.wait(0.5)  # the last frame's processing
-    pipe.stop()
-    client.stop()
-    stats = {name: percentiles(pipe.stats.values(name)) for name in pipe.stats.names()}
-    e2e = pipe.stats.values("end_to_end")
-    half = e2e.size // 2
-    return {
-        "latency_ms": stats.get("end_to_end"),
-        "stages_ms": {k: v for k, v in stats.items() if k != "end_to_end"},
-        "frames_sent": sent,
-        "frames_processed": pipe.frames_processed,
-        "frames_dropped": pipe.frames_dropped,
-        "backlog_check": {
-            "first_half_p50_ms": percentiles(e2e[:half])["p50"],
-            "second_half_p50_ms": percentiles(e2e[half:])["p50"],
-        },
-        **usage.done(),
-        "_values": e2e.tolist(),
-    }
-
-
-def _histogram(path: Path, series: dict[str, list[float]], title: str,
-               ylabel: str = "frames") -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
-    for name, vals in series.items():
-        if vals:
-            v = np.asarray(vals)
-            bins = np.logspace(np.log10(max(v.min(), 0.01)), np.log10(v.max() + 1e-3), 60)
-            ax.hist(v, bins=bins.tolist(),
-                    alpha=0.6, label=f"{name} (p99 {np.percentile(v, 99):.2f} ms)")
-    ax.set_xscale("log")
-    ax.set_xlabel("latency, ms (log scale)")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+def _percentile_line(name: str, p: dict[str, float], width: int, fmt: str) -> str:
+    return (f"  {name:{width}s} p50 {p['p50']:{fmt}}  p95 {p['p95']:{fmt}}  "
+            f"p99 {p['p99']:{fmt}}  max {p['max']:{fmt}} ms")
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.stage == "tracked" or args.tracked:
-        from guidance.cli import bench_tracked
-
-        return bench_tracked.run(args)
-    if args.stage == "segment":
-        from guidance.cli import bench_segment
-
-        return bench_segment.run(args)
-    if args.stage == "render":
-        from guidance.cli import bench_render
-
-        return bench_render.run(args)
-    if args.stage == "all" and args.modality == "ct":
-        from guidance.cli import bench_ct
-
-        return bench_ct.run(args)
-    if args.stage == "all" and args.modality is not None:
-        if args.modality != "us":
+    """Run the benchmark that the arguments name; print its summary; returns 0."""
+    stage = "tracked" if args.tracked else args.stage
+    if stage == "all" and args.modality is not None:
+        if args.modality not in ("us", "ct"):
             raise UsageError(f"--modality {args.modality}: give --stage segment (the model's "
                              "speed); without --stage, --modality us times the ultrasound "
                              "anatomy check and --modality ct the CT control slabs")
-        print("bench: --modality us: the ultrasound anatomy check (--stage anatomy)")
-        args.stage = "anatomy"
-    if args.stage == "anatomy":
-        from guidance.cli import bench_anatomy
-
-        return bench_anatomy.run(args)
-    if not 32 <= args.size <= 2048:
-        raise UsageError(f"--size must be 32..2048, got {args.size}")
-    out: dict[str, Any] = {"size": args.size, "fps": args.fps, "seconds": args.seconds,
-                           "dtype": "uint16", "cpu_count": os.cpu_count()}
-    phases = []
-    if args.stage in ("all", "transport"):
-        phases += [("transport", _transport_ours), ("transport_pyigtl", _transport_pyigtl)]
-    if args.stage in ("all", "pipeline"):
-        phases.append(("pipeline", _pipeline))
-    series: dict[str, list[float]] = {}
-    for i, (name, fn) in enumerate(phases, 1):
-        print(f"[{i}/{len(phases)}] {name}: {args.seconds:.0f} s at {args.fps:.0f} fps, "
-              f"{args.size}x{args.size} uint16 ...", flush=True)
-        res = fn(args)
-        series[name] = res.pop("_values")
-        out[name] = res
-        lat = res["latency_ms"]
-        print(f"      p50 {lat['p50']:.2f}  p95 {lat['p95']:.2f}  p99 {lat['p99']:.2f}  "
-              f"max {lat['max']:.2f} ms", flush=True)
-    if "transport" in out and "transport_pyigtl" in out:
-        ours, base = out["transport"]["latency_ms"], out["transport_pyigtl"]["latency_ms"]
-        out["transport_p99_ratio_ours_over_pyigtl"] = round(ours["p99"] / base["p99"], 3)
-    out["peak_rss_mb"] = round(psutil.Process().memory_info().rss / 2**20, 1)
-    import resource
-
-    out["peak_maxrss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-    write_summary(args.json, out)
-    png = args.json.with_suffix(".png")
-    _histogram(png, series, f"guidance bench {args.size}px uint16 @ {args.fps:.0f} fps")
-    print(f"wrote {args.json} and {png}")
-    print(json.dumps({k: out[k]["latency_ms"] for k in ("transport", "transport_pyigtl", "pipeline")
-                      if k in out}, indent=1))
+        if args.modality == "us":
+            print("bench: --modality us: the ultrasound anatomy check (--stage anatomy)")
+        stage = "anatomy" if args.modality == "us" else "ct"
+    handler = {"tracked": _tracked, "segment": _segment, "render": _render,
+               "ct": _ct, "anatomy": _anatomy}.get(stage, _latency)
+    handler(args, stage)
     return 0
+
+
+def _wrote(r: BenchReport) -> None:
+    print(f"wrote {r.json_path} and {r.png_path}")
+
+
+def _latency(args: argparse.Namespace, stage: str) -> None:
+    from guidance.bench.transport import run_latency
+
+    r = run_latency(stage, args.size, args.fps, args.seconds, args.json, _say)
+    _wrote(r)
+    print(json.dumps({k: r.summary[k]["latency_ms"] for k in
+                      ("transport", "transport_pyigtl", "pipeline") if k in r.summary},
+                     indent=1))
+
+
+def _segment(args: argparse.Namespace, _stage: str) -> None:
+    from guidance.bench.segment import run_segment
+
+    r = run_segment(args.json, card=args.model, modality=args.modality,
+                    backends=args.backends, sizes=args.sizes, frames=args.frames,
+                    warmup=args.warmup, threads=args.threads, say=_say)
+    _wrote(r)
+    print(json.dumps({f"{row['backend']}@{row['size']}": row["segment_ms"]["p50"]
+                      for row in r.summary["results"]}, indent=1))
+
+
+def _anatomy(args: argparse.Namespace, _stage: str) -> None:
+    from guidance.bench.anatomy import TARGET_P99_MS, run_anatomy
+
+    r = run_anatomy(args.size, args.frames, args.json, args.modality or "us", _say)
+    a, s = r.summary["anatomy_ms"], r.summary["segment_ms"]
+    print(f"  anatomy check: p50 {a['p50']:.2f}  p95 {a['p95']:.2f}  p99 {a['p99']:.2f}  max "
+          f"{a['max']:.2f} ms (target p99 <= {TARGET_P99_MS:g} ms)")
+    print(f"  segment stage: p50 {s['p50']:.2f}  p99 {s['p99']:.2f} ms; anatomy / segment at "
+          f"p50 {r.summary['anatomy_over_segment_p50']:.3f}")
+    _wrote(r)
+
+
+def _ct(args: argparse.Namespace, _stage: str) -> None:
+    from guidance.bench.ct import run_ct
+
+    r = run_ct(args.frames, args.json, _say, progress_line)
+    for name, q in r.summary["stages_ms"].items():
+        print(_percentile_line(name, q, 13, "7.1f"))
+    for k, t in r.summary["targets"].items():
+        print(f"  {k}: {t['value']:.1f} ms (target <= {t['target']:g}) "
+              f"{'PASS' if t['pass'] else 'FAIL'}")
+    _wrote(r)
+
+
+def _tracked(args: argparse.Namespace, _stage: str) -> None:
+    from guidance.bench.tracked import TARGET_P99_MS, run_tracked
+
+    def calibrate(room: Any, folder: Path) -> list[Path]:
+        from guidance.cli.demo import calibrate_room  # `guidance calibrate`, as a user
+
+        with contextlib.redirect_stdout(io.StringIO()):
+            return calibrate_room(room, folder)
+
+    r = run_tracked(calibrate, args.pose_hz, args.seconds, args.json, _say)
+    full = r.summary["tracked"]["latency_ms"]
+    met = "met" if r.summary["target"]["met"] else "NOT met"
+    print(f"p99 {full['p99']:.2f} ms (target <= {TARGET_P99_MS:g} ms: {met}); full check / "
+          f"tip only p99 ratio {r.summary['p99_ratio_full_check_over_tip_only']}")
+    _wrote(r)
+
+
+def _render(args: argparse.Namespace, _stage: str) -> None:
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before Qt is imported
+    from guidance.bench.render import TARGET_P50_MS, run_render
+
+    r = run_render(_GuiTargets, args.size, args.render_frames, args.render_canvas,
+                   args.json, args.render_modality, _say)
+    out = r.summary
+    for name in ("render", "render_stale", "widget_repaint", "baseline_overlay_cv2"):
+        print(_percentile_line(name, out[f"{name}_ms"], 22, "6.2f"))
+    verdict = "meets" if out["meets_target"] else "MISSES"
+    print(f"render p50 {out['render_ms']['p50']:.2f} ms {verdict} the {TARGET_P50_MS:g} ms "
+          f"target; wrote {r.json_path} and {r.png_path}")
+
+
+class _GuiTargets:
+    """The GUI's drawing for :func:`guidance.bench.render.run_render` (its
+    ``RenderTargets``: the bench package is below the GUI and does not import it)."""
+
+    def __init__(self, plan: Any, names: dict[int, str], canvas_wh: tuple[int, int]) -> None:
+        from PyQt5.QtGui import QImage
+
+        from guidance.gui.app import ensure_app
+        from guidance.gui.canvas import LiveRenderer
+        from guidance.gui.live_model import build_view_model
+
+        self.platform = os.environ.get("QT_QPA_PLATFORM", "")
+        self.app = ensure_app(headless=self.platform == "offscreen")
+        self.renderer = LiveRenderer()
+        self.renderer.plan = plan
+        self.canvas = QImage(*canvas_wh, QImage.Format_RGB32)
+        self.names = names
+        self.model = build_view_model
+        self.view: Any = None
+        self.paints0 = 0
+
+    def render(self, r: Any) -> None:
+        model = self.model(r, r, r.received_ns, 1e9, (), 15.0)
+        self.renderer.render(self.canvas, r, model, self.names)
+
+    def render_stale(self, r: Any) -> None:
+        model = self.model(None, r, r.received_ns + 3_000_000_000, 0.5, (), math.nan)
+        self.renderer.render(self.canvas, r, model, self.names)
+
+    def save_picture(self, path: Path) -> None:
+        self.canvas.save(str(path))
+
+    def open_view(self, feed: Any) -> None:
+        from guidance.gui.live_view import LiveView
+
+        self.view = LiveView(feed, poll_ms=1000)
+        self.view.timer.stop()
+        self.view.resize(1600, 1000)
+        self.view.show()
+        for _ in range(5):
+            self.app.processEvents()
+        self.paints0 = self.view.canvas.paint_count
+
+    def repaint_view(self) -> None:
+        self.view.poll()
+        self.view.canvas.repaint()
+
+    def close_view(self) -> int:
+        paints = int(self.view.canvas.paint_count - self.paints0)
+        self.view.close()
+        return paints
