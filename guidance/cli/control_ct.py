@@ -5,13 +5,9 @@ of the real CT; the needle goes on 30 mm beyond the entry, outside the skin)."""
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
-import numpy as np
-
 from guidance.cli.common import path_arg, positive_float
-from guidance.cli.main import UsageError
 
 __all__ = ["register"]
 
@@ -29,40 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _xyz(text: str, what: str) -> np.ndarray:
-    try:
-        v = np.array([float(x) for x in text.split(",")], dtype=np.float64)
-    except ValueError:
-        raise UsageError(f"{what} {text!r}: expected X,Y,Z in LPS mm") from None
-    if v.shape != (3,) or not all(math.isfinite(x) for x in v):
-        raise UsageError(f"{what} {text!r}: expected X,Y,Z in LPS mm (3 finite numbers)")
-    return v
-
-
 def run(args: argparse.Namespace) -> int:
-    from guidance.data import RealDataMissing, load_real_ct
-    from guidance.sim.control_ct import insert_needle, write_control_ct
+    from guidance.scenarios.control_ct import write_needle_control_ct
 
-    entry, tip = _xyz(args.entry, "--entry"), _xyz(args.tip, "--tip")
-    if np.linalg.norm(tip - entry) < 1.0:
-        raise UsageError("--entry and --tip must be at least 1 mm apart")
-    if args.diameter_mm > 5:
-        raise UsageError(f"--diameter-mm {args.diameter_mm}: at most 5 mm")
-    try:
-        ct = load_real_ct()
-    except RealDataMissing as e:
-        raise UsageError(f"the real CT is not installed: {e}") from e
-    size = np.array(ct.size_ijk)
-    ijk = ct.lps_to_ijk_points(tip[None])[0]
-    if np.any(ijk < -0.5) or np.any(ijk > size - 0.5):
-        raise UsageError(f"--tip {args.tip}: outside the CT (voxel {np.round(ijk, 1).tolist()}"
-                         f" of {size.tolist()})")
-    try:
-        vol = insert_needle(ct, entry, tip, diameter_mm=args.diameter_mm,
-                            rng=np.random.default_rng(args.seed))
-    except ValueError as e:
-        raise UsageError(str(e)) from e
-    out = write_control_ct(vol, args.out)
-    print(f"control-ct: needle {np.linalg.norm(tip - entry):.1f} mm, tip voxel "
-          f"{np.round(ijk).astype(int).tolist()}, written to {out}", flush=True)
+    ct = write_needle_control_ct(args.entry, args.tip, args.out, args.diameter_mm, args.seed)
+    print(f"control-ct: needle {ct.needle_mm:.1f} mm, tip voxel {ct.tip_ijk}, written to "
+          f"{ct.path}", flush=True)
     return 0

@@ -11,10 +11,10 @@ import pyigtl
 import pytest
 
 from guidance.cli.main import main
-from guidance.cli.replay import replay
 from guidance.io.igtl import IgtlServer
 from guidance.io.messages import HEADER_SIZE
 from guidance.io.recording import Recorder, RecordingError, read_recording
+from guidance.scenarios.replay import replay
 
 
 def _messages(n: int) -> list[bytes]:

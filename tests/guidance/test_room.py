@@ -217,8 +217,8 @@ def test_needle_steered_towards_the_aorta_warns_danger_before_the_margin(tmp_pat
     (STRING and STATUS) and in the overlay while the true tip is still at least the
     aorta's margin away."""
     real_ct_or_skip()
-    from guidance.cli.demo_planning import prepare_plan
     from guidance.data import load_real_labels, structure_names
+    from guidance.scenarios.planning import prepare_plan
 
     entry, target = _disc_approach()
     plan, structures = prepare_plan(entry, target, tmp_path)
@@ -350,8 +350,8 @@ def test_navigation_from_poses_draws_the_planning_ct_along_the_needle(tmp_path) 
     real_ct_or_skip()
     from scipy import ndimage
 
-    from guidance.cli.demo_planning import prepare_plan
     from guidance.data import load_real_ct
+    from guidance.scenarios.planning import prepare_plan
 
     entry, target = _disc_approach()
     plan, structures = prepare_plan(entry, target, tmp_path)
