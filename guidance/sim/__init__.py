@@ -8,11 +8,11 @@ and held-out ranges). Transport and pacing live elsewhere (the ``guidance simula
 """
 
 from guidance.sim.bench import bench_sim
+from guidance.sim.ct_slice_params import CtSliceParams
 from guidance.sim.ct_slices import (
     CT_LABELS,
     CtSliceFrame,
     CtSliceGenerator,
-    CtSliceParams,
     CtSliceSimulator,
     ct_slice_frames,
 )

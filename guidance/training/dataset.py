@@ -262,7 +262,8 @@ def _sim_scene(modality: str, split: str, seed: int, scene: int) -> list[_Row]:
 
 
 def _ct_scene(split: str, seed: int, scene: int) -> list[_Row]:
-    from guidance.sim.ct_slices import CtSliceParams, CtSliceSimulator
+    from guidance.sim.ct_slice_params import CtSliceParams
+    from guidance.sim.ct_slices import CtSliceSimulator
 
     params = CtSliceParams.training() if split == "train" else CtSliceParams.held_out()
     sim = CtSliceSimulator(params, size=GRID[0], seed=_scene_seed(split, seed, scene // 64))

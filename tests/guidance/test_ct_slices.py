@@ -6,15 +6,19 @@ import dataclasses
 import math
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from scipy import ndimage
 
+from guidance.sim import ct_distractors
+from guidance.sim.ct_distractors import room_air
+from guidance.sim.ct_needle_render import PixelGrid
+from guidance.sim.ct_slice_params import CtSliceParams
 from guidance.sim.ct_slices import (
     CT_LABELS,
     CtSliceFrame,
     CtSliceGenerator,
-    CtSliceParams,
     ct_slice_frames,
 )
 from tests.peers import require_real_ct
@@ -177,7 +181,6 @@ def _window(img: np.ndarray, level: float = 300.0, width: float = 2000.0) -> np.
 
 def test_contact_sheet(frames: list[CtSliceFrame], tmp_path: Path) -> None:
     """W 2000 / L 300 images with the needle label outlined (yellow) and the tip (red)."""
-    cv2 = pytest.importorskip("cv2")
     tiles = []
     for f in frames[:12]:
         a = cv2.cvtColor(_window(f.image), cv2.COLOR_GRAY2BGR)
@@ -200,27 +203,27 @@ def test_positioning_devices_are_drawn_in_room_air_only() -> None:
     img[(yy - 40) ** 2 + (xx - 32) ** 2 < 26 ** 2] = 40.0  # the body, cut by the border
     img[(yy - 50) ** 2 + (xx - 32) ** 2 < 10 ** 2] = -850.0  # a lung reaching the border
     img[30:33, 30:33] = -1000.0  # the trachea, inside
-    air = CtSliceGenerator._room_air(img)
+    air = room_air(img)
     assert air[2, 2] and air[5, 60]
     assert not air[50, 32] and not air[63, 32]  # lung, even where it meets the border
     assert not air[31, 31] and not air[40, 10]  # trachea, body
-    assert not CtSliceGenerator._room_air(np.full((8, 8), 40.0, np.float32)).any()
+    assert not room_air(np.full((8, 8), 40.0, np.float32)).any()
 
 
 def test_positioning_device_distractor_is_drawn_and_named(
         frames: list[CtSliceFrame], monkeypatch: pytest.MonkeyPatch) -> None:
-    original = CtSliceGenerator._shell
+    original = ct_distractors.draw_shell
     changed_outside_air: list[int] = []
 
-    def watched(self: CtSliceGenerator, img: np.ndarray, rng: np.random.Generator,
+    def watched(grid: PixelGrid, img: np.ndarray, rng: np.random.Generator,
                 air: np.ndarray, spacing: float) -> None:
         before = img.copy()
-        original(self, img, rng, air, spacing)
+        original(grid, img, rng, air, spacing)
         changed = img != before
         assert changed.any()
-        changed_outside_air.append(int((changed & ~CtSliceGenerator._room_air(before)).sum()))
+        changed_outside_air.append(int((changed & ~room_air(before)).sum()))
 
-    monkeypatch.setattr(CtSliceGenerator, "_shell", watched)
+    monkeypatch.setattr(ct_distractors, "draw_shell", watched)
     p = dataclasses.replace(CtSliceParams.training(), distractor_probability=1.0)
     fr = list(ct_slice_frames(12, SIZE, seed=5, params=p))  # some frames show no room air
     named = sum("positioning_device" in f.sample.distractors for f in fr)
