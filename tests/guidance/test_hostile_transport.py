@@ -138,12 +138,12 @@ def test_an_unexpected_error_in_the_receive_loop_closes_the_connection_with_its_
         server, monkeypatch):
     """Last resort: the reader never dies leaving its socket open; the connection is
     closed, the reason logged and kept, the peer sees the close, others are served."""
-    from guidance.io import igtl
+    from guidance.io import igtl_connection
 
     def explode(header, body):
         raise RuntimeError("bug in the decoder")
 
-    monkeypatch.setattr(igtl, "decode", explode)
+    monkeypatch.setattr(igtl_connection, "decode", explode)
     s = raw_client(server.port)
     s.sendall(image(1, "X"))
     wait_until(lambda: server.closed_count == 1, what="connection closed")
