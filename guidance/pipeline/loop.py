@@ -29,30 +29,18 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pyigtl
-from pyigtl.messages import MessageBase
 
 from guidance.ctscan.timeline import TimelineWriter
-from guidance.geometry import RAS_TO_LPS, ImageVolume
-from guidance.io.messages import (
-    StatusMessage,
-    image_message_from_volume,
-    volume_from_image_message,
-)
+from guidance.geometry import ImageVolume
+from guidance.io.messages import volume_from_image_message
 from guidance.io.slots import LatestSlots, Received
 from guidance.navigation.navigator import POSE_TYPES, Navigator, frame_of_device
 from guidance.navigation.setup import RoomSetup
 from guidance.pipeline.config import PipelineConfig
-from guidance.pipeline.ct_path import (
-    CtSlabPath,
-    is_slab_message,
-    labels_volume,
-    slab_picture,
-)
+from guidance.pipeline.ct_path import CtSlabPath, is_slab_message, slab_picture
 from guidance.pipeline.frame import (
     Frame,
     FrameResult,
@@ -64,6 +52,7 @@ from guidance.pipeline.frame import (
 )
 from guidance.pipeline.navview import NavigationView
 from guidance.pipeline.outlines import StructureOutlines
+from guidance.pipeline.outputs import SendFn, send_plan, send_stale, send_update
 from guidance.pipeline.overlay import OverlayComposer
 from guidance.pipeline.placement import FramePlacement
 from guidance.pipeline.stages import (
@@ -73,24 +62,14 @@ from guidance.pipeline.stages import (
     SegmentStage,
     load_segmenters,
 )
-from guidance.pipeline.stats import LatencyRecorder
+from guidance.pipeline.stats import EndToEnd, LatencyRecorder
 from guidance.planning.plan import Plan
 from guidance.planning.structures import StructureSet
-from guidance.records import (
-    MODALITIES,
-    GuidanceState,
-    Modality,
-    SafetyWarning,
-    WarningLevel,
-)
-from trackers.pose import pose_from_tip_axis
+from guidance.records import MODALITIES, GuidanceState, Modality, SafetyWarning, WarningLevel
 
-__all__ = ["Pipeline", "SendFn", "modality_of", "status_code"]
+__all__ = ["Pipeline", "modality_of", "result_text"]
 
 log = logging.getLogger(__name__)
-
-#: ``send(message, on_sent) -> number of peers``: the transport's send.
-SendFn = Callable[[MessageBase, Callable[[int], None] | None], int]
 
 _NAN2 = np.full(2, np.nan)
 #: Overlays composed per second at most for pose updates (no image; the tracker's rate).
@@ -118,16 +97,6 @@ def modality_of(configured: str, metadata: object) -> tuple[str, str]:
                 "--modality us|fluoro|ct")
 
 
-def status_code(state: GuidanceState, level: WarningLevel) -> int:
-    """OpenIGTLink STATUS code: 2 (DANGER) for a DANGER decision on current input (not
-    STALE: a US nerve or vessel DANGER is sent even when the 3D guidance is
-    NO_GUIDANCE), else 1 OK, 7 STALE, 13 DEGRADED, 16 NO_GUIDANCE."""
-    if level >= WarningLevel.DANGER and state != GuidanceState.STALE:
-        return 2
-    return {GuidanceState.OK: 1, GuidanceState.STALE: 7, GuidanceState.DEGRADED: 13,
-            GuidanceState.NO_GUIDANCE: 16}[state]
-
-
 def result_text(result: FrameResult) -> str:
     """The STRING and console line of an update: the decision (level, structure,
     distance, margin) and, when the state is not OK, the state and its reasons."""
@@ -146,19 +115,6 @@ def result_text(result: FrameResult) -> str:
         why = "; ".join(result.reasons)
         parts.append(f"{result.state.name}: {why}" if why else result.state.name)
     return " | ".join(parts)
-
-
-@dataclass
-class _E2E:
-    """End-to-end completion of one update: the first output handed to the kernel and
-    the overlay composed, whichever is later."""
-
-    received_ns: int
-    expect_send: bool = True
-    sent_ns: int = 0
-    overlay_ns: int = 0
-    recorded: bool = False
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class Pipeline:
@@ -522,9 +478,9 @@ class Pipeline:
         if item.ct_scan is not None:
             self.ct_path.log_scan(item.ct_scan, state.name, result.reasons, item.t_s)
         t_out = time.monotonic_ns()
-        e2e = _E2E(rec.received_ns)
+        e2e = EndToEnd(self.stats, rec.received_ns)
         if self._send_outputs(result, rec, item, e2e) == 0:
-            self._finish(e2e, expect_send=False)  # nobody to send to
+            e2e.nothing_sent()
         stage_ms["output"] = (time.monotonic_ns() - t_out) * 1e-6
         t_ov = time.monotonic_ns()
         rgb: np.ndarray | None = None
@@ -543,7 +499,7 @@ class Pipeline:
             stage_ms["overlay"] = (time.monotonic_ns() - t_ov) * 1e-6
             if item.frame is None:
                 self._last_pose_overlay_ns = t_ov
-        self._finish(e2e, overlay_ns=time.monotonic_ns())
+        e2e.overlay_composed(time.monotonic_ns())
         for name, ms in stage_ms.items():
             self.stats.add(name, ms)
         self.stats.add("processing", (time.monotonic_ns() - t_start) * 1e-6)
@@ -561,20 +517,6 @@ class Pipeline:
             result, image=view.image, labels=view.labels, label_names=view.label_names,
             placement=FramePlacement("slice", view.image.ijk_to_lps, path=("CT",)),
             needle=dataclasses.replace(n, tip_ij=view.tip_ij, hub_ij=view.hub_ij))
-
-    def _finish(self, e2e: _E2E, sent_ns: int = 0, overlay_ns: int = 0,
-                expect_send: bool = True) -> None:
-        with e2e.lock:
-            if sent_ns and not e2e.sent_ns:
-                e2e.sent_ns = sent_ns
-            if overlay_ns:
-                e2e.overlay_ns = overlay_ns
-            e2e.expect_send = e2e.expect_send and expect_send
-            send_done = e2e.sent_ns > 0 or not e2e.expect_send
-            if e2e.overlay_ns and send_done and not e2e.recorded:
-                e2e.recorded = True
-                done = max(e2e.overlay_ns, e2e.sent_ns)
-                self.stats.add("end_to_end", (done - e2e.received_ns) * 1e-6)
 
     def _publish(self, result: FrameResult, rgb: np.ndarray | None) -> None:
         with self._latest_lock:
@@ -600,10 +542,7 @@ class Pipeline:
         result = FrameResult(seq=0, t_s=self._t(), received_ns=0, state=GuidanceState.STALE,
                              kind="none", state_reasons=(reason,))
         if self.send is not None:
-            dev = self.config.output.warning_device
-            text = f"STALE: {reason.message}"
-            self.send(StatusMessage(7, 0, "STALE", text, device_name=dev), None)
-            self.send(pyigtl.StringMessage(text, device_name=dev), None)
+            send_stale(self.send, self.config.output, reason.message)
         self._publish(result, None)
 
     def _log_decision(self, item: WorkItem, state: GuidanceState) -> None:
@@ -624,57 +563,24 @@ class Pipeline:
     # -- outputs ---------------------------------------------------------------------
 
     def _send_outputs(self, result: FrameResult, rec: Received, item: WorkItem,
-                      e2e: _E2E) -> int:
+                      e2e: EndToEnd) -> int:
+        """The update's messages (:mod:`guidance.pipeline.outputs`); the number of peers
+        they went to."""
         if self.send is None:
             return 0
-        out = self.config.output
         ts = rec.timestamp_s
-        n = result.needle
-        sent = 0
 
-        def done(ns: int) -> None:
-            self._finish(e2e, sent_ns=ns)
+        def tip_done(ns: int) -> None:
+            # Input received -> tip handed to the kernel (``guidance bench --tracked``).
+            self.stats.add("tip_sent", (ns - rec.received_ns) * 1e-6)
+            e2e.sent(ns)
 
-        if out.send_labels and result.ct_scan is not None:
-            sent = self.send(image_message_from_volume(labels_volume(result.ct_scan),
-                                                       out.label_device, ts), done)
-        elif (out.send_labels and result.kind == "frame" and result.labels is not None
-                and result.image is not None):
-            # On the frame's grid, placed in the planning CT when the frame is.
-            pl = result.placement
-            m = pl.ijk_to_ct if pl is not None and pl.ijk_to_ct is not None \
-                else result.image.ijk_to_lps
-            lab = ImageVolume(result.labels[None], m)
-            sent = self.send(image_message_from_volume(lab, out.label_device, ts), done)
-        blocking = [r for r in result.state_reasons if r.reason is not Reason.NO_PLAN
-                    and r.state in (GuidanceState.STALE, GuidanceState.NO_GUIDANCE)]
-        if n is not None and n.has_3d and not blocking:
-            # The tip at the time it is for (frame: its time minus the lag); sent without a
-            # plan too (navigation), never when it is stale or its chain is broken.
-            m = pose_from_tip_axis(n.tip_lps, n.axis_lps)
-            tip_ts = item.at_s if math.isfinite(item.at_s) else ts
-
-            def tip_done(ns: int) -> None:
-                # Input received -> tip handed to the kernel (``guidance bench --tracked``).
-                self.stats.add("tip_sent", (ns - rec.received_ns) * 1e-6)
-                done(ns)
-
-            k = self.send(pyigtl.TransformMessage(RAS_TO_LPS @ m, timestamp=tip_ts,
-                                                  device_name=out.tip_device), tip_done)
-            sent = max(sent, k)
-        text = result_text(result)
-        k = self.send(pyigtl.StringMessage(text, timestamp=ts, device_name=out.warning_device),
-                      done)
-        sent = max(sent, k)
-        level = result.level
-        self.send(StatusMessage(status_code(result.state, level), int(level),
-                                level.name if level else result.state.name, text[:200],
-                                timestamp=ts, device_name=out.warning_device), None)
+        tip_ts = item.at_s if math.isfinite(item.at_s) else ts
+        sent = send_update(self.send, self.config.output, result, result_text(result), ts,
+                           tip_ts, e2e.sent, tip_done)
         now = time.monotonic()
         plan = self._plan
         if plan is not None and now - self._last_plan_sent > 2.0:
             self._last_plan_sent = now
-            pts = np.stack([plan.entry_lps, plan.target_lps]) @ RAS_TO_LPS[:3, :3].T
-            self.send(pyigtl.PointMessage(pts, names=["Entry", "Target"], groups="Plan",
-                                          timestamp=ts, device_name=out.plan_device), None)
+            send_plan(self.send, self.config.output, plan, ts)
         return sent

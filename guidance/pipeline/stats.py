@@ -6,7 +6,7 @@ import threading
 
 import numpy as np
 
-__all__ = ["LatencyRecorder", "percentiles"]
+__all__ = ["EndToEnd", "LatencyRecorder", "percentiles"]
 
 
 def percentiles(values_ms: np.ndarray) -> dict[str, float]:
@@ -66,3 +66,50 @@ class LatencyRecorder:
     def summary(self) -> dict[str, dict[str, float]]:
         """Percentiles for every series."""
         return {name: percentiles(self.values(name)) for name in self.names()}
+
+
+class EndToEnd:
+    """End-to-end completion of one update: the first output handed to the kernel and
+    the overlay composed, whichever is later, recorded once as ``end_to_end`` (ms from
+    the input's last byte received). Thread-safe: the transport's thread reports the
+    send, the processing thread the overlay.
+
+    Args:
+        stats: where ``end_to_end`` is recorded.
+        received_ns: the input's last byte received, monotonic ns.
+    """
+
+    def __init__(self, stats: LatencyRecorder, received_ns: int) -> None:
+        self._stats = stats
+        self.received_ns = received_ns
+        self._expect_send = True
+        self._sent_ns = 0
+        self._overlay_ns = 0
+        self._recorded = False
+        self._lock = threading.Lock()
+
+    def sent(self, ns: int) -> None:
+        """An output was handed to the kernel at ``ns`` (the first one counts)."""
+        self._finish(sent_ns=ns)
+
+    def nothing_sent(self) -> None:
+        """Nobody to send to: the update is complete when its overlay is."""
+        self._finish(expect_send=False)
+
+    def overlay_composed(self, ns: int) -> None:
+        """The overlay was composed at ``ns``."""
+        self._finish(overlay_ns=ns)
+
+    def _finish(self, sent_ns: int = 0, overlay_ns: int = 0, expect_send: bool = True
+                ) -> None:
+        with self._lock:
+            if sent_ns and not self._sent_ns:
+                self._sent_ns = sent_ns
+            if overlay_ns:
+                self._overlay_ns = overlay_ns
+            self._expect_send = self._expect_send and expect_send
+            send_done = self._sent_ns > 0 or not self._expect_send
+            if self._overlay_ns and send_done and not self._recorded:
+                self._recorded = True
+                done = max(self._overlay_ns, self._sent_ns)
+                self._stats.add("end_to_end", (done - self.received_ns) * 1e-6)
