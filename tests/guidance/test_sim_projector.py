@@ -3,18 +3,17 @@ needle's analytic line integral against the voxel projector."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from guidance.geometry import ImageVolume
 from guidance.sim.anatomy import hu_to_mu
 from guidance.sim.metaimage import to_identity_direction, write_metaimage
 from guidance.sim.projector import carm_geometry, needle_chord_mm, project_volume
+from tests.peers import missing, require_real_ct
 
 
 def _ncc(a: np.ndarray, b: np.ndarray) -> float:
@@ -24,8 +23,9 @@ def _ncc(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def test_projector_matches_plastimatch_drr(tmp_path: Path) -> None:
-    if shutil.which("plastimatch") is None and not os.environ.get("CI"):
-        pytest.skip("plastimatch not installed (apt-get install plastimatch)")
+    if shutil.which("plastimatch") is None:
+        missing("plastimatch (apt-get install plastimatch)")
+    require_real_ct()
     from guidance.data import load_real_ct
 
     ct = load_real_ct()

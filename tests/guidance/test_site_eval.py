@@ -17,8 +17,6 @@ from guidance.training.evaluate import rate_report, wilson_interval
 from guidance.training.site_eval import NEEDLE_FREE_LIST, evaluate_site_images
 from models.preprocess import GridSpec, ModelInput
 
-pydicom = pytest.importorskip("pydicom")
-
 SIZE = 128
 SPACING_MM = 0.3
 
@@ -178,8 +176,8 @@ def test_rate_report_of_no_trials() -> None:
 def test_cli_images_mode_writes_the_report(site: tuple[Path, Path], tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch,
                                            capsys: pytest.CaptureFixture[str]) -> None:
-    from guidance.cli import evaluate as cli_eval
     from guidance.cli.main import main
+    from guidance.workflows import evaluate as cli_eval
 
     monkeypatch.setattr(cli_eval, "_segmenter", lambda card, modality, backends: _Oracle())
     images, labels = site

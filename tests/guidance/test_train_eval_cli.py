@@ -113,5 +113,8 @@ def test_train_ct_measures_the_flank_limit_or_says_why_not(
     if card.needle_rule:  # the untrained net happened to draw needles
         assert card.needle_rule == {"max_flank_asymmetry": rec["limit"]}
     else:
-        assert "no needle" in rec["not_measured"] or "flanks" in rec["not_measured"]
+        # Either reason of measure_flank_limit: no needle reported at all, or too few of
+        # them brighter than their flanks.
+        why = rec["not_measured"]
+        assert "no needle" in why or "flanks" in why, f"not_measured gives another reason: {why}"
         assert "WARNING: no flank limit" in capsys.readouterr().out

@@ -6,9 +6,7 @@ model skip on a developer machine and fail in CI (``CI`` set), where they are in
 
 from __future__ import annotations
 
-import importlib
 import json
-import os
 from pathlib import Path
 from types import ModuleType
 
@@ -16,6 +14,7 @@ import numpy as np
 import pytest
 
 from models.card import file_sha256
+from tests.peers import require_module
 
 #: The fixture model's grid: small, so the tests stay fast.
 GRID = (64, 64)
@@ -23,12 +22,9 @@ GRID = (64, 64)
 
 def require(module: str) -> ModuleType:
     """Import an optional dependency: skip locally when missing, fail in CI."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        if os.environ.get("CI"):
-            pytest.fail(f"{module} is required in CI but missing (pip install .[train])")
-        pytest.skip(f"{module} not installed (the 'train' extra)")
+    mod = require_module(module, f"{module} (the 'train' extra: pip install .[train])")
+    assert isinstance(mod, ModuleType)
+    return mod
 
 
 @pytest.fixture(scope="session")
