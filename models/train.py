@@ -11,7 +11,6 @@ needles are a fraction of a percent of the pixels; Dice keeps them from being ig
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from guidance.io.config_schema import ConfigError, check_fields, meta, setting
 from models.net import DEFAULT_ARCHITECTURE, LiteUNet, build_net
 
 __all__ = ["TrainConfig", "TrainResult", "train"]
@@ -28,51 +28,38 @@ __all__ = ["TrainConfig", "TrainResult", "train"]
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Training settings (recorded in the model card).
+    """Training settings (recorded in the model card); each field documents itself.
+    ``class_weights`` None: 1 for background, 4 for the first foreground class, 2 for
+    the others."""
 
-    Attributes:
-        steps: optimiser steps.
-        batch: frames per step.
-        crop: side of the random square crop each frame is cut to, pixels.
-        lr: peak learning rate (AdamW, one-cycle cosine schedule).
-        weight_decay: AdamW weight decay.
-        class_weights: cross-entropy weight per class (None: 1 for background, 4 for the
-            first foreground class, 2 for the others).
-        dice_weight: weight of the soft-Dice term.
-        flip_lr, flip_ud: random horizontal / vertical flips.
-        gain_jitter: random multiplicative jitter of the normalised image (+- fraction).
-        noise_std: std of added Gaussian noise on the normalised image.
-        seed: seed of everything random in training.
-        threads: torch intra-op threads.
-        architecture: network description (``models.net.build_net``).
-    """
-
-    steps: int = 2000
-    batch: int = 8
-    crop: int = 128
-    lr: float = 3e-3
-    weight_decay: float = 1e-4
-    class_weights: tuple[float, ...] | None = None
-    dice_weight: float = 1.0
-    flip_lr: bool = True
-    flip_ud: bool = False
-    gain_jitter: float = 0.15
-    noise_std: float = 0.05
-    seed: int = 0
-    threads: int = 2
-    architecture: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_ARCHITECTURE))
+    steps: int = setting(2000, "optimiser steps", ge=1, le=10_000_000)
+    batch: int = setting(8, "frames per step", ge=1, le=4096)
+    crop: int = setting(128, "side of the random square crop (a multiple of 16)",
+                        unit="px", ge=16, le=4096)
+    lr: float = setting(3e-3, "peak learning rate (AdamW, one-cycle cosine schedule)",
+                        ge=0, le=1)
+    weight_decay: float = setting(1e-4, "AdamW weight decay", ge=0, le=1)
+    class_weights: tuple[float, ...] | None = setting(
+        None, "cross-entropy weight per class (null: the default weights)", ge=0, le=1000)
+    dice_weight: float = setting(1.0, "weight of the soft-Dice term", ge=0, le=1000)
+    flip_lr: bool = setting(True, "random horizontal flips")
+    flip_ud: bool = setting(False, "random vertical flips")
+    gain_jitter: float = setting(
+        0.15, "random multiplicative jitter of the normalised image (+- fraction)",
+        ge=0, le=1)
+    noise_std: float = setting(0.05, "std of added Gaussian noise on the normalised image",
+                               ge=0, le=10)
+    seed: int = setting(0, "seed of everything random in training", ge=0, le=2**63 - 1)
+    threads: int = setting(2, "torch intra-op threads", ge=1, le=1024)
+    architecture: dict[str, Any] = field(
+        default_factory=lambda: dict(DEFAULT_ARCHITECTURE),
+        metadata=meta("network description (models.net.build_net)"))
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch", "crop", "threads"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+        check_fields(self, "train")
         if self.crop % 16:
-            raise ValueError(f"crop must be a multiple of 16, got {self.crop}")
-        for name in ("lr", "dice_weight"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+            raise ConfigError(f"expected a multiple of 16, got {self.crop}", key="crop",
+                              section="train")
 
 
 @dataclass(frozen=True)

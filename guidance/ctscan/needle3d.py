@@ -30,6 +30,7 @@ from scipy import ndimage
 
 from guidance.ctscan.result import SlabNeedle
 from guidance.geometry import ImageVolume
+from guidance.io.config_schema import check_fields, setting
 from models.preprocess import normalise
 from models.segmenter import Segmenter
 
@@ -40,26 +41,25 @@ F64 = npt.NDArray[np.float64]
 
 @dataclass(frozen=True)
 class NeedleFitConfig:
-    """Thresholds of the 3D needle fit.
+    """Thresholds of the 3D needle fit (the ``ct_scan.fit`` keys); each field documents
+    itself."""
 
-    Attributes:
-        prob_threshold: a voxel is needle evidence at this probability or above.
-        min_voxels: fewer inliers than this: no needle.
-        min_length_mm: a line shorter than this (evidence extent along it): no needle.
-        ransac_iterations: pairs tried.
-        max_candidates: strongest voxels kept for the fit.
-        exit_tolerance_mm: the evidence ending this close to where the line leaves the
-            slab means the tip is beyond it.
-        seed: RANSAC's random seed (reproducible).
-    """
+    prob_threshold: float = setting(
+        0.5, "a voxel is needle evidence at this probability or above", gt=0, lt=1)
+    min_voxels: int = setting(12, "fewer inliers than this: no needle", ge=2, le=1_000_000)
+    min_length_mm: float = setting(
+        4.0, "a line shorter than this (evidence extent along it): no needle", unit="mm",
+        gt=0, le=200)
+    ransac_iterations: int = setting(150, "pairs tried", ge=1, le=100_000)
+    max_candidates: int = setting(4000, "strongest voxels kept for the fit", ge=2,
+                                  le=10_000_000)
+    exit_tolerance_mm: float = setting(
+        1.5, "the evidence ending this close to where the line leaves the slab means the "
+             "tip is beyond it", unit="mm", ge=0, le=50)
+    seed: int = setting(0, "RANSAC's random seed (reproducible)", ge=0, le=2**31 - 1)
 
-    prob_threshold: float = 0.5
-    min_voxels: int = 12
-    min_length_mm: float = 4.0
-    ransac_iterations: int = 150
-    max_candidates: int = 4000
-    exit_tolerance_mm: float = 1.5
-    seed: int = 0
+    def __post_init__(self) -> None:
+        check_fields(self, "ct_scan.fit")
 
 
 class SlabSegmenter:

@@ -8,9 +8,10 @@ by that motion) -> one 3D needle line -> the needle in the planning CT.
 
 from __future__ import annotations
 
-import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -19,6 +20,7 @@ from guidance.ctscan.needle3d import NeedleFitConfig, SlabSegmenter, fit_needle_
 from guidance.ctscan.registration import RegistrationConfig, register_slab
 from guidance.ctscan.result import CtScanResult, PatientMotion
 from guidance.geometry import ImageVolume
+from guidance.io.config_schema import check_fields, load_section, meta, setting
 from guidance.planning.plan import Plan
 from models.segmenter import Segmenter
 
@@ -29,26 +31,27 @@ F64 = npt.NDArray[np.float64]
 
 @dataclass(frozen=True)
 class ControlScanConfig:
-    """Settings of the control-scan path.
+    """Settings of the control-scan path (the ``ct_scan`` keys); each field documents
+    itself."""
 
-    Attributes:
-        motion_caution_mm: patient motion since the planning scan above this is a
-            CAUTION ("patient moved X mm since the planning scan").
-        register: register each slab to the planning CT (off: the scanner frame is
-            taken as the planning CT's, and every scan says so).
-        fit: the 3D needle fit's thresholds.
-        registration: the registration's settings.
-    """
-
-    motion_caution_mm: float = 2.0
-    register: bool = True
-    fit: NeedleFitConfig = field(default_factory=NeedleFitConfig)
-    registration: RegistrationConfig = field(default_factory=RegistrationConfig)
+    motion_caution_mm: float = setting(
+        2.0, "patient motion since the planning scan above this is a CAUTION", unit="mm",
+        gt=0, le=100)
+    register: bool = setting(
+        True, "register each slab to the planning CT (off: the scanner frame is taken as "
+              "the planning CT's, and every scan says so)")
+    fit: NeedleFitConfig = field(
+        default_factory=NeedleFitConfig, metadata=meta("the 3D needle fit"))
+    registration: RegistrationConfig = field(
+        default_factory=RegistrationConfig, metadata=meta("the slab registration"))
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.motion_caution_mm) and self.motion_caution_mm > 0):
-            raise ValueError(f"ct_scan.motion_caution_mm must be > 0 mm, got "
-                             f"{self.motion_caution_mm!r}")
+        check_fields(self, "ct_scan")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ControlScanConfig:
+        """Build from a mapping (the one loader: unknown keys and bad values refused)."""
+        return load_section(cls, data, path="ct_scan")
 
 
 def _apply(m: npt.NDArray[np.floating], p: npt.NDArray[np.floating]) -> F64:

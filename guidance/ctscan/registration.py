@@ -25,6 +25,7 @@ from scipy import ndimage
 
 from guidance.ctscan.result import PatientMotion
 from guidance.geometry import ImageVolume
+from guidance.io.config_schema import check_fields, require_order, setting
 
 __all__ = ["RegistrationConfig", "register_slab"]
 
@@ -33,37 +34,40 @@ F64 = npt.NDArray[np.float64]
 
 @dataclass(frozen=True)
 class RegistrationConfig:
-    """Settings of the slab -> planning CT registration.
+    """Settings of the slab -> planning CT registration (the ``ct_scan.registration``
+    keys); each field documents itself."""
 
-    Attributes:
-        bone_hu: voxels at or above this HU (and below ``metal_hu``) drive the metric.
-        metal_hu: the needle: voxels at or above are masked out with ``metal_pad_mm``.
-        metal_pad_mm: padding around metal masked out (streaks), mm.
-        min_bone_voxels: fewer bone voxels than this: not registrable.
-        sampling: fraction of the mask's voxels sampled per iteration.
-        iterations: optimiser iterations per level.
-        crop_pad_mm: the planning CT is cropped to the registered region's box plus
-            this, mm (the largest motion found from the initial one).
-        roi_half_mm: the registered region: the slab within this of the region of
-            interest's centre in-plane (the plan's path), mm; the motion that matters is
-            the spine's around the needle, and a small region is fast.
-        max_rms_hu: residual (sqrt of the final mean squares) above this: failed.
-        max_translation_mm, max_rotation_deg: larger motions are implausible: failed.
-        seed: the sampler's seed (reproducible).
-    """
+    bone_hu: float = setting(
+        200.0, "voxels at or above this (and below metal_hu) drive the metric", unit="HU",
+        ge=-1024, le=3000)
+    metal_hu: float = setting(
+        2200.0, "the needle: voxels at or above are masked out with metal_pad_mm",
+        unit="HU", ge=0, le=10000)
+    metal_pad_mm: float = setting(4.0, "padding around metal masked out (streaks)",
+                                  unit="mm", ge=0, le=50)
+    min_bone_voxels: int = setting(400, "fewer bone voxels than this: not registrable",
+                                   ge=1, le=10_000_000)
+    sampling: float = setting(0.15, "fraction of the mask's voxels sampled per iteration",
+                              gt=0, le=1)
+    iterations: int = setting(60, "optimiser iterations per level", ge=1, le=10_000)
+    crop_pad_mm: float = setting(
+        25.0, "the planning CT is cropped to the registered region's box plus this (the "
+              "largest motion found from the initial one)", unit="mm", ge=0, le=200)
+    roi_half_mm: float = setting(
+        60.0, "the registered region: the slab within this of the plan's path in-plane",
+        unit="mm", gt=0, le=500)
+    max_rms_hu: float = setting(260.0, "residual above this: failed", unit="HU", gt=0,
+                                le=5000)
+    max_translation_mm: float = setting(
+        40.0, "larger motions are implausible for a patient on the table: failed",
+        unit="mm", gt=0, le=500)
+    max_rotation_deg: float = setting(
+        15.0, "larger rotations are implausible: failed", unit="deg", gt=0, le=180)
+    seed: int = setting(7, "the sampler's seed (reproducible)", ge=0, le=2**31 - 1)
 
-    bone_hu: float = 200.0
-    metal_hu: float = 2200.0
-    metal_pad_mm: float = 4.0
-    min_bone_voxels: int = 400
-    sampling: float = 0.15
-    iterations: int = 60
-    crop_pad_mm: float = 25.0
-    roi_half_mm: float = 60.0
-    max_rms_hu: float = 260.0
-    max_translation_mm: float = 40.0
-    max_rotation_deg: float = 15.0
-    seed: int = 7
+    def __post_init__(self) -> None:
+        check_fields(self, "ct_scan.registration")
+        require_order(self, "ct_scan.registration", "bone_hu", "metal_hu")
 
 
 def _sitk_image(vol: ImageVolume, voxels: np.ndarray) -> object:

@@ -261,7 +261,8 @@ class SegmentStage:
             return None
         if classical is None:
             item.metrics["crosscheck_agree"] = 0.5  # not confirmed
-            return dataclasses.replace(model, confidence=model.confidence * 0.8)
+            return dataclasses.replace(
+                model, confidence=model.confidence * self.config.unconfirmed_confidence_scale)
         sp = spacing_mm if math.isfinite(spacing_mm) and spacing_mm > 0 else 1.0
         d_mm = float(np.linalg.norm(model.tip_ij - classical.tip_ij)) * sp
         ang = _angle_deg(model.tip_ij - model.hub_ij, classical.tip_ij - classical.hub_ij)
@@ -272,7 +273,8 @@ class SegmentStage:
             item.add(Reason.DETECTORS_DISAGREE,
                      f"cross-check: model and classical detector disagree (tips {d_mm:.1f} mm "
                      f"apart, axes {ang:.1f} deg)")
-            return dataclasses.replace(model, confidence=model.confidence * 0.5)
+            return dataclasses.replace(
+                model, confidence=model.confidence * self.config.disagree_confidence_scale)
         item.metrics["crosscheck_agree"] = 1.0
         return model
 
@@ -361,7 +363,7 @@ class NeedleStage:
             e = self.filter.update(tracked.tip_lps, tracked.axis_lps, item.at_s, "tracker",
                                    self.config.tracker_sigma_mm)
             speed, sigma, conf = (e.speed_mm_s, e.tip_sigma_mm, e.confidence) if e is not None \
-                else (0.0, float("nan"), 0.5)
+                else (0.0, float("nan"), self.config.unfiltered_confidence)
             if e is not None and not e.accepted:
                 item.add(Reason.OUTLIER, f"tracked needle jumped {e.innovation_mm:.1f} mm from "
                                          "its track")
@@ -373,8 +375,8 @@ class NeedleStage:
         if image_ct is None:
             return  # 2D only, or nothing
         assert item.frame is not None and det is not None
-        # About 1.5 working-grid pixels of localisation noise.
-        sigma_mm = 1.5 * item.work_scale * float(item.frame.image.spacing_mm[:2].mean())
+        sigma_mm = (self.config.image_sigma_px * item.work_scale
+                    * float(item.frame.image.spacing_mm[:2].mean()))
         e = self.filter.update(image_ct[0], image_ct[1], item.at_s, "image", sigma_mm)
         if e is None:
             return

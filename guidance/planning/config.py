@@ -1,103 +1,65 @@
-"""Typed configuration of planning and safety checks (frozen dataclasses).
+"""Typed configuration of planning (frozen dataclasses): the ``structures``,
+``trajectory`` and ``auto`` sections of ``guidance plan --config``.
 
-Every section is built from a plain mapping by ``from_dict``: an unknown key is an error
-(a mistyped safety margin must never silently fall back to a default), and every value
-is checked with a message naming the parameter and the bad value.
+Every section is built from a plain mapping by ``from_dict``, a thin call into the one
+configuration loader (:mod:`guidance.io.config_schema`): an unknown key is an error (a
+mistyped safety margin must never silently fall back to a default), and every value is
+checked with a message naming the key path, the accepted range and the bad value. Each
+default, unit and range is declared once, on its field (``docs/CONFIG.md``).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from guidance.io.config_schema import (
+    ConfigError,
+    check_fields,
+    load_file,
+    load_section,
+    meta,
+    setting,
+)
 
 __all__ = [
     "DEFAULT_STRUCTURES",
     "STANDARD_NEEDLES_MM",
+    "TARGET_ZONE_MM",
     "AutoPlanConfig",
+    "PlanningConfig",
     "StructureConfig",
     "StructureSpec",
     "TrajectoryConfig",
-    "check_nonneg",
-    "check_positive",
+    "load_planning_config",
 ]
 
-T = TypeVar("T")
-
-
-def check_positive(name: str, value: object) -> float:
-    """``value`` as float, > 0; else TypeError/ValueError naming ``name``."""
-    v = _as_float(name, value)
-    if not v > 0:
-        raise ValueError(f"{name} must be > 0, got {value!r}")
-    return v
-
-
-def check_nonneg(name: str, value: object) -> float:
-    """``value`` as float, >= 0; else TypeError/ValueError naming ``name``."""
-    v = _as_float(name, value)
-    if not v >= 0:
-        raise ValueError(f"{name} must be >= 0, got {value!r}")
-    return v
-
-
-def _as_float(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
-    v = float(value)
-    if not math.isfinite(v):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    return v
-
-
-def _from_mapping(cls: type[T], data: Mapping[str, Any], section: str) -> T:
-    if not isinstance(data, Mapping):
-        raise TypeError(f"{section} must be a mapping, got {type(data).__name__}")
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(
-            f"{section}: unknown key(s) {unknown}; allowed: {sorted(names)}"
-        )
-    return cls(**dict(data))
+#: The last stretch before the target where the target's own bones (e.g. the endplates
+#: around a disc) are not obstacles, mm: the planner's and the live check's one default.
+TARGET_ZONE_MM = 5.0
 
 
 @dataclass(frozen=True)
 class StructureSpec:
-    """One critical structure: which labels make it, its margin, how bad a breach is.
+    """One critical structure: which labels make it, its margin, how bad a breach is."""
 
-    Attributes:
-        name: display name (``"spinal_cord"``, ``"aorta"``...).
-        labels: TotalSegmentator class names whose union forms the structure.
-        margin_mm: required clearance from the structure surface, mm.
-        hard: a breach of the margin is a violation (else a warning only).
-    """
-
-    name: str
-    labels: tuple[str, ...]
-    margin_mm: float
-    hard: bool = True
+    name: str = setting(doc="display name (spinal_cord, aorta...)", nonempty=True)
+    labels: tuple[str, ...] = setting(
+        doc="TotalSegmentator class names whose union forms the structure", nonempty=True)
+    margin_mm: float = setting(doc="required clearance from the structure's surface",
+                               unit="mm", ge=0, le=50)
+    hard: bool = setting(True, "a breach of the margin is a violation (else a warning only)")
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name:
-            raise ValueError(f"name must be a non-empty string, got {self.name!r}")
-        labels = self.labels
-        if isinstance(labels, str) or not all(isinstance(x, str) for x in labels):
-            raise TypeError(f"labels of {self.name} must be a sequence of names, got {labels!r}")
-        if not labels:
-            raise ValueError(f"labels of {self.name} must not be empty")
-        object.__setattr__(self, "labels", tuple(labels))
-        object.__setattr__(
-            self, "margin_mm", check_nonneg(f"{self.name}.margin_mm", self.margin_mm)
-        )
-        if not isinstance(self.hard, bool):
-            raise TypeError(f"{self.name}.hard must be a bool, got {self.hard!r}")
+        check_fields(self, f"structure {self.name!r}" if isinstance(self.name, str)
+                     else "structure")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> StructureSpec:
-        return _from_mapping(cls, data, f"structure {data.get('name', '?')!r}")
+        name = data.get("name", "?") if isinstance(data, Mapping) else "?"
+        return load_section(cls, data, path=f"structure {name!r}")
 
 
 #: Default critical structures (TotalSegmentator names). The cord label is the cord
@@ -143,54 +105,40 @@ DEFAULT_STRUCTURES: tuple[StructureSpec, ...] = (
 
 @dataclass(frozen=True)
 class StructureConfig:
-    """Which structures to build and how.
+    """Which structures to build and how (the ``structures`` section)."""
 
-    Attributes:
-        structures: the labelled critical structures.
-        vertebra_margin_mm: clearance required from non-target vertebrae (bone
-            obstacles; crossing one is a violation).
-        derive_nerve_roots: add nerve-root regions derived geometrically from adjacent
-            vertebrae and the cord (no label exists); their names end in ``(derived)``.
-        nerve_root_margin_mm: margin for the derived roots.
-        nerve_root_radius_mm: radius of a derived root tube.
-        clearance_cap_mm: distances are exact up to this value and reported as this
-            value beyond it (the SDFs are computed in a box this much larger than each
-            structure); must exceed every margin.
-    """
-
-    structures: tuple[StructureSpec, ...] = DEFAULT_STRUCTURES
-    vertebra_margin_mm: float = 0.0
-    derive_nerve_roots: bool = True
-    nerve_root_margin_mm: float = 2.0
-    nerve_root_radius_mm: float = 3.0
-    clearance_cap_mm: float = 30.0
+    structures: tuple[StructureSpec, ...] = setting(
+        DEFAULT_STRUCTURES, "the labelled critical structures (name, labels, margin_mm, hard)")
+    vertebra_margin_mm: float = setting(
+        0.0, "clearance required from non-target vertebrae (bone obstacles)", unit="mm",
+        ge=0, le=50)
+    derive_nerve_roots: bool = setting(
+        True, "add nerve-root regions derived from adjacent vertebrae and the cord "
+              "(names end in (derived))")
+    nerve_root_margin_mm: float = setting(
+        2.0, "margin of the derived nerve roots", unit="mm", ge=0, le=50)
+    nerve_root_radius_mm: float = setting(
+        3.0, "radius of a derived nerve-root tube", unit="mm", gt=0, le=20)
+    clearance_cap_mm: float = setting(
+        30.0, "distances are exact up to this and reported as this beyond; must exceed "
+              "every margin + 5 mm", unit="mm", gt=0, le=200)
 
     def __post_init__(self) -> None:
-        specs = tuple(
-            s if isinstance(s, StructureSpec) else StructureSpec.from_dict(s)
-            for s in self.structures
-        )
-        names = [s.name for s in specs]
+        check_fields(self, "structures")
+        names = [s.name for s in self.structures]
         if len(set(names)) != len(names):
-            raise ValueError(f"structures: duplicate names in {names}")
-        object.__setattr__(self, "structures", specs)
-        check_nonneg("vertebra_margin_mm", self.vertebra_margin_mm)
-        check_nonneg("nerve_root_margin_mm", self.nerve_root_margin_mm)
-        check_positive("nerve_root_radius_mm", self.nerve_root_radius_mm)
-        cap = check_positive("clearance_cap_mm", self.clearance_cap_mm)
-        worst = max([s.margin_mm for s in specs] + [self.vertebra_margin_mm,
-                                                     self.nerve_root_margin_mm])
-        if cap <= worst + 5.0:
-            raise ValueError(
-                f"clearance_cap_mm must exceed the largest margin + 5 mm ({worst + 5.0}), "
-                f"got {self.clearance_cap_mm}"
-            )
-        if not isinstance(self.derive_nerve_roots, bool):
-            raise TypeError(f"derive_nerve_roots must be a bool, got {self.derive_nerve_roots!r}")
+            raise ConfigError(f"duplicate names in {names}", key="structures",
+                              section="structures")
+        worst = max([s.margin_mm for s in self.structures]
+                    + [self.vertebra_margin_mm, self.nerve_root_margin_mm])
+        if self.clearance_cap_mm <= worst + 5.0:
+            raise ConfigError(f"must exceed the largest margin + 5 mm ({worst + 5.0:g} mm), "
+                              f"got {self.clearance_cap_mm!r}", key="clearance_cap_mm",
+                              section="structures")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> StructureConfig:
-        return _from_mapping(cls, data, "structures config")
+        return load_section(cls, data, path="structures")
 
 
 #: Standard needle lengths, mm (Chiba/spinal needles: 3.5", 5", 6", 7" and metric).
@@ -199,80 +147,77 @@ STANDARD_NEEDLES_MM: tuple[float, ...] = (50.0, 70.0, 89.0, 100.0, 127.0, 152.0,
 
 @dataclass(frozen=True)
 class TrajectoryConfig:
-    """How a straight trajectory is evaluated.
+    """How a straight trajectory is evaluated (the ``trajectory`` section)."""
 
-    Attributes:
-        step_mm: sampling step along the path, mm (below the smallest voxel size).
-        hub_margin_mm: needle length kept outside the skin (hub, grip), mm.
-        needle_lengths_mm: available needle lengths, mm.
-        target_zone_mm: the last stretch before the target where the target's own
-            bones (e.g. the endplates around a disc) are not counted as obstacles, mm.
-    """
-
-    step_mm: float = 0.5
-    hub_margin_mm: float = 15.0
-    needle_lengths_mm: tuple[float, ...] = STANDARD_NEEDLES_MM
-    target_zone_mm: float = 5.0
+    step_mm: float = setting(
+        0.5, "sampling step along the path (below the smallest voxel size)", unit="mm",
+        gt=0, le=10)
+    hub_margin_mm: float = setting(
+        15.0, "needle length kept outside the skin (hub, grip)", unit="mm", ge=0, le=100)
+    needle_lengths_mm: tuple[float, ...] = setting(
+        STANDARD_NEEDLES_MM, "available needle lengths", unit="mm", gt=0, le=500,
+        nonempty=True)
+    target_zone_mm: float = setting(
+        TARGET_ZONE_MM, "last stretch before the target where its own bones (e.g. a "
+                        "disc's endplates) are not obstacles", unit="mm", ge=0, le=50)
 
     def __post_init__(self) -> None:
-        check_positive("step_mm", self.step_mm)
-        check_nonneg("hub_margin_mm", self.hub_margin_mm)
-        check_nonneg("target_zone_mm", self.target_zone_mm)
-        lengths = tuple(sorted(check_positive("needle_lengths_mm", v)
-                               for v in self.needle_lengths_mm))
-        if not lengths:
-            raise ValueError("needle_lengths_mm must not be empty")
-        object.__setattr__(self, "needle_lengths_mm", lengths)
+        check_fields(self, "trajectory")
+        object.__setattr__(self, "needle_lengths_mm", tuple(sorted(self.needle_lengths_mm)))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrajectoryConfig:
-        return _from_mapping(cls, data, "trajectory config")
+        return load_section(cls, data, path="trajectory")
 
 
 @dataclass(frozen=True)
 class AutoPlanConfig:
-    """Search space and ranking of automatic planning.
+    """Search space and ranking of automatic planning (the ``auto`` section). Ranking
+    score = clearance_weight * min(clearance - margin, 5) / 5 - length_weight * length /
+    100 - angle_weight * |craniocaudal| / 30."""
 
-    Attributes:
-        max_craniocaudal_deg: largest tilt out of the axial plane, degrees.
-        max_mediolateral_deg: largest angle from the sagittal plane (0 = straight
-            posterior-to-anterior), degrees.
-        step_deg: angular grid step, degrees.
-        max_length_mm: longest path considered, mm.
-        skin_hu: HU threshold of the body (air below).
-        n_best: number of candidates returned.
-        min_separation_deg: candidates returned are at least this far apart.
-        clearance_weight, length_weight, angle_weight: ranking score =
-            clearance_weight * min(clearance - margin, 5) / 5
-            - length_weight * length / 100 - angle_weight * |craniocaudal| / 30.
-    """
-
-    max_craniocaudal_deg: float = 30.0
-    max_mediolateral_deg: float = 75.0
-    step_deg: float = 2.0
-    max_length_mm: float = 160.0
-    skin_hu: float = -300.0
-    n_best: int = 5
-    min_separation_deg: float = 6.0
-    clearance_weight: float = 1.0
-    length_weight: float = 0.5
-    angle_weight: float = 0.3
+    max_craniocaudal_deg: float = setting(
+        30.0, "largest tilt out of the axial plane", unit="deg", ge=0, lt=80)
+    max_mediolateral_deg: float = setting(
+        75.0, "largest angle from the sagittal plane (0: straight posterior to anterior)",
+        unit="deg", ge=0, le=90)
+    step_deg: float = setting(2.0, "angular grid step", unit="deg", gt=0, le=30)
+    max_length_mm: float = setting(160.0, "longest path considered", unit="mm", gt=0, le=500)
+    skin_hu: float = setting(-300.0, "HU threshold of the body (air below)", unit="HU",
+                             ge=-1024, le=1000)
+    n_best: int = setting(5, "number of candidates returned", ge=1, le=100)
+    min_separation_deg: float = setting(
+        6.0, "candidates returned are at least this far apart", unit="deg", ge=0, le=90)
+    clearance_weight: float = setting(1.0, "ranking weight of the clearance", ge=0, le=100)
+    length_weight: float = setting(0.5, "ranking weight of the path length", ge=0, le=100)
+    angle_weight: float = setting(0.3, "ranking weight of the craniocaudal tilt", ge=0,
+                                  le=100)
 
     def __post_init__(self) -> None:
-        check_nonneg("max_craniocaudal_deg", self.max_craniocaudal_deg)
-        if self.max_craniocaudal_deg >= 80:
-            raise ValueError(f"max_craniocaudal_deg must be < 80, got {self.max_craniocaudal_deg}")
-        if not 0 <= check_nonneg("max_mediolateral_deg", self.max_mediolateral_deg) <= 90:
-            raise ValueError(f"max_mediolateral_deg must be <= 90, got {self.max_mediolateral_deg}")
-        check_positive("step_deg", self.step_deg)
-        check_positive("max_length_mm", self.max_length_mm)
-        _as_float("skin_hu", self.skin_hu)
-        if isinstance(self.n_best, bool) or not isinstance(self.n_best, int) or self.n_best < 1:
-            raise ValueError(f"n_best must be an int >= 1, got {self.n_best!r}")
-        check_nonneg("min_separation_deg", self.min_separation_deg)
-        for name in ("clearance_weight", "length_weight", "angle_weight"):
-            check_nonneg(name, getattr(self, name))
+        check_fields(self, "auto")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> AutoPlanConfig:
-        return _from_mapping(cls, data, "auto-plan config")
+        return load_section(cls, data, path="auto")
+
+
+@dataclass(frozen=True)
+class PlanningConfig:
+    """All sections of ``guidance plan --config`` (``structures``, ``trajectory``,
+    ``auto``)."""
+
+    structures: StructureConfig = field(
+        default_factory=StructureConfig, metadata=meta("critical structures and margins"))
+    trajectory: TrajectoryConfig = field(
+        default_factory=TrajectoryConfig, metadata=meta("trajectory evaluation"))
+    auto: AutoPlanConfig = field(
+        default_factory=AutoPlanConfig, metadata=meta("automatic planning"))
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+def load_planning_config(path: str | Path) -> PlanningConfig:
+    """Read a planning config file (``guidance plan --config``); every error names the
+    file, the key path and the value (:func:`guidance.io.config_schema.load_file`)."""
+    return load_file(PlanningConfig, path)

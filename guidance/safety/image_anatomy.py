@@ -41,7 +41,6 @@ project's choices, informed by, not validated in, these):
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,7 +49,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from guidance.planning.config import check_nonneg
+from guidance.io.config_schema import check_fields, require_order, setting
 from guidance.records import SafetyReason, SafetyWarning, WarningLevel
 from guidance.safety.decision import Clearance
 
@@ -66,53 +65,43 @@ NAMES = {"nerve": "nerve (US)", "vessel": "vessel (US)"}
 
 @dataclass(frozen=True)
 class ImageAnatomyConfig:
-    """Thresholds of the image-anatomy check (mm in the image plane, frames, s).
+    """Thresholds of the image-anatomy check (mm in the image plane, frames, s); each
+    field documents itself (``setting(doc=...)``). The checks are the safety section's
+    (:func:`guidance.io.config_schema.check_fields`, ``require_order``)."""
 
-    Attributes:
-        nerve_caution_mm: tip within this of a nerve -> CAUTION.
-        nerve_contact_mm: tip within this of a nerve (or inside) -> DANGER.
-        vessel_ahead_mm: a vessel within this of the path ahead -> CAUTION.
-        look_ahead_mm: how far the path ahead reaches beyond the tip.
-        min_probability: a component counts when its mean probability is at least this.
-        min_area_mm2: components smaller than this are ignored (specks).
-        rise_frames: consecutive frames a higher level must be seen to be shown.
-        clear_frames: consecutive frames a lower level must hold (clear of the
-            threshold by ``hysteresis_mm``) to be shown.
-        hysteresis_mm: see ``clear_frames``.
-        max_gap_s: frames further apart than this do not count as consecutive.
-        needle_width_mm: the model labels the needle's own pixels as needle, leaving a
-            notch in a nerve or vessel it enters; components are closed over this width
-            before distances are measured, so a tip in its own notch is inside.
-    """
-
-    nerve_caution_mm: float = 2.0
-    nerve_contact_mm: float = 0.5
-    vessel_ahead_mm: float = 1.0
-    look_ahead_mm: float = 10.0
-    min_probability: float = 0.6
-    min_area_mm2: float = 1.0
-    rise_frames: int = 2
-    clear_frames: int = 3
-    hysteresis_mm: float = 0.5
-    max_gap_s: float = 0.5
-    needle_width_mm: float = 1.0
+    nerve_caution_mm: float = setting(
+        2.0, "tip within this of a nerve: CAUTION", unit="mm", ge=0, le=20)
+    nerve_contact_mm: float = setting(
+        0.5, "tip within this of a nerve (or inside): DANGER, intraneural risk", unit="mm",
+        ge=0, le=20)
+    vessel_ahead_mm: float = setting(
+        1.0, "a vessel within this of the path ahead: CAUTION", unit="mm", ge=0, le=20)
+    look_ahead_mm: float = setting(
+        10.0, "how far the path ahead reaches beyond the tip", unit="mm", ge=0, le=100)
+    min_probability: float = setting(
+        0.6, "a component counts when its mean model probability is at least this",
+        gt=0, le=1)
+    min_area_mm2: float = setting(
+        1.0, "components smaller than this are ignored (specks)", unit="mm2", ge=0, le=100)
+    rise_frames: int = setting(
+        2, "consecutive frames a higher level must be seen to be shown (a true DANGER is "
+           "never delayed more than 3 frames)", unit="frames", ge=1, le=3)
+    clear_frames: int = setting(
+        3, "consecutive frames a lower level must hold, clear of the threshold by "
+           "hysteresis_mm, to be shown", unit="frames", ge=1, le=3)
+    hysteresis_mm: float = setting(
+        0.5, "band a distance must clear its threshold by to count towards clear_frames "
+             "(about three pixels of the US model's 0.175 mm grid)", unit="mm", ge=0, le=10)
+    max_gap_s: float = setting(
+        0.5, "frames further apart than this do not count as consecutive", unit="s",
+        ge=0, le=10)
+    needle_width_mm: float = setting(
+        1.0, "components are closed over this width (the needle's own notch) before "
+             "distances are measured", unit="mm", ge=0, le=5)
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.name.endswith("_frames"):
-                if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 3:
-                    raise ValueError(f"image_anatomy.{f.name} must be an int in 1..3 (a "
-                                     f"true DANGER is never delayed more than 3 frames), "
-                                     f"got {value!r}")
-            else:
-                check_nonneg(f"image_anatomy.{f.name}", value)
-        if self.nerve_contact_mm > self.nerve_caution_mm:
-            raise ValueError("image_anatomy.nerve_contact_mm must be <= nerve_caution_mm, got "
-                             f"{self.nerve_contact_mm} > {self.nerve_caution_mm}")
-        if not 0.0 < self.min_probability <= 1.0:
-            raise ValueError(f"image_anatomy.min_probability must be in (0, 1], got "
-                             f"{self.min_probability}")
+        check_fields(self, "image_anatomy")
+        require_order(self, "image_anatomy", "nerve_contact_mm", "nerve_caution_mm")
 
 
 @dataclass(frozen=True)

@@ -377,9 +377,10 @@ def test_broken_run_config_is_refused(tmp_path: Path, capsys: pytest.CaptureFixt
 BROKEN_PLAN_CONFIGS: list[tuple[str, str, tuple[str, ...]]] = [
     ("nan_margin", '{"structures": {"vertebra_margin_mm": NaN}}',
      ("vertebra_margin_mm", "NaN")),
-    ("bool_margin", '{"trajectory": {"step_mm": true}}', ("step_mm must be a number",)),
+    ("bool_margin", '{"trajectory": {"step_mm": true}}',
+     ("trajectory.step_mm: expected a number", "got True")),
     ("negative_needle", '{"trajectory": {"needle_lengths_mm": [-50]}}',
-     ("needle_lengths_mm must be > 0",)),
+     ("trajectory.needle_lengths_mm[0]: expected a number in (0, 500] mm, got -50",)),
 ]
 
 

@@ -45,7 +45,7 @@ def test_run_with_bad_config_and_plan_exit_2(tmp_path, capsys):
     cfg = tmp_path / "c.json"
     cfg.write_text('{"safety": {"margin_mm": 2}}')
     assert main(["run", "--listen", "5999", "--config", str(cfg), "--seconds", "0.1"]) == 2
-    assert "unknown key safety.margin_mm" in capsys.readouterr().err
+    assert "c.json: safety.margin_mm: unknown key (allowed: " in capsys.readouterr().err
     plan = tmp_path / "p.json"
     plan.write_text('{"format": "guidance.plan/1", "entry_lps_mm": [1, 2]}')
     assert main(["run", "--listen", "5999", "--plan", str(plan), "--seconds", "0.1"]) == 2

@@ -252,7 +252,7 @@ MALFORMED: list[tuple[str, Callable[[dict], None], str]] = [
     ("zero half size", lambda a: a.update(roi_half_size_mm=[10.0, 0.0, 10.0]),
      r"anatomy\.roi_half_size_mm must be > 0"),
     ("bad structures config", lambda a: a.update(structures_config={"margins": 3}),
-     r"anatomy\.structures_config: structures config: unknown key\(s\) \['margins'\]"),
+     r"anatomy\.structures_config: structures\.margins: unknown key \(allowed: "),
 ]
 
 

@@ -183,7 +183,8 @@ def test_bad_input_and_config(phantom: StructureSet) -> None:
         checker.check([np.nan, 0, 0], [0, 1, 0], 0.0)
     with pytest.raises(ValueError, match="unknown key"):
         SafetyConfig.from_dict({"tracking_sigma": 1.0})
-    with pytest.raises(ValueError, match="registration_tre_mm must be >= 0, got -1"):
+    with pytest.raises(ValueError, match=r"safety\.registration_tre_mm: expected a number in "
+                                         r"\[0, 10\] mm, got -1"):
         SafetyConfig.from_dict({"registration_tre_mm": -1})
     with pytest.raises(TypeError, match="plan must be a Plan"):
         SafetyCheck("plan.json", phantom)  # type: ignore[arg-type]

@@ -95,14 +95,16 @@ def test_unknown_label_name_is_an_error() -> None:
 @pytest.mark.parametrize(
     ("data", "exc", "msg"),
     [
-        ({"vertebra_margin": 1.0}, ValueError, "unknown key"),
-        ({"nerve_root_margin_mm": -2}, ValueError, "nerve_root_margin_mm must be >= 0, got -2"),
-        ({"clearance_cap_mm": "30"}, TypeError, "clearance_cap_mm must be a number"),
+        ({"vertebra_margin": 1.0}, ValueError, r"structures\.vertebra_margin: unknown key"),
+        ({"nerve_root_margin_mm": -2}, ValueError,
+         r"structures\.nerve_root_margin_mm: expected a number in \[0, 50\] mm, got -2"),
+        ({"clearance_cap_mm": "30"}, TypeError,
+         r"structures\.clearance_cap_mm: expected a number in \(0, 200\] mm, got '30'"),
         ({"clearance_cap_mm": 6.0}, ValueError, "must exceed the largest margin"),
         ({"structures": [{"name": "x", "labels": ["aorta"], "margin": 3}]}, ValueError,
-         "unknown key"),
+         r"structures\.structures\[0\]\.margin: unknown key"),
         ({"structures": [{"name": "x", "labels": "aorta", "margin_mm": 3}]}, TypeError,
-         "sequence of names"),
+         r"structures\.structures\[0\]\.labels: expected a non-empty list of"),
     ],
 )
 def test_structure_config_rejects_bad_input(data: dict, exc: type, msg: str) -> None:
