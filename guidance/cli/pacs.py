@@ -1,23 +1,16 @@
-"""``guidance pacs echo|store|fetch``: DICOM networking with a PACS (pynetdicom).
-
-    guidance pacs echo --pacs AET@HOST:PORT
-    guidance pacs store PATH [PATH ...] --to AET@HOST:PORT
-    guidance pacs fetch --from AET@HOST:PORT --study UID --out DIR [--move --port N]
-
-Exit 0: done; 2: the PACS unreachable, refusing, or any object not stored/retrieved
-(each named on its own line), or a bad argument. Nothing is sent unless asked.
-"""
+"""``guidance pacs echo|store|fetch``: DICOM networking with a PACS
+(:mod:`guidance.workflows.pacs`). Exit 0: done; 2: the PACS unreachable, refusing, or
+any object not stored/retrieved (each named on its own line), or a bad argument."""
 
 from __future__ import annotations
 
 import argparse
-import logging
 from typing import Any
 
 from guidance.cli.common import path_arg, port_number, positive_float
 from guidance.cli.main import UsageError
 
-__all__ = ["pacs_address", "print_store", "register"]
+__all__ = ["ae_title", "pacs_address", "register"]
 
 
 def pacs_address(text: str) -> Any:
@@ -40,67 +33,20 @@ def ae_title(text: str) -> str:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def quiet_pynetdicom(verbose: int) -> None:
-    """pynetdicom logs every association at INFO and failures with tracebacks at ERROR;
-    our one-line reports say what failed, so its log shows only with ``-v -v``."""
-    logging.getLogger("pynetdicom").setLevel(logging.DEBUG if verbose >= 2
-                                             else logging.CRITICAL)
+def _run(args: argparse.Namespace) -> int:
+    from guidance.workflows import pacs as wf
 
-
-def print_store(outcomes: list[Any], pacs: Any) -> int:
-    """One line per object; returns how many were not stored."""
-    bad = 0
-    for o in outcomes:
-        print(f"{'stored' if o.ok else 'NOT STORED'}: {o.path} ({o.sop_instance_uid or '-'})"
-              + ("" if o.message == "stored" else f": {o.message}"))
-        bad += not o.ok
-    print(f"{len(outcomes) - bad} of {len(outcomes)} object(s) stored to {pacs}")
-    return bad
-
-
-def _echo(args: argparse.Namespace) -> int:
-    from guidance.pacs.network import PacsError, echo
-
-    quiet_pynetdicom(args.verbose)
-    try:
-        echo(args.pacs, calling_ae=args.ae_title, timeout_s=args.timeout)
-    except PacsError as e:
-        raise UsageError(str(e)) from e
-    print(f"C-ECHO {args.pacs}: OK (as {args.ae_title})")
-    return 0
-
-
-def _store(args: argparse.Namespace) -> int:
-    from guidance.pacs.network import PacsError, store_files
-
-    quiet_pynetdicom(args.verbose)
-    try:
-        outcomes = store_files(args.paths, args.to, calling_ae=args.ae_title,
-                               timeout_s=args.timeout)
-    except PacsError as e:
-        raise UsageError(str(e)) from e
-    bad = print_store(outcomes, args.to)
-    if bad:
-        raise UsageError(f"{bad} object(s) not stored to {args.to} (listed above)")
-    return 0
-
-
-def _fetch(args: argparse.Namespace) -> int:
-    from guidance.pacs.network import PacsError, fetch_study
-
-    quiet_pynetdicom(args.verbose)
-    try:
-        result = fetch_study(args.source, args.study, args.out, calling_ae=args.ae_title,
-                             method="move" if args.move else "get", move_port=args.port,
-                             timeout_s=args.timeout)
-    except PacsError as e:
-        raise UsageError(str(e)) from e
-    print(f"retrieved {len(result.files)} object(s) of study {args.study} from "
-          f"{args.source} into {args.out} ({'C-MOVE' if args.move else 'C-GET'})")
-    for line in result.problems:
-        print(f"  problem: {line}")
-    if result.problems:
-        raise UsageError(f"study {args.study} retrieved only in part (see above)")
+    wf.quiet_pynetdicom(args.verbose)
+    if args.pacs_action == "echo":
+        report = wf.echo_pacs(args.pacs, calling_ae=args.ae_title, timeout_s=args.timeout)
+    elif args.pacs_action == "store":
+        report = wf.store(args.paths, args.to, calling_ae=args.ae_title, timeout_s=args.timeout)
+    else:
+        report = wf.fetch(args.source, args.study, args.out, calling_ae=args.ae_title,
+                          move=args.move, move_port=args.port, timeout_s=args.timeout)
+    print("\n".join(report.lines))
+    if report.failure:
+        raise UsageError(report.failure)
     return 0
 
 
@@ -110,6 +56,7 @@ def _common(p: argparse.ArgumentParser, timeout: float) -> None:
     p.add_argument("--timeout", type=positive_float, default=timeout, metavar="S",
                    help=f"connection, association and response timeout, seconds "
                         f"(default {timeout:g})")
+    p.set_defaults(func=_run)
 
 
 def register(sub: Any) -> None:
@@ -123,7 +70,6 @@ def register(sub: Any) -> None:
     e.add_argument("--pacs", required=True, type=pacs_address, metavar="AET@HOST:PORT",
                    help="the PACS, e.g. ORTHANC@127.0.0.1:4242")
     _common(e, 10.0)
-    e.set_defaults(func=_echo)
     s = actions.add_parser("store", help="send DICOM files or folders (C-STORE)")
     s.add_argument("paths", nargs="+", type=path_arg("input_path"), metavar="PATH",
                    help="DICOM files or folders (searched recursively), e.g. OUTDIR/dicom "
@@ -131,7 +77,6 @@ def register(sub: Any) -> None:
     s.add_argument("--to", required=True, type=pacs_address, metavar="AET@HOST:PORT",
                    help="the PACS")
     _common(s, 30.0)
-    s.set_defaults(func=_store)
     f = actions.add_parser("fetch", help="retrieve a study (C-GET, or C-MOVE with --move)")
     f.add_argument("--from", dest="source", required=True, type=pacs_address,
                    metavar="AET@HOST:PORT", help="the PACS")
@@ -146,4 +91,3 @@ def register(sub: Any) -> None:
     f.add_argument("--port", type=port_number, default=11113,
                    help="with --move: port of our storage SCP (default 11113)")
     _common(f, 60.0)
-    f.set_defaults(func=_fetch)

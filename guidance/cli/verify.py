@@ -2,26 +2,22 @@
 
     guidance verify --plan plan.json --ct PATH [--labels PATH|real] --out DIR
 
-Writes ``DIR/verification.json``, ``DIR/report.html`` and two PNG key images, and for
-a DICOM control CT ``DIR/dicom/``: a DICOM SR measurement report, a SEG of the needle
-and the key images as Secondary Capture, in the control CT's study (``--pacs`` stores
-them). Exit 0: PASS, 1: OFF_TARGET / VIOLATION / needle not found, 2: bad input or a
-PACS that did not take everything.
+The work is :mod:`guidance.workflows.verify` (reports, DICOM objects for a DICOM control
+CT; ``--pacs`` stores them). Exit 0: PASS, 1: OFF_TARGET / VIOLATION / needle not found,
+2: bad input or a PACS that did not take everything.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from guidance.cli.common import (
     path_arg,
     positive_float,
+    progress_line,
     show_or_screenshot,
     start_gui_or_fail,
 )
@@ -32,109 +28,36 @@ __all__ = ["register"]
 
 
 def _run(args: argparse.Namespace) -> int:
-    from guidance.cli.plan import ROI_HALF_MM, load_inputs
-    from guidance.planning.anatomy import build_anatomy
-    from guidance.planning.plan import Plan, PlanError
-    from guidance.planning.provenance import check_plan_inside
-    from guidance.planning.report import key_images, write_verification_report
-    from guidance.planning.structures import build_structures
-    from guidance.planning.targets import Target, TargetError, parse_target
-    from guidance.planning.verify import NeedleNotFoundError, verify_placement
+    from guidance.workflows import pacs, verify
+    from guidance.workflows.plan import load_inputs
 
     start_gui_or_fail(args, require_png=False)
-    try:
-        plan = Plan.load(args.plan)
-    except PlanError as e:
-        raise UsageError(str(e)) from e
-    labels_arg = args.labels or plan.labels_source or "real"
-    ct, labels, names = load_inputs(args.ct, labels_arg, args.label_names, args.series_uid)
-    try:  # the control CT is on the planning CT's grid (load_inputs checks the labels')
-        check_plan_inside(plan, ct, str(args.plan), what="control CT")
-    except PlanError as e:
-        raise UsageError(str(e)) from e
-    anatomy = build_anatomy(labels, names)
-    target: Target | None = None
-    if plan.target_spec:
-        try:
-            target = parse_target(plan.target_spec, anatomy, ct)
-        except TargetError:
-            target = None  # the plan's own target point is used below
-    centre = 0.5 * (plan.entry_lps + plan.target_lps)
-    half = np.maximum(np.array(ROI_HALF_MM), np.abs(plan.entry_lps - plan.target_lps) / 2 + 30)
-    structures = build_structures(labels, names, roi_center_lps=centre, roi_half_size_mm=half)
-    out = Path(args.out)
-    try:
-        result = verify_placement(ct, plan, structures, target=target,
-                                  tolerance_mm=args.tolerance_mm)
-    except NeedleNotFoundError as e:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "verification.json").write_text(json.dumps(
-            {"verdict": "NEEDLE_NOT_FOUND", "reasons": [str(e)], "tip_lps_mm": None,
-             "tip_to_target_mm": None, "angle_error_deg": None, "clearance_mm": {}},
-            indent=2) + "\n")
-        print(f"guidance verify: {e}", file=sys.stderr)
-        if args.gui:
-            _show(args, ct, plan, None, str(e), structures)
-        return 1
-    images = key_images(ct, plan, result, structures)
-    paths = write_verification_report(out, ct, plan, result, ct_source=args.ct,
-                                      structures=structures, images=images)
-    print(f"tip {np.round(result.detection.tip_lps, 1).tolist()} LPS mm, "
-          f"{result.tip_to_target_mm:.1f} mm from the target, angle "
-          f"{result.angle_error_deg:.1f} deg to the plan")
-    print(f"verdict: {result.verdict}")
-    for r in result.reasons:
-        print(f"  - {r}")
-    print(f"wrote {paths['json']} and {paths['html']}")
-    dicom = _write_dicom(args, out, ct, plan, result, structures, images)
+    plan = verify.load_plan(args.plan)
+    inputs = load_inputs(args.ct, args.labels or plan.labels_source or "real",
+                         args.label_names, args.series_uid, progress_line)
+    if inputs.note:
+        print(f"labels: {inputs.note}", file=sys.stderr)
+    found = verify.verify_needle(plan, args.plan, inputs, ct_source=args.ct,
+                                 series_uid=args.series_uid, tolerance_mm=args.tolerance_mm,
+                                 out=args.out)
+    if found.result is None:
+        print(f"guidance verify: {found.error}", file=sys.stderr)
+    else:
+        print("\n".join(verify.result_lines(found)))
+        print(verify.write_dicom(found, plan, inputs, ct_source=args.ct,
+                                 series_uid=args.series_uid, out=args.out))
     if args.gui:
-        _show(args, ct, plan, result, "", structures)
-    if args.pacs is not None:
-        _send(args, dicom, out)
-    return 0 if result.verdict == "PASS" else 1
-
-
-def _write_dicom(args: argparse.Namespace, out: Path, ct: Any, plan: Any, result: Any,
-                 structures: Any, images: list[Any]) -> list[Path]:
-    """SR, SEG and key images under ``OUT/dicom`` when the control CT is DICOM (its
-    identity copied); none for a NIfTI CT (no identity to copy: said, not invented)."""
-    from guidance.pacs.objects import from_report, write_verification_dicom
-    from guidance.pacs.source import NoDicomSource, read_source_series
-
-    if args.ct == "real":
-        print("DICOM objects: none (the embedded CT is NIfTI: no patient or study identity "
-              "to copy)")
-        return []
-    try:
-        source = read_source_series(args.ct, ct, args.series_uid)
-    except NoDicomSource as e:
-        print(f"DICOM objects: none ({e})")
-        return []
-    written = write_verification_dicom(out / "dicom", source, ct, plan, result, structures,
-                                       from_report(images))
-    print(f"DICOM objects in study {source.study_uid}: "
-          + ", ".join(str(p) for p in written))
-    return written
-
-
-def _send(args: argparse.Namespace, files: list[Path], out: Path) -> None:
-    """Store what was written; every file stays in ``out`` whatever happens."""
-    from guidance.cli.pacs import print_store, quiet_pynetdicom
-    from guidance.pacs.network import PacsError, store_files
-
-    later = f"everything is kept in {out}; send it later with `guidance pacs store " \
-            f"{out / 'dicom'} --to {args.pacs}`"
-    if not files:
-        raise UsageError(f"--pacs: nothing to send (no DICOM objects: the control CT is "
-                         f"not DICOM); {out} holds the JSON and HTML report")
-    quiet_pynetdicom(args.verbose)
-    try:
-        outcomes = store_files(files, args.pacs, calling_ae=args.ae_title)
-    except PacsError as e:
-        raise UsageError(f"{e}; {later}") from e
-    bad = print_store(outcomes, args.pacs)
-    if bad:
-        raise UsageError(f"{bad} object(s) not stored to {args.pacs} (listed above); {later}")
+        _show(args, inputs.ct, plan, found.result, found.error, found.structures)
+    if found.result is None:
+        return 1
+    if args.pacs is not None:  # every file stays in OUT whatever happens
+        pacs.quiet_pynetdicom(args.verbose)
+        report = pacs.send_verification(found.dicom, args.out, args.pacs,
+                                        calling_ae=args.ae_title)
+        print("\n".join(report.lines))
+        if report.failure:
+            raise UsageError(report.failure)
+    return 0 if found.result.verdict == "PASS" else 1
 
 
 def _show(args: argparse.Namespace, ct: Any, plan: Any, result: Any, error: str,

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-import guidance.cli.calibrate as calibrate_cli
 import guidance.cli.main as cli_main
+import guidance.workflows.pose_capture as pose_capture
 from calibration import project
 from calibration.accuracy import simulate_pivot_poses
 from guidance.io.calibration_file import load_calibration
@@ -246,7 +246,7 @@ def test_live_capture_from_fake_source(
             if i == 5:
                 yield TrackedPose(device, np.eye(4), i * 0.02, i * 20_000_000 + 2)
 
-    monkeypatch.setattr(calibrate_cli, "POSE_SOURCE", fake)
+    monkeypatch.setattr(pose_capture, "POSE_SOURCE", fake)
     out, saved = tmp_path / "live.json", tmp_path / "captured.json"
     argv = [
         "calibrate",
