@@ -213,7 +213,10 @@ def _describe_type(hint: Any, meta: Mapping[str, Any]) -> str:
         return f"an object of names to {_plural(item)}"
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
-        return " or ".join(_describe_type(a, meta) for a in args) + " or null"
+        text = " or ".join(_describe_type(a, meta) for a in args)
+        return text + " or null" if len(args) < len(typing.get_args(hint)) else text
+    if isinstance(hint, type):
+        return f"a {hint.__name__}"
     return "any JSON value"
 
 
@@ -253,9 +256,14 @@ def _check(hint: Any, value: Any, meta: Mapping[str, Any], key: str) -> Any:
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         if value is None and len(args) < len(typing.get_args(hint)):
             return None
-        if len(args) != 1:
-            raise TypeError(f"{key}: unsupported configuration type {hint!r}")
-        return _check(args[0], value, meta, key)
+        if len(args) == 1:
+            return _check(args[0], value, meta, key)
+        if all(isinstance(a, type) and a not in (bool, int, float, str) for a in args):
+            # A union of plain classes (e.g. IPv4Network | IPv6Network): built in code.
+            if isinstance(value, tuple(args)):
+                return value
+            raise wrong_type()
+        raise TypeError(f"{key}: unsupported configuration type {hint!r}")
     if hint is bool:
         if not isinstance(value, bool):
             raise wrong_type()

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from guidance.io.bufferpool import BufferPool
+from guidance.io.config_schema import check_fields, meta, setting
 from guidance.io.messages import (
     HEADER_SIZE,
     Header,
@@ -64,24 +65,23 @@ class TransportConfig:
             :func:`parse_allow_list`.
     """
 
-    max_body_bytes: int = 256 * 1024 * 1024
-    check_crc: bool = True
-    body_timeout_s: float = 5.0
-    message_timeout_s: float = 10.0
-    keepalive_s: float = 2.0
-    send_timeout_s: float = 5.0
-    max_connections: int = 16
-    allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    max_body_bytes: int = setting(256 * 1024 * 1024, "largest accepted body", unit="bytes",
+                                  ge=1, le=4 * 1024**3)
+    check_crc: bool = setting(True, "verify the CRC-64 of every body")
+    body_timeout_s: float = setting(5.0, "a body whose bytes stop this long is dropped",
+                                    unit="s", gt=0, le=3600)
+    message_timeout_s: float = setting(10.0, "a whole message must arrive within this",
+                                       unit="s", gt=0, le=3600)
+    keepalive_s: float = setting(2.0, "TCP keepalive idle and interval", unit="s",
+                                 gt=0, le=3600)
+    send_timeout_s: float = setting(5.0, "a send blocked this long marks the peer dead",
+                                    unit="s", gt=0, le=3600)
+    max_connections: int = setting(16, "server: connections open at once", ge=1, le=1024)
+    allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(
+        default=(), metadata=meta("server: peers accepted (IP networks; empty: any)"))
 
     def __post_init__(self) -> None:
-        if self.max_body_bytes < 1:
-            raise ValueError(f"max_body_bytes must be >= 1, got {self.max_body_bytes}")
-        for name in ("body_timeout_s", "message_timeout_s", "keepalive_s", "send_timeout_s"):
-            value = getattr(self, name)
-            if not value > 0 or value == float("inf"):
-                raise ValueError(f"{name} must be a finite number > 0, got {value}")
-        if self.max_connections < 1:
-            raise ValueError(f"max_connections must be >= 1, got {self.max_connections}")
+        check_fields(self, "transport")
 
 
 @dataclass
