@@ -1,8 +1,6 @@
 """``guidance calibrate``: pivot, spin, register, probe, temporal, carm, accuracy.
 
-JSON in, JSON out (formats in ``calibration/FORMATS.md``); the work is
-:mod:`guidance.workflows.calibrate` (live poses: ``--from HOST:PORT --tool NAME
---seconds N``, :mod:`guidance.workflows.pose_capture`; ``--plot FILE.png``: residuals).
+JSON in, JSON out (``calibration/FORMATS.md``); the work is :mod:`guidance.workflows.calibrate`.
 """
 
 from __future__ import annotations
@@ -18,18 +16,12 @@ __all__ = ["register"]
 
 
 def _command(args: argparse.Namespace) -> str:
-    skip = {"func", "command", "calibration", "verbose"}
     opts = [f"--{k.replace('_', '-')} {v}" for k, v in sorted(vars(args).items())
-            if k not in skip and v is not None]
+            if k not in {"func", "command", "calibration", "verbose"} and v is not None]
     return " ".join(["calibrate", str(args.calibration), *opts])
 
 
-def _source(a: argparse.Namespace) -> wf.PoseSource:
-    return wf.PoseSource(a.input, a.source, a.tool, a.seconds, a.save_poses)
-
-
-def _emit(fn: Callable[[argparse.Namespace, str], wf.Calibrated]
-          ) -> Callable[[argparse.Namespace], int]:
+def _emit(fn: Callable[[argparse.Namespace, str], wf.Calibrated]) -> Callable[..., int]:
     """The command: run ``fn``, write its document to ``--out`` (or print it)."""
     def run(args: argparse.Namespace) -> int:
         result = fn(args, _command(args))
@@ -42,17 +34,18 @@ def _emit(fn: Callable[[argparse.Namespace, str], wf.Calibrated]
 
 def _accuracy(args: argparse.Namespace) -> int:
     figures = wf.accuracy(args.seed)
-    for line in wf.accuracy_lines(figures):
-        print(line)
+    print("\n".join(wf.accuracy_lines(figures)))
     if args.json:
         wf.write_accuracy_report(figures, args.seed, args.json)
     return 0 if all(f.passed for f in figures) else 1
 
 
-def _io_args(p: argparse.ArgumentParser, *, live: bool = False) -> None:
+def _io_args(p: argparse.ArgumentParser, *, live: bool = False, plot: bool = False,
+             name: str = "") -> None:
+    src = p.add_mutually_exclusive_group(required=True) if live else p
+    src.add_argument("--input", type=path_arg("input_file"), metavar="FILE", help="input JSON",
+                     required=not live)
     if live:
-        src = p.add_mutually_exclusive_group(required=True)
-        src.add_argument("--input", type=path_arg("input_file"), metavar="FILE", help="input JSON")
         src.add_argument("--from", dest="source", metavar="HOST:PORT",
                          help="capture poses live from an OpenIGTLink server")
         p.add_argument("--tool", default="Stylus",
@@ -60,16 +53,14 @@ def _io_args(p: argparse.ArgumentParser, *, live: bool = False) -> None:
         p.add_argument("--seconds", type=float, default=30.0, help="capture duration (s)")
         p.add_argument("--save-poses", type=path_arg("output_file"), metavar="FILE",
                        help="write the captured poses JSON")
-    else:
-        p.add_argument("--input", type=path_arg("input_file"), metavar="FILE", required=True,
-                       help="input JSON")
     p.add_argument("--out", type=path_arg("output_file"), metavar="FILE",
                    help="output JSON (default: stdout)")
-
-
-def _plot_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--plot", type=path_arg("output_file"), metavar="FILE.png",
-                   help="write a residual plot")
+    if name:
+        p.add_argument("--name", default=name, help="FromToTo name of the "
+                       + ("pose" if name == "PhantomToCamera" else "result"))
+    if plot:
+        p.add_argument("--plot", type=path_arg("output_file"), metavar="FILE.png",
+                       help="write a residual plot")
 
 
 def register(subparsers: Any) -> None:
@@ -87,10 +78,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--ransac-mm", type=float, default=None,
                    help="RANSAC inlier threshold (mm); off by default")
     p.add_argument("--seed", type=int, default=0, help="RANSAC random seed")
-    _plot_arg(p)
+    p.add_argument("--plot", type=path_arg("output_file"), metavar="FILE.png",
+                   help="write a residual plot")
     p.set_defaults(func=_emit(lambda a, cmd: wf.pivot(
-        _source(a), min_range_deg=a.min_range_deg, ransac_mm=a.ransac_mm, seed=a.seed,
-        plot=a.plot, command=cmd)))
+        wf.PoseSource(a.input, a.source, a.tool, a.seconds, a.save_poses),
+        min_range_deg=a.min_range_deg, ransac_mm=a.ransac_mm, seed=a.seed, plot=a.plot,
+        command=cmd)))
 
     p = sub.add_parser("spin", help="needle axis from rotations about the shaft")
     _io_args(p, live=True)
@@ -101,20 +94,16 @@ def register(subparsers: Any) -> None:
                         "tip frame <Tool>TipTo<Tool> (tip from the pivot, +z along the "
                         "measured shaft)")
     p.set_defaults(func=_emit(lambda a, cmd: wf.spin(
-        _source(a), pivot_file=a.pivot, min_spin_deg=a.min_spin_deg, command=cmd)))
+        wf.PoseSource(a.input, a.source, a.tool, a.seconds, a.save_poses),
+        pivot_file=a.pivot, min_spin_deg=a.min_spin_deg, command=cmd)))
 
     p = sub.add_parser("register", help="paired-point rigid registration with expected TRE")
-    _io_args(p)
-    p.add_argument("--name", default="MovingToFixed", help="FromToTo name of the result")
-    _plot_arg(p)
+    _io_args(p, name="MovingToFixed", plot=True)
     p.set_defaults(func=_emit(lambda a, cmd: wf.register_points(
         a.input, name=a.name, plot=a.plot, command=cmd)))
-
     p = sub.add_parser("probe", help="ultrasound image_to_probe from a tracked stylus")
-    _io_args(p)
-    p.add_argument("--name", default="ImageToProbe", help="FromToTo name of the result")
+    _io_args(p, name="ImageToProbe")
     p.set_defaults(func=_emit(lambda a, cmd: wf.probe(a.input, name=a.name, command=cmd)))
-
     p = sub.add_parser("temporal", help="lag between two streams")
     _io_args(p)
     p.add_argument("--max-lag-s", type=float, default=0.5,
@@ -122,10 +111,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--min-std", type=float, default=0.5, help="least signal std (its unit)")
     p.set_defaults(func=_emit(lambda a, cmd: wf.temporal(
         a.input, max_lag_s=a.max_lag_s, min_std=a.min_std, command=cmd)))
-
     p = sub.add_parser("carm", help="C-arm 3x4 projection from 3D fiducials and 2D pixels")
-    _io_args(p)
-    p.add_argument("--name", default="PhantomToCamera", help="FromToTo name of the pose")
+    _io_args(p, name="PhantomToCamera")
     p.set_defaults(func=_emit(lambda a, cmd: wf.carm(a.input, name=a.name, command=cmd)))
 
     p = sub.add_parser("accuracy", help="Monte-Carlo accuracy checks; prints the figures")

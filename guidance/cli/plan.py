@@ -1,11 +1,5 @@
-"""``guidance plan``: trajectory planning on a CT with a label map.
-
-    guidance plan --ct PATH|real --labels PATH|real --target SPEC
-                  (--entry X,Y,Z | --auto) --out plan.json
-
-Coordinates are LPS millimetres; the work is :mod:`guidance.workflows.plan` (``plan.json``
-records the inputs with their SHA-256: :mod:`guidance.planning.provenance`).
-"""
+"""``guidance plan``: trajectory planning on a CT with a label map (LPS mm); the work is
+:mod:`guidance.workflows.plan`, the view (``--gui``) :mod:`guidance.gui.planning_view`."""
 
 from __future__ import annotations
 
@@ -20,21 +14,8 @@ from guidance.cli.main import UsageError
 __all__ = ["register"]
 
 
-def _load_inputs(args: argparse.Namespace) -> Any:
-    """CT, labels and names of ``args`` (``--labels totalsegmentator`` run first); the
-    fit of the labels onto the CT said on stderr."""
-    from guidance.workflows import plan as wf
-
-    if args.labels == "totalsegmentator":
-        labels, names = wf.segment_with_totalsegmentator(args.ct)
-        print(f"labels: TotalSegmentator's {labels} (names {names})")
-        args.labels = str(labels)
-        args.label_names = args.label_names or str(names)
-    inputs = wf.load_inputs(args.ct, args.labels, args.label_names, args.series_uid,
-                            progress_line)
-    if inputs.note:
-        print(f"labels: {inputs.note}", file=sys.stderr)
-    return inputs
+def _eprint(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -47,20 +28,12 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError("--target SPEC is required (or use --gui)")
     if args.entry is None and not args.auto:
         raise UsageError("give --entry X,Y,Z or --auto")
-    settings = wf.load_plan_config(args.config)
-    out = wf.plan_trajectory(_load_inputs(args), settings, target_spec=args.target,
-                             entry=args.entry, auto=args.auto, ct_source=args.ct,
-                             labels_source=args.labels, names_path=args.label_names,
-                             out=args.out, progress=progress_line)
-    for why in out.rejection:
-        for k, line in enumerate(why):
-            print(("guidance plan: " if k == 0 else "  ") + line, file=sys.stderr)
-    if out.plan is None:
-        return 1
-    for line in wf.report_lines(out):
-        print(line)
-    print(f"wrote {args.out}")
-    return 0 if out.ok else 1
+    outcome = wf.run_plan(wf.PlanSources(args.ct, args.labels, args.label_names,
+                                         args.series_uid),
+                          config_path=args.config, target_spec=args.target, entry=args.entry,
+                          auto=args.auto, out=args.out, progress=progress_line, say=print,
+                          warn=_eprint)
+    return 0 if outcome.ok else 1
 
 
 def _run_gui(args: argparse.Namespace) -> int:
@@ -74,12 +47,14 @@ def _run_gui(args: argparse.Namespace) -> int:
     if args.target is None and plan is None:
         raise UsageError("--gui needs --target SPEC or --load plan.json (the analysed region "
                          "is built around the target)")
-    inputs = _load_inputs(args)
+    inputs, src = wf.load_sources(wf.PlanSources(args.ct, args.labels, args.label_names,
+                                                 args.series_uid),
+                                  progress=progress_line, say=print, warn=_eprint)
     setup = wf.prepare_planning_view(
-        inputs, target_spec=args.target, plan=plan, plan_path=args.load, ct_source=args.ct,
-        labels_source=args.labels, names_path=args.label_names, progress=progress_line)
+        inputs, target_spec=args.target, plan=plan, plan_path=args.load, ct_source=src.ct,
+        labels_source=src.labels, names_path=src.names, progress=progress_line)
     view = PlanningView(inputs.ct, setup.structures, setup.target, plan, Path(args.out),
-                        args.ct, args.labels, anatomy=setup.anatomy)
+                        src.ct, src.labels, anatomy=setup.anatomy)
     win = MainWindow([("Planning", view)])
     win.show()
     if args.auto:

@@ -1,11 +1,6 @@
-"""``guidance verify``: check the final needle on a control CT against the plan.
-
-    guidance verify --plan plan.json --ct PATH [--labels PATH|real] --out DIR
-
-The work is :mod:`guidance.workflows.verify` (reports, DICOM objects for a DICOM control
-CT; ``--pacs`` stores them). Exit 0: PASS, 1: OFF_TARGET / VIOLATION / needle not found,
-2: bad input or a PACS that did not take everything.
-"""
+"""``guidance verify``: the final needle on a control CT against the plan
+(:mod:`guidance.workflows.verify`). Exit 0: PASS, 1: OFF_TARGET / VIOLATION / needle not
+found, 2: bad input or a PACS that did not take everything."""
 
 from __future__ import annotations
 
@@ -21,7 +16,6 @@ from guidance.cli.common import (
     show_or_screenshot,
     start_gui_or_fail,
 )
-from guidance.cli.main import UsageError
 from guidance.cli.pacs import ae_title, pacs_address
 
 __all__ = ["register"]
@@ -29,35 +23,18 @@ __all__ = ["register"]
 
 def _run(args: argparse.Namespace) -> int:
     from guidance.workflows import pacs, verify
-    from guidance.workflows.plan import load_inputs
 
     start_gui_or_fail(args, require_png=False)
-    plan = verify.load_plan(args.plan)
-    inputs = load_inputs(args.ct, args.labels or plan.labels_source or "real",
-                         args.label_names, args.series_uid, progress_line)
-    if inputs.note:
-        print(f"labels: {inputs.note}", file=sys.stderr)
-    found = verify.verify_needle(plan, args.plan, inputs, ct_source=args.ct,
-                                 series_uid=args.series_uid, tolerance_mm=args.tolerance_mm,
-                                 out=args.out)
-    if found.result is None:
-        print(f"guidance verify: {found.error}", file=sys.stderr)
-    else:
-        print("\n".join(verify.result_lines(found)))
-        print(verify.write_dicom(found, plan, inputs, ct_source=args.ct,
-                                 series_uid=args.series_uid, out=args.out))
-    if args.gui:
-        _show(args, inputs.ct, plan, found.result, found.error, found.structures)
-    if found.result is None:
-        return 1
-    if args.pacs is not None:  # every file stays in OUT whatever happens
+    if args.pacs is not None:
         pacs.quiet_pynetdicom(args.verbose)
-        report = pacs.send_verification(found.dicom, args.out, args.pacs,
-                                        calling_ae=args.ae_title)
-        print("\n".join(report.lines))
-        if report.failure:
-            raise UsageError(report.failure)
-    return 0 if found.result.verdict == "PASS" else 1
+    found = verify.run_verify(
+        args.plan, ct_source=args.ct, labels_source=args.labels, names_path=args.label_names,
+        series_uid=args.series_uid, tolerance_mm=args.tolerance_mm, out=args.out,
+        pacs=args.pacs, calling_ae=args.ae_title, progress=progress_line, say=print,
+        warn=lambda line: print(line, file=sys.stderr),
+        show=(lambda i, plan, f: _show(args, i.ct, plan, f.result, f.error, f.structures))
+        if args.gui else None)
+    return 0 if found.result is not None and found.result.verdict == "PASS" else 1
 
 
 def _show(args: argparse.Namespace, ct: Any, plan: Any, result: Any, error: str,

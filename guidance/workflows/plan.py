@@ -11,9 +11,10 @@ rebuilds exactly these structures or refuses a missing or changed file
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,17 +40,22 @@ __all__ = [
     "PlanInputs",
     "PlanOutcome",
     "PlanSettings",
+    "PlanSources",
     "Variant",
     "ViewSetup",
     "load_inputs",
     "load_plan",
     "load_plan_config",
+    "load_sources",
     "plan_trajectory",
     "prepare_planning_view",
     "record_inputs",
     "report_lines",
+    "run_plan",
     "segment_with_totalsegmentator",
 ]
+
+_log = logging.getLogger(__name__)
 
 #: Half size of the analysed box around the target, mm (L, P, S).
 ROI_HALF_MM = (100.0, 100.0, 50.0)
@@ -460,3 +466,54 @@ def prepare_planning_view(inputs: PlanInputs, *, target_spec: str | None, plan: 
         raise WorkflowError(str(e)) from e
     anatomy = record_inputs(ct_source, labels_source, names_path, {}, centre, half)
     return ViewSetup(target, structures, anatomy)
+
+
+@dataclass(frozen=True)
+class PlanSources:
+    """The planning inputs as given (``real``, paths; ``totalsegmentator`` for the labels:
+    run it on the CT) and the series to load from a DICOM folder."""
+
+    ct: str
+    labels: str
+    names: str | None
+    series_uid: str | None
+
+
+def load_sources(src: PlanSources, *, progress: Progress = no_progress,
+                 say: Callable[[str], None] = _log.info,
+                 warn: Callable[[str], None] = _log.warning
+                 ) -> tuple[PlanInputs, PlanSources]:
+    """:func:`load_inputs` of ``src``, TotalSegmentator run first when asked (``say``
+    names its files); ``warn`` gets how the labels were fitted onto the CT.
+
+    Returns:
+        The inputs and the sources as recorded in a plan (TotalSegmentator's files).
+    """
+    if src.labels == "totalsegmentator":
+        labels, names = segment_with_totalsegmentator(src.ct)
+        say(f"labels: TotalSegmentator's {labels} (names {names})")
+        src = PlanSources(src.ct, str(labels), src.names or str(names), src.series_uid)
+    inputs = load_inputs(src.ct, src.labels, src.names, src.series_uid, progress)
+    if inputs.note:
+        warn(f"labels: {inputs.note}")
+    return inputs, src
+
+
+def run_plan(src: PlanSources, *, config_path: str | None, target_spec: str,
+             entry: str | None, auto: bool, out: str | Path, progress: Progress = no_progress,
+             say: Callable[[str], None] = _log.info,
+             warn: Callable[[str], None] = _log.warning) -> PlanOutcome:
+    """``guidance plan``: the config, the inputs, :func:`plan_trajectory`; ``say`` gets
+    the plan for people (:func:`report_lines`) and ``warn`` why no path was acceptable."""
+    settings = load_plan_config(config_path)
+    inputs, src = load_sources(src, progress=progress, say=say, warn=warn)
+    outcome = plan_trajectory(inputs, settings, target_spec=target_spec, entry=entry, auto=auto,
+                              ct_source=src.ct, labels_source=src.labels,
+                              names_path=src.names, out=out, progress=progress)
+    for why in outcome.rejection:
+        for k, line in enumerate(why):
+            warn(("guidance plan: " if k == 0 else "  ") + line)
+    if outcome.plan is not None:
+        for line in [*report_lines(outcome), f"wrote {out}"]:
+            say(line)
+    return outcome

@@ -10,6 +10,8 @@ planning CT's frame (the control CT is on its grid).
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,14 +19,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from guidance.workflows.plan import ROI_HALF_MM, PlanInputs
-from guidance.workflows.shared import WorkflowError
+from guidance.workflows.shared import Progress, WorkflowError, no_progress
 
 if TYPE_CHECKING:
+    from guidance.pacs.network import PacsAddress
     from guidance.planning.plan import Plan
     from guidance.planning.structures import StructureSet
     from guidance.planning.verify import VerificationResult
 
-__all__ = ["Verification", "load_plan", "result_lines", "verify_needle", "write_dicom"]
+__all__ = ["Verification", "load_plan", "result_lines", "run_verify", "verify_needle",
+           "write_dicom"]
+
+_log = logging.getLogger(__name__)
 
 
 def load_plan(path: str | Path) -> Plan:
@@ -152,3 +158,46 @@ def result_lines(found: Verification) -> list[str]:
             f"verdict: {r.verdict}",
             *(f"  - {reason}" for reason in r.reasons),
             f"wrote {found.reports['json']} and {found.reports['html']}"]
+
+
+def run_verify(plan_path: str | Path, *, ct_source: str, labels_source: str | None,
+               names_path: str | None, series_uid: str | None, tolerance_mm: float,
+               out: str | Path, pacs: PacsAddress | None = None, calling_ae: str = "GUIDANCE",
+               show: Callable[[PlanInputs, Plan, Verification], None] | None = None,
+               progress: Progress = no_progress, say: Callable[[str], None] = _log.info,
+               warn: Callable[[str], None] = _log.warning) -> Verification:
+    """``guidance verify``: the plan, the control CT with the planning labels (default:
+    the plan's labels source), :func:`verify_needle`, :func:`write_dicom`, then
+    ``show`` (the verification view), then the DICOM objects stored to ``pacs``
+    (:func:`guidance.workflows.pacs.send_verification`). ``say`` gets the result for
+    people, ``warn`` how the labels were fitted and why no needle was found.
+
+    Raises:
+        WorkflowError: a bad plan or input, a PACS that did not take everything.
+    """
+    from guidance.workflows.pacs import send_verification
+    from guidance.workflows.plan import load_inputs
+
+    plan = load_plan(plan_path)
+    inputs = load_inputs(ct_source, labels_source or plan.labels_source or "real", names_path,
+                         series_uid, progress)
+    if inputs.note:
+        warn(f"labels: {inputs.note}")
+    found = verify_needle(plan, plan_path, inputs, ct_source=ct_source, series_uid=series_uid,
+                          tolerance_mm=tolerance_mm, out=out)
+    if found.result is None:
+        warn(f"guidance verify: {found.error}")
+    else:
+        for line in result_lines(found):
+            say(line)
+        say(write_dicom(found, plan, inputs, ct_source=ct_source, series_uid=series_uid,
+                        out=out))
+    if show is not None:
+        show(inputs, plan, found)
+    if found.result is not None and pacs is not None:  # every file stays in OUT
+        report = send_verification(found.dicom, out, pacs, calling_ae=calling_ae)
+        for line in report.lines:
+            say(line)
+        if report.failure:
+            raise WorkflowError(report.failure)
+    return found
