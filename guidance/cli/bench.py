@@ -22,15 +22,15 @@ import argparse
 import contextlib
 import io
 import json
-import math
 import os
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from guidance.cli.common import int_at_least, path_arg, positive_float, progress_line
+from guidance.cli.common import int_at_least, path_arg, positive_float
 from guidance.cli.main import UsageError
 from guidance.records import MODALITIES
+from guidance.session.console import progress_line
 
 if TYPE_CHECKING:
     from guidance.bench.measure import BenchReport
@@ -204,8 +204,9 @@ def _tracked(args: argparse.Namespace, _stage: str) -> None:
 def _render(args: argparse.Namespace, _stage: str) -> None:
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before Qt is imported
     from guidance.bench.render import TARGET_P50_MS, run_render
+    from guidance.gui.bench_targets import GuiRenderTargets
 
-    r = run_render(_GuiTargets, args.size, args.render_frames, args.render_canvas,
+    r = run_render(GuiRenderTargets, args.size, args.render_frames, args.render_canvas,
                    args.json, args.render_modality, _say)
     out = r.summary
     for name in ("render", "render_stale", "widget_repaint", "baseline_overlay_cv2"):
@@ -213,56 +214,3 @@ def _render(args: argparse.Namespace, _stage: str) -> None:
     verdict = "meets" if out["meets_target"] else "MISSES"
     print(f"render p50 {out['render_ms']['p50']:.2f} ms {verdict} the {TARGET_P50_MS:g} ms "
           f"target; wrote {r.json_path} and {r.png_path}")
-
-
-class _GuiTargets:
-    """The GUI's drawing for :func:`guidance.bench.render.run_render` (its
-    ``RenderTargets``: the bench package is below the GUI and does not import it)."""
-
-    def __init__(self, plan: Any, names: dict[int, str], canvas_wh: tuple[int, int]) -> None:
-        from PyQt5.QtGui import QImage
-
-        from guidance.gui.app import ensure_app
-        from guidance.gui.canvas import LiveRenderer
-        from guidance.gui.live_model import build_view_model
-
-        self.platform = os.environ.get("QT_QPA_PLATFORM", "")
-        self.app = ensure_app(headless=self.platform == "offscreen")
-        self.renderer = LiveRenderer()
-        self.renderer.plan = plan
-        self.canvas = QImage(*canvas_wh, QImage.Format_RGB32)
-        self.names = names
-        self.model = build_view_model
-        self.view: Any = None
-        self.paints0 = 0
-
-    def render(self, r: Any) -> None:
-        model = self.model(r, r, r.received_ns, 1e9, (), 15.0)
-        self.renderer.render(self.canvas, r, model, self.names)
-
-    def render_stale(self, r: Any) -> None:
-        model = self.model(None, r, r.received_ns + 3_000_000_000, 0.5, (), math.nan)
-        self.renderer.render(self.canvas, r, model, self.names)
-
-    def save_picture(self, path: Path) -> None:
-        self.canvas.save(str(path))
-
-    def open_view(self, feed: Any) -> None:
-        from guidance.gui.live_view import LiveView
-
-        self.view = LiveView(feed, poll_ms=1000)
-        self.view.timer.stop()
-        self.view.resize(1600, 1000)
-        self.view.show()
-        for _ in range(5):
-            self.app.processEvents()
-        self.paints0 = self.view.canvas.paint_count
-
-    def repaint_view(self) -> None:
-        self.view.poll()
-        self.view.canvas.repaint()
-
-    def close_view(self) -> int:
-        paints = int(self.view.canvas.paint_count - self.paints0)
-        self.view.close()
-        return paints

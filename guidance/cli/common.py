@@ -1,119 +1,36 @@
-"""Helpers shared by the sub-commands: argument parsers, path checks, progress lines,
-the console summary. (The live session itself and its outputs are
-:mod:`guidance.session`; ``FrameWriter``, ``summary_dict`` and ``write_summary`` are
-re-exported here for the sub-commands.)"""
+"""Helpers shared by the sub-commands' argument parsing: path arguments checked before
+a command runs (:func:`guidance.io.paths.check_path`), argparse types, and the GUI's
+start for commands with ``--gui``/``--screenshot``. Everything else a command uses
+(the session, its summary text, signals, progress bars) is in :mod:`guidance.session`."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import math
-import os
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from guidance.io.igtl import parse_host_port
-from guidance.session.outputs import FrameWriter, summary_dict, write_summary
+from guidance.io.paths import PATH_KINDS, check_path
 
 __all__ = [
-    "PATH_KINDS",
-    "FrameWriter",
-    "check_path",
     "chosen_actions",
     "host_port",
+    "int_at_least",
     "path_arg",
     "path_problems",
     "pixel_point",
+    "port_number",
     "positive_float",
-    "progress_line",
-    "summary_dict",
-    "warning_lines",
-    "write_summary",
+    "show_or_screenshot",
+    "start_gui_or_fail",
 ]
 
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
-
-#: What a path argument is: read (a file, a folder, either) or written (a file, a folder
-#: created with its missing parents).
-PATH_KINDS = ("input_file", "input_dir", "input_path", "output_file", "output_dir")
-
-
-def _writable_dir(d: Path) -> str:
-    """'' when files can be created in the existing folder ``d``, else the problem."""
-    if not d.is_dir():
-        return f"{d} is not a folder"
-    if not os.access(d, os.W_OK | os.X_OK):
-        return f"folder {d} is not writable"
-    return ""
-
-
-def check_path(text: str, kind: str, special: tuple[str, ...] = (),
-               parents: bool = False) -> str:
-    """The problem with a path argument before anything runs ('' when there is none).
-
-    Args:
-        text: the path as given.
-        kind: one of :data:`PATH_KINDS`. ``output_file``: not a folder, in an existing
-            writable folder, not a read-only file; ``output_dir``: a writable folder or
-            one that can be created in an existing writable folder; ``input_*``: exists,
-            is a file (``input_file``) or a folder (``input_dir``), and is readable.
-        special: values that are not paths (``real``, ``-`` for stdout).
-        parents: ``output_dir`` only: missing folders above it may be created too (a
-            cache under the home folder), else its parent must exist (a typo in a path
-            does not create a tree).
-    """
-    if kind not in PATH_KINDS:
-        raise ValueError(f"kind must be one of {PATH_KINDS}, got {kind!r}")
-    if text in special:
-        return ""
-    if not text:
-        return "empty path"
-    p = Path(text)
-    try:
-        if kind.startswith("input"):
-            if not p.exists():
-                return "cannot read: " + ("no such file or folder" if kind == "input_path"
-                                          else "no such file" if kind == "input_file"
-                                          else "no such folder")
-            if kind == "input_file" and p.is_dir():
-                return "cannot read: is a folder, a file is expected"
-            if kind == "input_dir" and not p.is_dir():
-                return "cannot read: not a folder"
-            if not os.access(p, os.R_OK):
-                return "cannot read: permission denied"
-            return ""
-        if kind == "output_file":
-            if p.is_dir():
-                return "is a folder, a file name is expected"
-            parent = p.parent
-            if not parent.exists():
-                return f"folder {parent} does not exist"
-            problem = _writable_dir(parent)
-            if problem:
-                return problem
-            if p.exists() and not os.access(p, os.W_OK):
-                return "exists and is not writable"
-            return ""
-        # output_dir: it, or the folder it is created in, must be writable.
-        if p.exists():
-            return "" if p.is_dir() and os.access(p, os.W_OK | os.X_OK) else (
-                "exists and is not a folder" if not p.is_dir() else "folder is not writable")
-        above = p.parent
-        while parents and not above.exists() and above != above.parent:
-            above = above.parent
-        if not above.exists():
-            return f"folder {above} does not exist"
-        if not above.is_dir():
-            return f"cannot create it: {above} is a file"
-        if not os.access(above, os.W_OK | os.X_OK):
-            return f"cannot create it: folder {above} is not writable"
-        return ""
-    except OSError as e:  # a path too long, a name the file system refuses
-        return e.strerror or str(e)
 
 
 def path_arg(kind: str, convert: Callable[[str], _T] = str,  # type: ignore[assignment]
@@ -246,213 +163,18 @@ def host_port(text: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def print_summary(summary: dict[str, Any], title: str) -> None:
-    """A one-screen summary on stdout."""
-    lat = summary["latency_ms"]
-
-    def f(v: Any) -> str:
-        return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.1f}"
-
-    print(f"== {title} ==")
-    poses = summary.get("pose_updates", 0)
-    print(
-        f"frames: received {summary['frames_received']}, processed "
-        f"{summary['frames_processed']}, dropped {summary['frames_dropped']}, "
-        f"stale reports {summary['stale_reports']}"
-        + (f"; needle pose updates (no images) {poses}" if poses else "")
-    )
-    print(
-        f"end-to-end latency ms: p50 {f(lat['p50'])}  p95 {f(lat['p95'])}  "
-        f"p99 {f(lat['p99'])}  max {f(lat['max'])}"
-    )
-    stages = "  ".join(f"{k} {f(v['p50'])}/{f(v['p99'])}" for k, v in summary["stages_ms"].items())
-    print(f"stages ms (p50/p99): {stages}")
-    for line in warning_lines(summary["warnings"]):
-        print(line)
-    last = summary.get("last_state")
-    if last is not None:
-        decision = last.get("decision")
-        if decision is not None:
-            wid = decision["widening"]
-            print(f"last decision: {decision['level']} {decision['message']} (margins "
-                  f"+{wid['total_mm']:.1f} mm)")
-        for r in last["reasons"][:3]:
-            print(f"last state: {r['state']}: {r['message']}")
-
-
-def progress_line(label: str, stream: Any = None, every_s: float = 10.0,
-                  ) -> Callable[[float, str], None]:
-    """A progress callback on stderr: on a terminal one bar updated in place (``\\r``);
-    otherwise (a log, a pipe, CI) a plain line at most every ``every_s`` seconds and at
-    the end, so that logs do not fill with bars."""
-    import sys
-    import time
-
-    out = stream if stream is not None else sys.stderr
-    tty = bool(getattr(out, "isatty", lambda: False)())
-    state = {"last": -1.0, "t": -math.inf}
-
-    def show(fraction: float, message: str) -> None:
-        done = fraction >= 1.0
-        if tty:
-            if fraction - state["last"] < 0.02 and not done:
-                return
-            state["last"] = fraction
-            filled = round(30 * fraction)
-            out.write(f"\r{label} [{'#' * filled}{' ' * (30 - filled)}] "
-                      f"{100 * fraction:3.0f}% {message[:40]:<40}" + ("\n" if done else ""))
-        else:
-            now = time.monotonic()
-            if not done and now - state["t"] < every_s:
-                return
-            if done and state["last"] >= 1.0:
-                return
-            state["t"], state["last"] = now, fraction
-            out.write(f"{label}: {100 * fraction:3.0f}% {message}\n")
-        out.flush()
-
-    return show
-
-
-_URGENCY = {"DANGER": 3, "CAUTION": 2, "INFO": 1}
-
-
-def warning_lines(warnings: list[dict[str, Any]], limit: int = 8) -> list[str]:
-    """The warnings log for the console: per structure its worst level (when it was
-    first reached, and why), most urgent first (level, then closest to its margin); the
-    count is of the structures listed, and what is left out is said."""
-    worst: dict[str, dict[str, Any]] = {}
-    for w in warnings:
-        prev = worst.get(w["structure"])
-        if prev is None or _URGENCY.get(w["level"], 0) > _URGENCY.get(prev["level"], 0):
-            worst[w["structure"]] = w
-
-    def excess(w: dict[str, Any]) -> float:
-        d, m = w.get("distance_mm"), w.get("margin_mm")
-        ok = all(isinstance(v, (int, float)) and math.isfinite(v) for v in (d, m))
-        return float(d) - float(m) if ok else math.inf  # type: ignore[arg-type]
-
-    rows = sorted(worst.values(), key=lambda w: (-_URGENCY.get(w["level"], 0), excess(w)))
-    if not rows:
-        return ["warnings: none"]
-    by_level: dict[str, int] = {}
-    for w in rows:
-        by_level[w["level"]] = by_level.get(w["level"], 0) + 1
-    counts = ", ".join(f"{k} {by_level[k]}" for k in sorted(
-        by_level, key=lambda k: -_URGENCY.get(k, 0)))
-    lines = [f"warnings: {len(rows)} structure{'s' if len(rows) != 1 else ''} "
-             f"({counts}); the worst of each, most urgent first:"]
-    for w in rows[:limit]:
-        # The message names its structure (plan items say "plan: ...").
-        msg = w["message"]
-        if not msg.startswith(f"{w['structure']}:"):
-            msg = f"{w['structure']}: {msg}"
-        lines.append(f"  {w['level']:7s} t={w['t_s']:6.2f}s {msg}")
-    if len(rows) > limit:
-        lines.append(f"  ... and {len(rows) - limit} more (summary.json: warnings)")
-    return lines
-
-
-class StopSignals:
-    """SIGTERM and SIGINT stop the command gracefully (``stop`` is set, the caller writes
-    its summary and closes its recording); a second signal exits at once (status 128 +
-    the signal). Installed by the CLI only, never by library code; restores the previous
-    handlers on :meth:`restore`. Main thread only."""
-
-    def __init__(self, stop: threading.Event) -> None:
-        import signal
-
-        self.stop = stop
-        self.received: str = ""
-        self._previous = {sig: signal.signal(sig, self._handle)
-                          for sig in (signal.SIGTERM, signal.SIGINT)}
-
-    def _handle(self, signum: int, _frame: object) -> None:
-        import os
-        import signal
-        import sys
-
-        name = signal.Signals(signum).name
-        if self.received:
-            sys.stderr.write(f"\n{name} again: exiting now\n")
-            sys.stderr.flush()
-            os._exit(128 + signum)
-        self.received = name
-        sys.stderr.write(f"\n{name}: stopping (summary and recording are written); send "
-                         "it again to exit at once\n")
-        sys.stderr.flush()
-        self.stop.set()
-
-    def restore(self) -> None:
-        import signal
-
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-def wait_or_interrupt(seconds: float | None, stop: threading.Event) -> None:
-    """Block for ``seconds`` (``None``: until Ctrl-C), returning early when ``stop`` is set."""
-    try:
-        if seconds is None:
-            while not stop.wait(3600):
-                pass
-        else:
-            stop.wait(seconds)
-    except KeyboardInterrupt:
-        print("\ninterrupted", flush=True)
-
-
 def start_gui_or_fail(args: argparse.Namespace, *, require_png: bool) -> Any:
-    """Check ``--gui`` / ``--screenshot`` and, with ``--gui``, create the Qt application
-    before anything else starts (no screen fails fast, offscreen for screenshots).
+    """:func:`guidance.gui.launch.start_gui` with ``args.gui`` and ``args.screenshot``."""
+    from guidance.gui.launch import start_gui
 
-    Args:
-        args: parsed arguments with ``gui`` and ``screenshot`` (a Path or None).
-        require_png: the screenshot file name must end in ``.png``.
-
-    Returns:
-        The ``QApplication`` with ``--gui``, else None.
-
-    Raises:
-        guidance.cli.main.UsageError: ``--screenshot`` without ``--gui``, a screenshot
-            name that is not ``.png`` (when required), or no screen for ``--gui``.
-    """
-    from guidance.cli.main import UsageError
-
-    if args.screenshot is not None and not args.gui:
-        raise UsageError("--screenshot FILE needs --gui")
-    if require_png and args.screenshot is not None and args.screenshot.suffix.lower() != ".png":
-        raise UsageError(f"--screenshot {args.screenshot}: the file name must end in .png")
-    if not args.gui:
-        return None
-    from guidance.gui.app import GuiUnavailable, ensure_app
-
-    try:
-        return ensure_app(headless=args.screenshot is not None)
-    except GuiUnavailable as e:
-        raise UsageError(str(e)) from e
+    return start_gui(args.gui, args.screenshot, require_png=require_png)
 
 
 def show_or_screenshot(app: Any, win: Any, screenshot: Path | None,
                        before_grab: Callable[[], object] | None = None) -> None:
-    """Run the shown window ``win`` until it is closed, or, with ``screenshot``, draw it
-    once (after ``before_grab()``), write the PNG and close it.
+    """:func:`guidance.gui.launch.show_or_screenshot`, saying where the screenshot went."""
+    from guidance.gui.launch import show_or_screenshot as show
 
-    Raises:
-        guidance.cli.main.UsageError: the screenshot file cannot be written.
-    """
-    from guidance.cli.main import UsageError
-    from guidance.gui.app import grab_to_file
-
-    if screenshot is None:
-        app.exec_()
-        return
-    if before_grab is not None:
-        before_grab()
-    app.processEvents()
-    try:
-        grab_to_file(win, screenshot)
-    except OSError as e:
-        raise UsageError(str(e)) from e
-    print(f"screenshot: {screenshot}")
-    win.close()
+    path = show(app, win, screenshot, before_grab)
+    if path is not None:
+        print(f"screenshot: {path}")

@@ -13,11 +13,11 @@ from guidance.cli.common import (
     path_arg,
     pixel_point,
     positive_float,
-    print_summary,
     start_gui_or_fail,
 )
 from guidance.cli.main import UsageError
 from guidance.records import MODALITIES
+from guidance.session.console import summary_lines
 
 __all__ = ["calibrate_room", "register"]
 
@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         done = run_demo(opts, calibrate_room, _say,
                         functools.partial(_live_view, args) if args.gui else None)
-    print_summary(done.summary, done.title)
+    print("\n".join(summary_lines(done.summary, done.title)))
     print("\n".join(done.lines))
     return 0
 

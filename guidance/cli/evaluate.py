@@ -6,8 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from guidance.cli.common import path_arg, progress_line
+from guidance.cli.common import path_arg
 from guidance.records import MODALITIES
+from guidance.session.console import progress_line
 from guidance.workflows import evaluate as wf
 
 __all__ = ["print_report", "register"]

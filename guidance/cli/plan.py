@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from guidance.cli.common import path_arg, progress_line, show_or_screenshot, start_gui_or_fail
+from guidance.cli.common import path_arg, show_or_screenshot, start_gui_or_fail
 from guidance.cli.main import UsageError
+from guidance.session.console import progress_line
 
 __all__ = ["register"]
 

@@ -3,32 +3,25 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from guidance.cli.common import (
-    StopSignals,
     host_port,
     int_at_least,
     path_arg,
     pixel_point,
     port_number,
     positive_float,
-    print_summary,
     start_gui_or_fail,
-    wait_or_interrupt,
 )
-from guidance.cli.main import UsageError
 from guidance.io.igtl import TransportConfig
-from guidance.pipeline.config import MODALITIES, ConfigError, PipelineConfig, load_config
-from guidance.session import LiveSession
-
-if TYPE_CHECKING:
-    from guidance.navigation.setup import RoomSetup
-    from guidance.planning.plan import Plan
-    from guidance.planning.structures import StructureSet
+from guidance.records import MODALITIES
+from guidance.session import LiveSession, SessionError
+from guidance.session.build import RunRequest, build_run_session
+from guidance.session.console import summary_lines, transport_lines
+from guidance.session.signals import StopSignals, wait_or_interrupt
 
 __all__ = ["register"]
 
@@ -101,67 +94,19 @@ def allow_list(text: str) -> tuple[Any, ...]:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def load_room_or_fail(paths: list[Path]) -> RoomSetup:
-    """The calibration files as a room setup; bad files -> UsageError naming them."""
-    from guidance.io.calibration_file import CalibrationFileError
-    from guidance.navigation.setup import load_room
-
-    try:
-        return load_room(paths)
-    except CalibrationFileError as e:
-        raise UsageError(str(e)) from e
-
-
-def load_plan_or_fail(path: str) -> tuple[Plan, StructureSet]:
-    """The plan and its structures rebuilt from the recorded (hash-checked) labels."""
-    from guidance.cli.common import progress_line
-    from guidance.planning.plan import Plan, PlanError
-    from guidance.planning.provenance import load_plan_structures
-
-    try:
-        plan = Plan.load(path)
-        structures = load_plan_structures(plan, path, progress=progress_line("plan anatomy"))
-    except PlanError as e:
-        raise UsageError(str(e)) from e
-    return plan, structures
-
-
 def run(args: argparse.Namespace) -> int:
     start_gui_or_fail(args, require_png=True)  # before anything starts
-    try:
-        config = load_config(args.config) if args.config else PipelineConfig()
-    except ConfigError as e:
-        raise UsageError(str(e)) from e
-    if args.modality:
-        config = dataclasses.replace(
-            config, ingest=dataclasses.replace(config.ingest, modality=args.modality))
-    room = load_room_or_fail(args.calibration)
-    for line in room.describe():
-        print(f"calibration: {line}")
-    plan: Plan | None = None
-    structures: StructureSet | None = None
-    if args.plan:
-        plan, structures = load_plan_or_fail(args.plan)
-        print(f"plan: {args.plan} ({len(structures.structures)} structures checked live)")
     transport = TransportConfig(max_body_bytes=int(args.max_body_mb * 1024 * 1024),
                                 check_crc=not args.no_crc,
                                 message_timeout_s=args.message_timeout,
                                 max_connections=args.max_connections,
                                 allow=args.allow or ())
-    if args.connect is not None and (args.allow or args.max_connections != 16):
-        raise UsageError("--allow and --max-connections apply to --listen, not --connect")
-    session = LiveSession(listen=args.listen, connect=args.connect, config=config,
-                          out_dir=args.out, record=args.record, transport=transport,
-                          bind=args.bind, room=room)
-    if plan is not None:
-        session.pipeline.set_plan(plan, structures)
-    if args.target_px is not None:
-        session.pipeline.set_image_target_px(*args.target_px)
-        print(f"target: pixel ({args.target_px[0]:g}, {args.target_px[1]:g}) of the "
-              "ultrasound frames")
-    session.start()
-    if plan is not None:
-        _load_navigation_ct(session, plan, args.plan)
+    req = RunRequest(listen=args.listen, connect=args.connect, bind=args.bind,
+                     config=args.config, modality=args.modality or "",
+                     calibration=tuple(args.calibration), plan=args.plan,
+                     target_px=args.target_px, out_dir=args.out, record=args.record,
+                     transport=transport)
+    session = build_run_session(req, say=print)
     where = (f"listening on {args.bind}:{session.port}" if args.listen is not None
              else f"connecting to {args.connect[0]}:{args.connect[1]}")
     if args.gui:
@@ -177,41 +122,10 @@ def run(args: argparse.Namespace) -> int:
         if signals.received:
             print(f"guidance run: stopped by {signals.received}", flush=True)
     summary = session.stop()
-    print_summary(summary, "guidance run")
-    print_transport(summary.get("transport", {}))
+    for line in [*summary_lines(summary, "guidance run"),
+                 *transport_lines(summary.get("transport", {}))]:
+        print(line)
     return 0
-
-
-def print_transport(t: dict[str, Any]) -> None:
-    """The transport's rejections and refusals, one line each (nothing when clean)."""
-    if t.get("rejected"):
-        print("transport: rejected " + ", ".join(f"{k} {v}" for k, v in t["rejected"].items())
-              + (f"; last: {t['last_errors'][-1]}" if t.get("last_errors") else ""))
-    if t.get("refused_connections"):
-        print("transport: connections refused "
-              + ", ".join(f"{k} {v}" for k, v in t["refused_connections"].items()))
-    if t.get("listener_errors"):
-        print(f"transport: {t['listener_errors']} listener errors (see the log)")
-    if t.get("exposure_warning"):
-        print(f"transport: WARNING: {t['exposure_warning']}")
-
-
-def _load_navigation_ct(session: LiveSession, plan: Plan, plan_path: str) -> None:
-    """Read the planning CT in the background (seconds for a DICOM series) for the
-    picture of navigation from poses alone; until then, and if it fails (logged), pose
-    updates have no picture -- their outputs do not wait for it."""
-    import logging
-
-    from guidance.planning.plan import PlanError
-    from guidance.planning.provenance import load_plan_ct
-
-    def load() -> None:
-        try:
-            session.pipeline.set_navigation_ct(load_plan_ct(plan, plan_path))
-        except PlanError as e:
-            logging.getLogger(__name__).warning("no navigation picture: %s", e)
-
-    threading.Thread(target=load, name="navigation-ct", daemon=True).start()
 
 
 def _run_gui(session: LiveSession, args: argparse.Namespace) -> None:
@@ -225,12 +139,9 @@ def _run_gui(session: LiveSession, args: argparse.Namespace) -> None:
     try:
         path = run_live_gui(session, seconds=args.seconds, screenshot=args.screenshot,
                             sound=args.sound, out_dir=args.out or Path("."))
-    except GuiUnavailable as e:
+    except (GuiUnavailable, OSError) as e:
         session.stop()
-        raise UsageError(str(e)) from e
-    except OSError as e:
-        session.stop()
-        raise UsageError(str(e)) from e
+        raise SessionError(str(e)) from e
     finally:
         signal.signal(signal.SIGINT, previous)
     if path:

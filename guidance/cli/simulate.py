@@ -22,7 +22,6 @@ import functools
 from pathlib import Path
 
 from guidance.cli.common import (
-    StopSignals,
     host_port,
     path_arg,
     pixel_point,
@@ -30,6 +29,7 @@ from guidance.cli.common import (
     positive_float,
 )
 from guidance.records import MODALITIES
+from guidance.session.signals import StopSignals
 
 __all__ = ["register"]
 

@@ -6,9 +6,10 @@ import argparse
 import json
 from pathlib import Path
 
-from guidance.cli.common import path_arg, progress_line
+from guidance.cli.common import path_arg
 from guidance.cli.evaluate import print_report
 from guidance.records import MODALITIES
+from guidance.session.console import progress_line
 from guidance.workflows import train as wf
 
 __all__ = ["register"]

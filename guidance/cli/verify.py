@@ -12,11 +12,11 @@ from typing import Any
 from guidance.cli.common import (
     path_arg,
     positive_float,
-    progress_line,
     show_or_screenshot,
     start_gui_or_fail,
 )
 from guidance.cli.pacs import ae_title, pacs_address
+from guidance.session.console import progress_line
 
 __all__ = ["register"]
 

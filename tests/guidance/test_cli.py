@@ -277,7 +277,7 @@ def test_a_second_signal_exits_at_once(tmp_path):
     script = tmp_path / "hang.py"
     script.write_text(
         "import threading, sys\n"
-        "from guidance.cli.common import StopSignals\n"
+        "from guidance.session.signals import StopSignals\n"
         "stop = threading.Event()\n"
         "signals = StopSignals(stop)\n"
         "print('ready', flush=True)\n"

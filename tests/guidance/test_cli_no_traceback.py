@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from guidance.cli.common import PATH_KINDS
 from guidance.cli.main import build_parser, main
+from guidance.io.paths import PATH_KINDS
 from tests.peers import require_module
 
 REPO = Path(__file__).resolve().parents[2]

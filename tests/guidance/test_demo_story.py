@@ -118,7 +118,7 @@ def test_breach_demo_ends_in_an_explained_violation(tmp_path, capsys):
 # -- the console summary ----------------------------------------------------------------
 
 def test_warning_lines_sorted_by_urgency_names_once_counts_match():
-    from guidance.cli.common import warning_lines
+    from guidance.session.console import warning_lines
 
     def w(t, level, structure, d, m, msg):
         return {"t_s": t, "level": level, "structure": structure, "distance_mm": d,
@@ -147,7 +147,7 @@ def test_warning_lines_sorted_by_urgency_names_once_counts_match():
 def test_progress_is_a_bar_on_a_terminal_and_plain_lines_otherwise():
     import io
 
-    from guidance.cli.common import progress_line
+    from guidance.session.console import progress_line
 
     class Tty(io.StringIO):
         def isatty(self):
