@@ -3,9 +3,9 @@
 A sender process (``python -m guidance.bench.sender --tracked``) is the room's tracker:
 the needle marker's pose (``NeedleToReference``, 160 mm from the tip) at 60 Hz over
 loopback OpenIGTLink. The receiver is the live pipeline as ``guidance run`` builds it:
-the calibration files made by ``guidance calibrate`` from the simulated room's raw data
-(pivot, registration), the plan on the real CT with every structure's distance field
-(the calibrations made by the caller's ``calibrate``, see :func:`run_tracked`). Each pose is one
+the calibration files made as ``guidance calibrate`` makes them from the simulated room's
+raw data (pivot, registration: :func:`guidance.scenarios.simulators.calibrate_room`),
+the plan on the real CT with every structure's distance field. Each pose is one
 guidance update: tip through the transform graph, needle filter, the full safety check,
 STRING / STATUS / TRANSFORM sent.
 
@@ -21,7 +21,7 @@ from __future__ import annotations
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ from guidance.planning.plan import Plan, PlanError
 from guidance.planning.structures import StructureSet
 from guidance.session import SessionError, write_summary
 
-__all__ = ["SEED", "TARGET_P99_MS", "CalibrateRoom", "bench_room", "run_tracked"]
+__all__ = ["SEED", "TARGET_P99_MS", "bench_room", "run_tracked"]
 
 #: The simulated room's seed (the sender and the receiver build the same room).
 SEED = 0
@@ -105,20 +105,14 @@ def _phase(pose_hz: float, seconds: float, room_files: Sequence[Path], plan: Pla
     }
 
 
-#: Makes a room's calibration files from its raw data in a folder, as a user does
-#: (``guidance calibrate``, which is the caller's): ``(room, folder) -> files``.
-CalibrateRoom = Callable[[Any, Path], Sequence[Path]]
-
-
-def run_tracked(calibrate: CalibrateRoom, pose_hz: float, seconds: float, json_path: Path,
+def run_tracked(pose_hz: float, seconds: float, json_path: Path,
                 say: Say = log_say) -> BenchReport:
     """Prepare the room (:func:`bench_room`: its calibrations, the plan on the real CT
-    along its needle path) in a temporary folder, run both phases (with the plan, then
-    the tip only); write ``json_path`` and a histogram PNG beside it.
+    along its needle path; of its calibration files, pivot and registration are used) in
+    a temporary folder, run both phases (with the plan, then the tip only); write
+    ``json_path`` and a histogram PNG beside it.
 
     Args:
-        calibrate: makes the room's calibration files (of which pivot and registration
-            are used; the temporal, probe and C-arm files are left out).
         pose_hz: tracker rate, Hz (1..1000).
         seconds: duration of each phase, s.
         json_path: where the results go (JSON).
@@ -134,6 +128,7 @@ def run_tracked(calibrate: CalibrateRoom, pose_hz: float, seconds: float, json_p
     """
     from guidance.data import RealDataMissing
     from guidance.scenarios.planning import prepare_plan
+    from guidance.scenarios.simulators import calibrate_room
 
     if not 1.0 <= pose_hz <= 1000.0:
         raise InputError(f"--pose-hz must be 1..1000, got {pose_hz}")
@@ -141,7 +136,7 @@ def run_tracked(calibrate: CalibrateRoom, pose_hz: float, seconds: float, json_p
     with tempfile.TemporaryDirectory(prefix="guidance-bench-") as tmp:
         try:
             room = bench_room()
-            all_files = calibrate(room, Path(tmp) / "room")
+            all_files = calibrate_room(room, Path(tmp) / "room")
             plan, structures = prepare_plan(room.path.entry_lps, room.path.target_lps,
                                             Path(tmp))
         except (RealDataMissing, PlanError) as e:

@@ -19,13 +19,10 @@ Both transports run in the same invocation, so the ratio holds on a noisy machin
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
-import json
 import os
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from guidance.cli.common import int_at_least, path_arg, positive_float
 from guidance.cli.main import UsageError
@@ -113,11 +110,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _percentile_line(name: str, p: dict[str, float], width: int, fmt: str) -> str:
-    return (f"  {name:{width}s} p50 {p['p50']:{fmt}}  p95 {p['p95']:{fmt}}  "
-            f"p99 {p['p99']:{fmt}}  max {p['max']:{fmt}} ms")
-
-
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark that the arguments name; print its summary; returns 0."""
     stage = "tracked" if args.tracked else args.stage
@@ -131,86 +123,49 @@ def run(args: argparse.Namespace) -> int:
         stage = "anatomy" if args.modality == "us" else "ct"
     handler = {"tracked": _tracked, "segment": _segment, "render": _render,
                "ct": _ct, "anatomy": _anatomy}.get(stage, _latency)
-    handler(args, stage)
+    from guidance.bench.report import report_lines
+
+    for line in report_lines(stage, handler(args, stage)):
+        print(line)
     return 0
 
 
-def _wrote(r: BenchReport) -> None:
-    print(f"wrote {r.json_path} and {r.png_path}")
-
-
-def _latency(args: argparse.Namespace, stage: str) -> None:
+def _latency(args: argparse.Namespace, stage: str) -> BenchReport:
     from guidance.bench.transport import run_latency
 
-    r = run_latency(stage, args.size, args.fps, args.seconds, args.json, _say)
-    _wrote(r)
-    print(json.dumps({k: r.summary[k]["latency_ms"] for k in
-                      ("transport", "transport_pyigtl", "pipeline") if k in r.summary},
-                     indent=1))
+    return run_latency(stage, args.size, args.fps, args.seconds, args.json, _say)
 
 
-def _segment(args: argparse.Namespace, _stage: str) -> None:
+def _segment(args: argparse.Namespace, _stage: str) -> BenchReport:
     from guidance.bench.segment import run_segment
 
-    r = run_segment(args.json, card=args.model, modality=args.modality,
-                    backends=args.backends, sizes=args.sizes, frames=args.frames,
-                    warmup=args.warmup, threads=args.threads, say=_say)
-    _wrote(r)
-    print(json.dumps({f"{row['backend']}@{row['size']}": row["segment_ms"]["p50"]
-                      for row in r.summary["results"]}, indent=1))
+    return run_segment(args.json, card=args.model, modality=args.modality,
+                       backends=args.backends, sizes=args.sizes, frames=args.frames,
+                       warmup=args.warmup, threads=args.threads, say=_say)
 
 
-def _anatomy(args: argparse.Namespace, _stage: str) -> None:
-    from guidance.bench.anatomy import TARGET_P99_MS, run_anatomy
+def _anatomy(args: argparse.Namespace, _stage: str) -> BenchReport:
+    from guidance.bench.anatomy import run_anatomy
 
-    r = run_anatomy(args.size, args.frames, args.json, args.modality or "us", _say)
-    a, s = r.summary["anatomy_ms"], r.summary["segment_ms"]
-    print(f"  anatomy check: p50 {a['p50']:.2f}  p95 {a['p95']:.2f}  p99 {a['p99']:.2f}  max "
-          f"{a['max']:.2f} ms (target p99 <= {TARGET_P99_MS:g} ms)")
-    print(f"  segment stage: p50 {s['p50']:.2f}  p99 {s['p99']:.2f} ms; anatomy / segment at "
-          f"p50 {r.summary['anatomy_over_segment_p50']:.3f}")
-    _wrote(r)
+    return run_anatomy(args.size, args.frames, args.json, args.modality or "us", _say)
 
 
-def _ct(args: argparse.Namespace, _stage: str) -> None:
+def _ct(args: argparse.Namespace, _stage: str) -> BenchReport:
     from guidance.bench.ct import run_ct
 
-    r = run_ct(args.frames, args.json, _say, progress_line)
-    for name, q in r.summary["stages_ms"].items():
-        print(_percentile_line(name, q, 13, "7.1f"))
-    for k, t in r.summary["targets"].items():
-        print(f"  {k}: {t['value']:.1f} ms (target <= {t['target']:g}) "
-              f"{'PASS' if t['pass'] else 'FAIL'}")
-    _wrote(r)
+    return run_ct(args.frames, args.json, _say, progress_line)
 
 
-def _tracked(args: argparse.Namespace, _stage: str) -> None:
-    from guidance.bench.tracked import TARGET_P99_MS, run_tracked
+def _tracked(args: argparse.Namespace, _stage: str) -> BenchReport:
+    from guidance.bench.tracked import run_tracked
 
-    def calibrate(room: Any, folder: Path) -> list[Path]:
-        from guidance.cli.demo import calibrate_room  # `guidance calibrate`, as a user
-
-        with contextlib.redirect_stdout(io.StringIO()):
-            return calibrate_room(room, folder)
-
-    r = run_tracked(calibrate, args.pose_hz, args.seconds, args.json, _say)
-    full = r.summary["tracked"]["latency_ms"]
-    met = "met" if r.summary["target"]["met"] else "NOT met"
-    print(f"p99 {full['p99']:.2f} ms (target <= {TARGET_P99_MS:g} ms: {met}); full check / "
-          f"tip only p99 ratio {r.summary['p99_ratio_full_check_over_tip_only']}")
-    _wrote(r)
+    return run_tracked(args.pose_hz, args.seconds, args.json, _say)
 
 
-def _render(args: argparse.Namespace, _stage: str) -> None:
+def _render(args: argparse.Namespace, _stage: str) -> BenchReport:
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before Qt is imported
-    from guidance.bench.render import TARGET_P50_MS, run_render
+    from guidance.bench.render import run_render
     from guidance.gui.bench_targets import GuiRenderTargets
 
-    r = run_render(GuiRenderTargets, args.size, args.render_frames, args.render_canvas,
-                   args.json, args.render_modality, _say)
-    out = r.summary
-    for name in ("render", "render_stale", "widget_repaint", "baseline_overlay_cv2"):
-        print(_percentile_line(name, out[f"{name}_ms"], 22, "6.2f"))
-    verdict = "meets" if out["meets_target"] else "MISSES"
-    print(f"render p50 {out['render_ms']['p50']:.2f} ms {verdict} the {TARGET_P50_MS:g} ms "
-          f"target; wrote {r.json_path} and {r.png_path}")
+    return run_render(GuiRenderTargets, args.size, args.render_frames, args.render_canvas,
+                      args.json, args.render_modality, _say)

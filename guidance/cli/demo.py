@@ -19,7 +19,7 @@ from guidance.cli.main import UsageError
 from guidance.records import MODALITIES
 from guidance.session.console import summary_lines
 
-__all__ = ["calibrate_room", "register"]
+__all__ = ["register"]
 
 _say = functools.partial(print, flush=True)
 
@@ -78,21 +78,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-
-def calibrate_room(room: Any, room_dir: Path) -> list[Path]:
-    """The room's calibration files (for ``--calibration``) as a user makes them: its raw
-    inputs written, then ``guidance calibrate`` on each (the same command, in this process)."""
-    from guidance.cli.main import main as guidance_main
-    from guidance.scenarios.simulators import calibration_commands
-
-    files = []
-    for argv, out in calibration_commands(room, room_dir):
-        if guidance_main(argv) != 0:
-            raise UsageError(f"demo: `guidance {' '.join(argv)}` failed")
-        files.append(out)
-    return files
-
-
 def run(args: argparse.Namespace) -> int:
     from guidance.scenarios import options_from
     from guidance.scenarios.demo import DemoOptions, run_demo
@@ -106,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
                              "pictures are written to --out)")
         done = run_ct_demo(opts, _say)
     else:
-        done = run_demo(opts, calibrate_room, _say,
+        done = run_demo(opts, _say,
                         functools.partial(_live_view, args) if args.gui else None)
     print("\n".join(summary_lines(done.summary, done.title)))
     print("\n".join(done.lines))
@@ -116,13 +101,9 @@ def run(args: argparse.Namespace) -> int:
 def _live_view(args: argparse.Namespace, session: Any, finished: threading.Event) -> None:
     """The live view on the main thread while the demo streams: grabbed when the stream
     ends (``--screenshot``), else open (STALE after the stream) until it is closed."""
-    from guidance.gui.app import GuiUnavailable
-    from guidance.gui.live_app import run_live_gui
+    from guidance.gui.launch import live_view
 
-    try:
-        path = run_live_gui(session, screenshot=args.screenshot, finished=finished,
-                            sound=args.sound, out_dir=args.out)
-    except (GuiUnavailable, OSError) as e:
-        raise UsageError(str(e)) from e
+    path = live_view(session, screenshot=args.screenshot, finished=finished,
+                     sound=args.sound, out_dir=args.out)
     if path:
         print(f"screenshot: {path}", flush=True)

@@ -7,7 +7,6 @@ import argparse
 from pathlib import Path
 
 from guidance.cli.common import host_port, path_arg
-from guidance.cli.main import UsageError
 
 __all__ = ["register"]
 
@@ -39,16 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from guidance.io.recording import RecordingError
-    from guidance.scenarios.replay import replay
+    from guidance.scenarios.replay import replay_recording
 
-    if not args.file.is_file():
-        raise UsageError(f"no such recording: {args.file}")
-    try:
-        n = replay(args.file, args.to[0], args.to[1], args.speed)
-    except RecordingError as e:
-        raise UsageError(str(e)) from e
-    except OSError as e:
-        raise UsageError(f"cannot reach {args.to[0]}:{args.to[1]}: {e}") from e
+    n = replay_recording(args.file, args.to[0], args.to[1], args.speed)
     print(f"replayed {n} messages from {args.file}")
     return 0

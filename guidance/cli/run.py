@@ -18,7 +18,7 @@ from guidance.cli.common import (
 )
 from guidance.io.igtl import TransportConfig
 from guidance.records import MODALITIES
-from guidance.session import LiveSession, SessionError
+from guidance.session import SessionError
 from guidance.session.build import RunRequest, build_run_session
 from guidance.session.console import summary_lines, transport_lines
 from guidance.session.signals import StopSignals, wait_or_interrupt
@@ -110,7 +110,17 @@ def run(args: argparse.Namespace) -> int:
     where = (f"listening on {args.bind}:{session.port}" if args.listen is not None
              else f"connecting to {args.connect[0]}:{args.connect[1]}")
     if args.gui:
-        _run_gui(session, args)
+        from guidance.gui.launch import live_view
+
+        try:  # until the window closes (Ctrl-C closes it too)
+            path = live_view(session, seconds=args.seconds, screenshot=args.screenshot,
+                             sound=args.sound, out_dir=args.out or Path("."),
+                             ctrl_c_closes=True)
+        except SessionError:
+            session.stop()
+            raise
+        if path:
+            print(f"screenshot: {path}")
     else:
         stop = threading.Event()
         signals = StopSignals(stop)
@@ -127,30 +137,3 @@ def run(args: argparse.Namespace) -> int:
         print(line)
     return 0
 
-
-def _run_gui(session: LiveSession, args: argparse.Namespace) -> None:
-    """The live view on the main thread until its window closes (Ctrl-C closes it too)."""
-    import signal
-
-    from guidance.gui.app import GuiUnavailable
-    from guidance.gui.live_app import run_live_gui
-
-    previous = signal.signal(signal.SIGINT, lambda *_: _quit_app())
-    try:
-        path = run_live_gui(session, seconds=args.seconds, screenshot=args.screenshot,
-                            sound=args.sound, out_dir=args.out or Path("."))
-    except (GuiUnavailable, OSError) as e:
-        session.stop()
-        raise SessionError(str(e)) from e
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if path:
-        print(f"screenshot: {path}")
-
-
-def _quit_app() -> None:
-    from PyQt5.QtWidgets import QApplication
-
-    app = QApplication.instance()
-    if app is not None:
-        app.quit()

@@ -9,12 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from guidance.cli.common import (
-    path_arg,
-    positive_float,
-    show_or_screenshot,
-    start_gui_or_fail,
-)
+from guidance.cli.common import path_arg, positive_float, start_gui_or_fail
 from guidance.cli.pacs import ae_title, pacs_address
 from guidance.session.console import progress_line
 
@@ -40,20 +35,12 @@ def _run(args: argparse.Namespace) -> int:
 def _show(args: argparse.Namespace, ct: Any, plan: Any, result: Any, error: str,
           structures: Any) -> None:
     """The verification view (until closed, or a screenshot with ``--screenshot``)."""
-    from guidance.gui.app import MainWindow, ensure_app
-    from guidance.gui.verification_view import VerificationView
-    from guidance.planning.report import write_verification_report
+    from guidance.gui.launch import show_verification
 
-    app = ensure_app(headless=args.screenshot is not None)
-
-    def export(out: Path) -> dict[str, Path]:
-        return write_verification_report(out, ct, plan, result, ct_source=args.ct,
-                                         structures=structures)
-
-    view = VerificationView(ct, plan, result, error, structures, export, Path(args.out))
-    win = MainWindow([("Verification", view)])
-    win.show()
-    show_or_screenshot(app, win, args.screenshot)
+    path = show_verification(ct, plan, result, error, structures, ct_source=args.ct,
+                             out=Path(args.out), screenshot=args.screenshot)
+    if path is not None:
+        print(f"screenshot: {path}")
 
 
 def register(subparsers: Any) -> None:

@@ -22,15 +22,13 @@ import numpy as np
 
 from guidance.io.igtl import IgtlClient
 from guidance.scenarios.errors import Say, ScenarioError, say_nothing
-from guidance.scenarios.simulators import make_scanner
+from guidance.scenarios.simulators import calibrate_room, make_scanner
 from guidance.scenarios.timeline import SafetyTimeline, rounded_mm
 from guidance.session import LiveSession
 
 __all__ = ["DemoOptions", "DemoRun", "run_demo", "us_verification_lines",
            "verification_lines"]
 
-#: The room's calibrations: ``calibrate(room, room_dir)`` -> the calibration files.
-Calibrate = Callable[[Any, Path], list[Path]]
 #: What runs on the calling (main) thread while the stream runs on a worker: given the
 #: session and an event set when the stream has ended; it returns when it is done.
 Foreground = Callable[[LiveSession, threading.Event], None]
@@ -87,25 +85,25 @@ class _Story:
     us: Any = None  # the ultrasound story (guidance.sim.us_scenario.UsStory)
 
 
-def run_demo(opts: DemoOptions, calibrate: Calibrate, say: Say = say_nothing,
+def run_demo(opts: DemoOptions, say: Say = say_nothing,
              foreground: Foreground | None = None) -> DemoRun:
     """Run the demo of ``opts`` (any modality but ``ct``: :func:`guidance.scenarios.
-    demo_ct.run_ct_demo`): plan, calibrate the room with ``calibrate``, stream it through
-    a live session, verify the final needle; writes ``opts.out`` (``plan.json``, the
-    room's files, ``summary.json``, PNGs, ``verification/``).
+    demo_ct.run_ct_demo`): plan, calibrate the room as a user does
+    (:func:`~guidance.scenarios.simulators.calibrate_room`, its lines said), stream it
+    through a live session, verify the final needle; writes ``opts.out`` (``plan.json``,
+    the room's files, ``summary.json``, PNGs, ``verification/``).
 
     Args:
         opts: the options.
-        calibrate: makes the room's calibration files (``guidance calibrate`` on the
-            inputs of :func:`guidance.scenarios.simulators.calibration_commands`).
         say: progress lines.
         foreground: run on this thread while the stream runs on a worker (the live
             view); None: the stream runs on this thread.
 
     Raises:
         ScenarioError: a bad option, a simulator that cannot be built, no drift toward
-            a nerve root. guidance.planning.plan.PlanError: no plan on the real CT.
-            guidance.io.calibration_file.CalibrationFileError: a calibration refused.
+            a nerve root, a calibration refused. guidance.planning.plan.PlanError: no
+            plan on the real CT. guidance.io.calibration_file.CalibrationFileError: a
+            calibration file refused.
     """
     from guidance.navigation.setup import load_room
     from guidance.sim.room import RoomParams, SimulatedRoom
@@ -130,7 +128,7 @@ def run_demo(opts: DemoOptions, calibrate: Calibrate, say: Say = say_nothing,
     room = SimulatedRoom(story.path, RoomParams(), opts.seed, scanner)
     say("demo: the room's calibrations (simulated pivot, fiducials, temporal"
         + {"fluoro": ", C-arm", "us": ", probe", "none": ""}[opts.modality] + " data) ...")
-    setup = load_room(calibrate(room, opts.out / "room"))
+    setup = load_room(calibrate_room(room, opts.out / "room", say))
     session = LiveSession(listen=0, out_dir=opts.out, png_every_s=max(seconds / 12, 0.5),
                           room=setup)
     if planned is not None:

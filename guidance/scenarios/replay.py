@@ -9,9 +9,27 @@ import threading
 import time
 from pathlib import Path
 
-from guidance.io.recording import read_recording
+from guidance.io.recording import RecordingError, read_recording
+from guidance.scenarios.errors import ScenarioError
 
-__all__ = ["replay"]
+__all__ = ["replay", "replay_recording"]
+
+
+def replay_recording(path: Path, host: str, port: int, speed: float) -> int:
+    """:func:`replay` as ``guidance replay`` runs it: the number of messages sent.
+
+    Raises:
+        ScenarioError: no such file, a bad recording, or a server that cannot be
+            reached (one line naming which).
+    """
+    if not path.is_file():
+        raise ScenarioError(f"no such recording: {path}")
+    try:
+        return replay(path, host, port, speed)
+    except RecordingError as e:
+        raise ScenarioError(str(e)) from e
+    except OSError as e:
+        raise ScenarioError(f"cannot reach {host}:{port}: {e}") from e
 
 
 def replay(path: Path, host: str, port: int, speed: float,

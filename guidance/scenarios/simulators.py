@@ -1,14 +1,27 @@
 """Building the simulated scanners of the demo and the simulator, scripting the
-ultrasound needle, and the simulated room's calibration commands."""
+ultrasound needle, and the simulated room's calibrations (as ``guidance calibrate`` makes
+them)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from guidance.scenarios.errors import ScenarioError
+from guidance.io.validate import InputError
+from guidance.scenarios.errors import Say, ScenarioError, say_nothing
 
-__all__ = ["calibration_commands", "make_scanner", "script_us"]
+__all__ = ["calibrate_room", "calibration_commands", "make_scanner", "script_us"]
+
+#: The options of ``guidance calibrate KIND`` that :func:`calibrate_room` leaves at their
+#: defaults (``guidance/cli/calibrate.py``); its files record them in their provenance
+#: command, as the command itself does.
+_CALIBRATE_DEFAULTS: dict[str, dict[str, object]] = {
+    "pivot": {"--min-range-deg": 15.0, "--seconds": 30.0, "--seed": 0, "--tool": "Stylus"},
+    "register": {"--name": "MovingToFixed"},
+    "temporal": {"--max-lag-s": 0.5, "--min-std": 0.5},
+    "probe": {"--name": "ImageToProbe"},
+    "carm": {"--name": "PhantomToCamera"},
+}
 
 
 def make_scanner(modality: str, size: int, seed: int) -> Any:
@@ -82,3 +95,56 @@ def calibration_commands(room: Any, room_dir: Path) -> list[tuple[list[str], Pat
         out.append((["calibrate", kinds.get(name, name), "--input", str(inputs[name]),
                      "--out", str(file), *extra], file))
     return out
+
+
+def calibrate_room(room: Any, room_dir: Path, say: Say = say_nothing) -> list[Path]:
+    """The room's calibration files (for ``guidance run --calibration``) as a user makes
+    them: the raw inputs of :func:`calibration_commands` written in ``room_dir``, each
+    turned into its file by the calibration of ``guidance calibrate``
+    (:mod:`guidance.workflows.calibrate`; the same document, the same command recorded
+    in its provenance). ``say`` gets the command's line per file (``SUMMARY -> FILE``).
+
+    Returns:
+        The calibration files, in the order of :func:`calibration_commands`.
+
+    Raises:
+        ScenarioError: a calibration refused its input (one line naming the command).
+    """
+    from guidance.workflows import calibrate as wf
+    from guidance.workflows.shared import WorkflowError
+
+    files = []
+    for argv, out in calibration_commands(room, room_dir):
+        kind = argv[1]
+        o: dict[str, Any] = {**_CALIBRATE_DEFAULTS[kind], **dict(zip(argv[2::2], argv[3::2],
+                                                                     strict=True))}
+        cmd = " ".join([*argv[:2], *(f"{k} {v}" for k, v in sorted(o.items()))])
+        try:
+            result = _calibrate(kind, o, cmd)
+            wf.write_document(result.document, out)
+        except (InputError, WorkflowError) as e:
+            raise ScenarioError(f"`guidance {' '.join(argv)}` failed: {e}") from e
+        say(f"{result.summary} -> {out}")
+        files.append(out)
+    return files
+
+
+def _calibrate(kind: str, o: dict[str, Any], cmd: str) -> Any:
+    """The calibration ``kind`` of ``guidance calibrate`` with the options ``o`` (by
+    option name) and the command ``cmd`` recorded: a
+    :class:`~guidance.workflows.calibrate.Calibrated`."""
+    from guidance.workflows import calibrate as wf
+
+    src = str(o["--input"])
+    if kind == "pivot":
+        return wf.pivot(wf.PoseSource(src, None, o["--tool"], o["--seconds"]),
+                        min_range_deg=o["--min-range-deg"], ransac_mm=None, seed=o["--seed"],
+                        plot=None, command=cmd)
+    if kind == "register":
+        return wf.register_points(src, name=o["--name"], plot=None, command=cmd)
+    if kind == "temporal":
+        return wf.temporal(src, max_lag_s=o["--max-lag-s"], min_std=o["--min-std"],
+                           command=cmd)
+    if kind == "probe":
+        return wf.probe(src, name=o["--name"], command=cmd)
+    return wf.carm(src, name=o["--name"], command=cmd)

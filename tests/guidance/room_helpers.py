@@ -67,7 +67,7 @@ def connect(port: int, listener: Any = None) -> IgtlClient:
 def calibration_files(room: Any, folder: Path, kinds: tuple[str, ...]) -> list[Path]:
     """``guidance calibrate`` on the room's raw data (the demo's own helper), keeping
     only ``kinds`` (``pivot``, ``fiducials``, ``temporal``, ``probe``, ``carm``)."""
-    from guidance.cli.demo import calibrate_room
+    from guidance.scenarios.simulators import calibrate_room
 
     files = calibrate_room(room, folder)
     return [f for f in files if f.name.split("-")[0] in kinds]
