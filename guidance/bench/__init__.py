@@ -1,8 +1,9 @@
 """Benchmarks of the live loop and its parts, as percentiles (JSON + histogram PNG).
 
 One module per benchmark, each with a ``run_*`` function that measures, writes the JSON
-and the PNG and returns a :class:`~guidance.bench.measure.BenchReport`; ``guidance
-bench`` (:mod:`guidance.cli.bench`) parses the arguments, calls one and prints:
+and the PNG and returns a :class:`~guidance.bench.measure.BenchReport`, whose lines for
+people are :func:`guidance.bench.report.report_lines`; ``guidance bench``
+(:mod:`guidance.cli.bench`) parses the arguments, calls one and prints those lines:
 
 - :mod:`~guidance.bench.transport`: OpenIGTLink transport (ours vs pyigtl) and the
   pipeline end to end, against a sender process (:mod:`~guidance.bench.sender`);
