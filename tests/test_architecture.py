@@ -150,3 +150,24 @@ def test_the_checks_would_catch_a_violation(tmp_path: Path) -> None:
     assert _imports(f, module_level=True) == set()  # inside a function: not at import time
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+#: The issue "the house": no module over this many lines; the CLI package at most this.
+MAX_MODULE_LINES = 600
+MAX_CLI_LINES = 1500
+
+
+def _lines(path: Path) -> int:
+    return len(path.read_text().splitlines())
+
+
+def test_no_module_over_600_lines() -> None:
+    big = {name: _lines(p) for name, p in MODULES.items() if _lines(p) > MAX_MODULE_LINES}
+    assert not big, f"modules over {MAX_MODULE_LINES} lines: {big}"
+
+
+def test_the_cli_only_parses_and_prints() -> None:
+    """The CLI package stays small: what it builds belongs in the session layer (the
+    composition root and the bench/scenarios/workflows packages built on it)."""
+    total = sum(_lines(p) for name, p in MODULES.items() if name.startswith("guidance.cli"))
+    assert total <= MAX_CLI_LINES, f"guidance/cli has {total} lines (at most {MAX_CLI_LINES})"

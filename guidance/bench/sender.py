@@ -33,14 +33,22 @@ from guidance.io.messages import image_message_from_volume
 __all__ = ["frames", "main"]
 
 
+#: The simulated procedure's times the frames show, s: the needle advancing from 30 to
+#: 54 mm inserted (the model sees it from about 25 mm): guidance while a needle is in,
+#: which is what the loop is for (frames before it goes in would time a needle search).
+FRAMES_T0_S, FRAMES_T1_S = 6.0, 12.0
+
+
 def frames(size: int, n: int, seed: int) -> list[ImageVolume]:
-    """Pre-render ``n`` 16-bit fluoroscopy frames (the simulator on the real CT), or
-    synthetic frames with a dark needle line when the real data is missing."""
+    """Pre-render ``n`` 16-bit fluoroscopy frames (the simulator on the real CT) evenly
+    over :data:`FRAMES_T0_S`..:data:`FRAMES_T1_S`, or synthetic frames with a dark
+    needle line when the real data is missing."""
     try:
         from guidance.sim import make_scanner
 
         sc = make_scanner("fluoro", size=size, seed=seed)
-        return [sc.frame(i, i / 15.0).image for i in range(n)]
+        step = (FRAMES_T1_S - FRAMES_T0_S) / max(n - 1, 1)
+        return [sc.frame(i, FRAMES_T0_S + i * step).image for i in range(n)]
     except Exception as e:  # pragma: no cover - fallback when the data package is absent
         print(f"bench sender: simulator unavailable ({e}); synthetic frames", file=sys.stderr)
         import cv2
@@ -77,7 +85,7 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--fps", type=float, default=15.0)
     ap.add_argument("--seconds", type=float, default=20.0)
-    ap.add_argument("--frames", type=int, default=30)
+    ap.add_argument("--frames", type=int, default=60)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tracked", action="store_true", help="marker poses of the room only")
     ap.add_argument("--pose-hz", type=float, default=60.0)
@@ -90,7 +98,10 @@ def main() -> int:
     pose = np.eye(4)
 
     def tick(conn: socket.socket, n: int, _t_rel: float) -> None:
-        raw = packed[n % len(packed)]
+        # Forward, then back, then forward...: the needle moves on smoothly (about
+        # 0.4 mm a frame at 15 fps), never jumps back to the start.
+        k = n % (2 * len(packed) - 2)
+        raw = packed[k if k < len(packed) else 2 * len(packed) - 2 - k]
         pose[0, 3] = n * 0.1
         tr = bytearray(pyigtl.TransformMessage(pose, device_name="NeedleToReference").pack())
         ts = time.monotonic()

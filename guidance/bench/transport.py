@@ -116,7 +116,17 @@ def _pipeline(size: int, fps: float, seconds: float) -> dict[str, Any]:
     room = static_room({"NeedleTipToNeedle": np.eye(4), "ReferenceToCT": np.eye(4)},
                        "bench: needle marker at the tip, reference = CT")
     config = PipelineConfig(ingest=IngestConfig(modality="fluoro"))
-    pipe = Pipeline(client.slots, config, send=send, room=room)
+    seen = {"frames": 0, "needle": 0, "focus_window": 0, "focus_miss": 0}
+
+    def count(r: Any, _rgb: Any) -> None:  # how the segmentation ran, frame by frame
+        if r.kind != "frame":
+            return
+        seen["frames"] += 1
+        seen["needle"] += r.needle is not None
+        seen["focus_window"] += r.metrics.get("segment_focus") == 1.0
+        seen["focus_miss"] += r.metrics.get("segment_focus_miss") == 1.0
+
+    pipe = Pipeline(client.slots, config, send=send, room=room, on_result=count)
     pipe.set_plan(Plan(np.zeros(3), np.array([100.0, 0.0, 0.0]), "bench"))
     client.start()
     pipe.start()
@@ -131,6 +141,11 @@ def _pipeline(size: int, fps: float, seconds: float) -> dict[str, Any]:
         "latency_ms": stats.get("end_to_end"),
         "stages_ms": {k: v for k, v in stats.items() if k != "end_to_end"},
         "frames_sent": sent,
+        "segmentation": {
+            "frames": seen["frames"], "needle_found": seen["needle"],
+            "focus_window": seen["focus_window"],
+            "focus_window_missed_then_whole_frame": seen["focus_miss"],
+            "focus_px": config.segment.focus_px},
         "frames_processed": pipe.frames_processed,
         "frames_dropped": pipe.frames_dropped,
         "backlog_check": {

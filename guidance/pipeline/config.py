@@ -192,9 +192,25 @@ class SegmentConfig:
     label_width_px: int = setting(
         3, "width of the classical needle in the label image, frame pixels", unit="px",
         ge=1, le=64)
+    focus_px: int = setting(
+        96, "CPU latency: once a needle is found, the model runs on a window this many "
+             "model pixels a side around its tip (0: always the whole frame); the whole "
+             "frame again whenever the window shows no needle or the needle reaches its "
+             "edge", unit="px", ge=0, le=1024)
+    focus_modalities: tuple[str, ...] = setting(
+        ("fluoro",), "modalities whose frames may be segmented in a focus window: only "
+                     "those whose safety does not read the image's anatomy (ultrasound's "
+                     "nerves and vessels are checked on the whole frame)",
+        choices=MODALITIES)
 
     def __post_init__(self) -> None:
         check_fields(self, "segment")
+        if self.focus_px % 16:
+            raise ConfigError("must be a multiple of 16 (the network's stride)",
+                              key="focus_px", section="segment")
+        if "us" in self.focus_modalities:
+            raise ConfigError("must not include us: the image-anatomy check needs the whole "
+                              "ultrasound frame", key="focus_modalities", section="segment")
 
 
 @dataclass(frozen=True)

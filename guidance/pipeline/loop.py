@@ -55,13 +55,8 @@ from guidance.pipeline.outlines import StructureOutlines
 from guidance.pipeline.outputs import SendFn, send_plan, send_stale, send_update
 from guidance.pipeline.overlay import OverlayComposer
 from guidance.pipeline.placement import FramePlacement
-from guidance.pipeline.stages import (
-    NeedleStage,
-    PreprocessStage,
-    SafetyStage,
-    SegmentStage,
-    load_segmenters,
-)
+from guidance.pipeline.segment import SegmentStage, load_segmenters
+from guidance.pipeline.stages import NeedleStage, PreprocessStage, SafetyStage
 from guidance.pipeline.stats import EndToEnd, LatencyRecorder
 from guidance.planning.plan import Plan
 from guidance.planning.structures import StructureSet

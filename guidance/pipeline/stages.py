@@ -1,5 +1,6 @@
 """The stages of the live pipeline (DESIGN.md), each a small object with a per-frame
-kernel. The loop (``guidance.pipeline.loop``) only wires them together and times them.
+kernel (the segment stage is in :mod:`guidance.pipeline.segment`). The loop
+(``guidance.pipeline.loop``) only wires them together and times them.
 
 Each stage's ``process(item)`` reads and fills a :class:`WorkItem`; buffers are sized on
 the first frame of a given shape and reused.
@@ -16,8 +17,9 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from guidance.pipeline.config import NavigationConfig, PreprocessConfig, SegmentConfig
+from guidance.pipeline.config import NavigationConfig, PreprocessConfig
 from guidance.pipeline.frame import NeedleEstimate2D3D, Reason, WorkItem
+from guidance.pipeline.segment import angle_deg
 from guidance.planning.plan import Plan
 from guidance.planning.structures import StructureSet
 from guidance.records import SafetyReason, WarningLevel
@@ -28,16 +30,12 @@ from guidance.safety.image_anatomy import (
     ImageAnatomyConfig,
     ImageAnatomyResult,
 )
-from trackers.needle_detect import RidgeNeedleDetector
 from trackers.needle_filter import NeedleFilter
-from trackers.needle_fit import NeedleRule, needle_evidence
 
 if TYPE_CHECKING:
     from guidance.navigation.navigator import Navigator
-    from models.segmenter import Segmenter
 
-__all__ = ["NeedleStage", "PreprocessStage", "SafetyStage", "SegmentStage",
-           "combine_decisions", "load_segmenters"]
+__all__ = ["NeedleStage", "PreprocessStage", "SafetyStage", "combine_decisions"]
 
 log = logging.getLogger(__name__)
 NAN2 = np.full(2, np.nan)
@@ -79,204 +77,6 @@ class PreprocessStage:
             self._work[...] = self._gray
         item.work = self._work
         item.work_scale = scale
-
-
-def _angle_deg(u: npt.NDArray[np.float64], v: npt.NDArray[np.float64]) -> float:
-    c = abs(float(u @ v)) / max(float(np.linalg.norm(u) * np.linalg.norm(v)), 1e-12)
-    return math.degrees(math.acos(min(1.0, c)))
-
-
-def load_segmenters(config: SegmentConfig, modalities: tuple[str, ...]
-                    ) -> tuple[dict[str, Segmenter], dict[str, str]]:
-    """Load the model of each modality (at start, never on the frame path).
-
-    Returns:
-        (segmenters, errors): loaded models by modality, and why a modality has none.
-    """
-    from models.card import CardError
-    from models.segmenter import Segmenter
-    from models.shipped import shipped_card
-
-    found: dict[str, Segmenter] = {}
-    errors: dict[str, str] = {}
-    if config.model == "none":
-        return found, errors
-    chain: str | list[str] = (config.backends if config.backends == "auto"
-                              else [b.strip() for b in config.backends.split(",")])
-    by_card: dict[str, Segmenter] = {}  # one explicit card serves every modality: load once
-    for m in modalities:
-        try:
-            card = str(shipped_card(m)) if config.model == "auto" else config.model
-            seg = by_card.get(card) or Segmenter(card, chain=chain, threads=config.threads)
-            by_card[card] = seg
-            if config.model != "auto" and seg.card.modality != m and len(modalities) == 1:
-                raise ValueError(f"model {card} is for {seg.card.modality}, not {m}")
-            found[m] = seg
-        except (CardError, FileNotFoundError, ValueError, TypeError, RuntimeError) as e:
-            errors[m] = f"no {m} model: {e}"
-            log.warning("segment: %s", errors[m])
-    return found, errors
-
-
-class SegmentStage:
-    """Segmentation: the model is the primary segmenter, the classical detector (ridge
-    filter + robust line fit) runs beside it as a cross-check.
-
-    With a model the label map is the model's classes (``item.label_names``) resampled
-    to the frame's grid, and the needle is the line fitted to the model's needle mask
-    when it passes :class:`trackers.needle_fit.NeedleRule` (:meth:`rule`: long enough,
-    straight, most of the needle evidence on one line, and where the model's card says
-    so (CT) a line, not an edge; the piece's scatter, collinear share and flank
-    asymmetry are in ``metrics``). When the classical detector disagrees (tips more
-    than ``disagree_tip_mm`` apart or axes more than ``disagree_angle_deg``), the
-    needle's confidence is halved, the frame is DEGRADED and the disagreement is
-    reported; when only the classical detector sees a needle the model's "no needle"
-    stands and the disagreement is reported. Without a model
-    (``segment.model = none``, or none loaded) the classical detector alone segments and
-    the frame is DEGRADED with the reason.
-
-    Args:
-        config: the segment section.
-        segmenters: loaded models by modality (see :func:`load_segmenters`).
-        load_errors: why a modality has no model, by modality.
-    """
-
-    name = "segment"
-
-    def __init__(self, config: SegmentConfig, segmenters: dict[str, Segmenter] | None = None,
-                 load_errors: dict[str, str] | None = None) -> None:
-        self.config = config
-        self._rules: dict[int, NeedleRule] = {}  # by id() of the segmenter
-        self.segmenters = dict(segmenters or {})
-        self.load_errors = dict(load_errors or {})
-        self._detectors: dict[str, RidgeNeedleDetector] = {}
-        self._labels: np.ndarray | None = None
-        self.hub_hint_ij: npt.NDArray[np.float64] | None = None  # frame pixels
-
-    def rule(self, seg: Segmenter) -> NeedleRule:
-        """The needle rule for a model: the configured limits and the model card's own
-        (:meth:`trackers.needle_fit.NeedleRule.for_model`; a CT card adds the flank
-        check)."""
-        r = self._rules.get(id(seg))
-        if r is None:
-            c = self.config
-            r = self._rules[id(seg)] = NeedleRule.for_model(
-                seg.card.needle_rule, threshold=c.needle_threshold,
-                min_length_mm=c.min_needle_length_mm, max_scatter_mm=c.needle_max_scatter_mm,
-                max_scatter_px=c.needle_max_scatter_px, min_collinear=c.needle_min_collinear)
-        return r
-
-    def _classical(self, item: WorkItem) -> NeedleEstimate2D3D | None:
-        assert item.work is not None
-        pol = self.config.polarity
-        det = self._detectors.get(pol)
-        if det is None:
-            det = self._detectors[pol] = RidgeNeedleDetector(
-                polarity=pol, sigma_px=self.config.sigma_px,
-                min_length_px=self.config.min_length_px)
-        s = item.work_scale
-        hint = None if self.hub_hint_ij is None else (self.hub_hint_ij + 0.5) / s - 0.5
-        found = det.detect(item.work, hub_hint_ij=hint)
-        if found is None:
-            return None
-        tip = (found.tip_ij + 0.5) * s - 0.5
-        hub = (found.hub_ij + 0.5) * s - 0.5
-        return NeedleEstimate2D3D(tip, hub, NAN3, NAN3, found.confidence, "image")
-
-    def _label_buffer(self, rows: int, cols: int) -> np.ndarray:
-        if self._labels is None or self._labels.shape != (rows, cols):
-            self._labels = np.zeros((rows, cols), np.uint8)
-        return self._labels
-
-    def process(self, item: WorkItem) -> None:
-        assert item.frame is not None
-        vox = item.frame.image.voxels
-        rows, cols = vox.shape[1], vox.shape[2]
-        labels = self._label_buffer(rows, cols)
-        item.labels = labels
-        seg = self.segmenters.get(item.modality)
-        classical = self._classical(item) if (seg is None or self.config.crosscheck) else None
-        if seg is None:
-            labels.fill(0)
-            item.label_names = ("background", "needle")
-            if self.config.model != "none":  # configured classical-only is not a failure
-                item.add(Reason.MODEL_MISSING, self.load_errors.get(
-                    item.modality, f"no model for {item.modality or 'this frame'}")
-                    + ": classical detector only")
-            if classical is not None:
-                cv2.line(labels, (round(classical.hub_ij[0]), round(classical.hub_ij[1])),
-                         (round(classical.tip_ij[0]), round(classical.tip_ij[1])), 1,
-                         self.config.label_width_px)
-            item.needle = classical
-            return
-        self._model(item, seg, classical, labels)
-
-    def _model(self, item: WorkItem, seg: Segmenter, classical: NeedleEstimate2D3D | None,
-               labels: np.ndarray) -> None:
-        assert item.frame is not None
-        img = item.frame.image
-        plane = img.voxels[img.voxels.shape[0] // 2]
-        spacing = float(img.spacing_mm[0])
-        res = seg.segment(plane, spacing)
-        res.grid.labels_to_frame(res.labels, out=labels)
-        item.segmentation = res
-        item.label_names = seg.card.labels
-        item.metrics["segment_infer_ms"] = res.infer_ms
-        if seg.degraded:
-            item.add(Reason.BACKEND_FALLBACK, f"segmentation backend: {seg.degraded_reason}")
-        if not res.spacing_ok:
-            lo, hi = seg.card.spacing_range_mm
-            item.add(Reason.SPACING_OUT_OF_RANGE,
-                     f"frame spacing {res.grid.model_spacing_mm:.3f} mm/px on the model grid is "
-                     f"outside the {seg.card.name} training range {lo:.3f}-{hi:.3f}")
-        hint = None if self.hub_hint_ij is None else res.grid.to_model_ij(self.hub_hint_ij)
-        ev = needle_evidence(res.probs[1], res.grid.model_spacing_mm,
-                             seg.card.pixel_spacing_mm, self.rule(seg), hint,
-                             res.image)
-        found = ev.needle
-        if ev.candidate is not None:
-            item.metrics["needle_scatter_mm"] = ev.scatter_mm
-            item.metrics["needle_collinear"] = ev.collinear
-            if not math.isnan(ev.flank_asymmetry):
-                item.metrics["needle_flank_asymmetry"] = ev.flank_asymmetry
-        model = None
-        if found is not None:
-            model = NeedleEstimate2D3D(res.grid.to_frame_ij(found.tip_ij),
-                                       res.grid.to_frame_ij(found.hub_ij), NAN3, NAN3,
-                                       found.confidence, "image")
-        item.needle = self._crosscheck(item, model, classical, spacing)
-
-    def _crosscheck(self, item: WorkItem, model: NeedleEstimate2D3D | None,
-                    classical: NeedleEstimate2D3D | None,
-                    spacing_mm: float) -> NeedleEstimate2D3D | None:
-        if not self.config.crosscheck:
-            return model
-        if model is None:
-            if classical is not None:
-                t = classical.tip_ij
-                item.add(Reason.CLASSICAL_ONLY_NEEDLE,
-                         f"cross-check: the classical detector sees a needle (tip at pixel "
-                         f"{t[0]:.0f}, {t[1]:.0f}) that the model does not")
-                item.metrics["crosscheck_agree"] = 0.0
-            return None
-        if classical is None:
-            item.metrics["crosscheck_agree"] = 0.5  # not confirmed
-            return dataclasses.replace(
-                model, confidence=model.confidence * self.config.unconfirmed_confidence_scale)
-        sp = spacing_mm if math.isfinite(spacing_mm) and spacing_mm > 0 else 1.0
-        d_mm = float(np.linalg.norm(model.tip_ij - classical.tip_ij)) * sp
-        ang = _angle_deg(model.tip_ij - model.hub_ij, classical.tip_ij - classical.hub_ij)
-        item.metrics["crosscheck_tip_mm"] = d_mm
-        item.metrics["crosscheck_angle_deg"] = ang
-        if d_mm > self.config.disagree_tip_mm or ang > self.config.disagree_angle_deg:
-            item.metrics["crosscheck_agree"] = 0.0
-            item.add(Reason.DETECTORS_DISAGREE,
-                     f"cross-check: model and classical detector disagree (tips {d_mm:.1f} mm "
-                     f"apart, axes {ang:.1f} deg)")
-            return dataclasses.replace(
-                model, confidence=model.confidence * self.config.disagree_confidence_scale)
-        item.metrics["crosscheck_agree"] = 1.0
-        return model
 
 
 class NeedleStage:
@@ -331,7 +131,7 @@ class NeedleStage:
                 return
             px_per_mm = float(np.linalg.norm(ij[2] - ij[0]))
             d_mm = float(np.linalg.norm(ij[0] - det.tip_ij)) / max(px_per_mm, 1e-9)
-            ang = _angle_deg(ij[0] - ij[1], det.tip_ij - det.hub_ij)
+            ang = angle_deg(ij[0] - ij[1], det.tip_ij - det.hub_ij)
             where = (f"image tip at pixel ({det.tip_ij[0]:.0f}, {det.tip_ij[1]:.0f}), tracked "
                      f"tip projects to ({ij[0, 0]:.0f}, {ij[0, 1]:.0f}); mm at the tip's "
                      "depth")
@@ -343,7 +143,7 @@ class NeedleStage:
                 item.metrics["tracked_tip_off_plane_mm"] = float(off[0])
                 return  # the tracked tip is not in the picture: nothing to compare
             d_mm = float(np.linalg.norm(tip_img - tracked.tip_lps))
-            ang = _angle_deg(axis_img, tracked.axis_lps)
+            ang = angle_deg(axis_img, tracked.axis_lps)
             where = (f"image tip {np.round(tip_img, 1).tolist()}, tracked tip "
                      f"{np.round(tracked.tip_lps, 1).tolist()} (planning CT, LPS mm)")
         item.metrics["tracker_image_tip_mm"] = d_mm

@@ -168,7 +168,10 @@ class SceneSegmenter:
         self.degraded_reason = None
         self.tip = (60, 128)
 
-    def segment(self, plane, spacing_mm):
+    focus_px = 0  # ultrasound: always the whole frame
+
+    def segment(self, plane, spacing_mm, focus_ij=None):
+        assert focus_ij is None
         from models.preprocess import GridMap
         from models.segmenter import Segmentation
 

@@ -15,7 +15,8 @@ import pytest
 from guidance.geometry import ImageVolume
 from guidance.pipeline.config import ConfigError, PreprocessConfig, SegmentConfig
 from guidance.pipeline.frame import Frame, WorkItem
-from guidance.pipeline.stages import PreprocessStage, SegmentStage, load_segmenters
+from guidance.pipeline.segment import SegmentStage, load_segmenters
+from guidance.pipeline.stages import PreprocessStage
 from guidance.records import GuidanceState
 from models.card import ModelCard
 from models.preprocess import GridMap
@@ -42,7 +43,11 @@ class ScriptedSegmenter:
         self.spacing_ok = spacing_ok
         self.image = np.zeros(labels.shape, np.float32) if image is None else image
 
-    def segment(self, plane: np.ndarray, spacing_mm: float) -> Segmentation:
+    focus_px = 0  # runs on the whole frame only
+
+    def segment(self, plane: np.ndarray, spacing_mm: float,
+                focus_ij: np.ndarray | None = None) -> Segmentation:
+        assert focus_ij is None
         assert plane.shape == (256, 256)
         grid = GridMap((256, 256), (128, 128), 2.0, spacing_mm * 2.0)
         return Segmentation(self.labels, self.probs, grid, "scripted", 1.0, 1.5, self.spacing_ok,
