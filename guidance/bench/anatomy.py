@@ -52,7 +52,8 @@ def run_anatomy(size: int, frames: int, json_path: Path, modality: str = "us",
     from guidance.navigation.setup import static_room
     from guidance.pipeline.config import PipelineConfig
     from guidance.pipeline.frame import Frame, WorkItem
-    from guidance.pipeline.stages import PreprocessStage, SafetyStage, SegmentStage
+    from guidance.pipeline.segment import SegmentStage
+    from guidance.pipeline.stages import PreprocessStage, SafetyStage
     from guidance.pipeline.stats import percentiles
     from guidance.sim import make_scanner
     from models.segmenter import Segmenter
