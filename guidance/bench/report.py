@@ -22,10 +22,23 @@ def _wrote(r: BenchReport) -> str:
 
 
 def latency_lines(r: BenchReport) -> list[str]:
-    """Transport (ours, pyigtl's) and pipeline: the latency percentiles as JSON."""
-    return [_wrote(r), json.dumps({k: r.summary[k]["latency_ms"] for k in
-                                   ("transport", "transport_pyigtl", "pipeline")
-                                   if k in r.summary}, indent=1)]
+    """Transport (ours, pyigtl's) and pipeline: the latency percentiles as JSON, where
+    the pipeline's time goes, and the targets met or not."""
+    lines = [_wrote(r), json.dumps({k: r.summary[k]["latency_ms"] for k in
+                                    ("transport", "transport_pyigtl", "pipeline")
+                                    if k in r.summary}, indent=1)]
+    budget = r.summary.get("pipeline", {}).get("where_the_time_goes", [])
+    if budget:
+        lines.append("where the time goes (p50, share of end-to-end p50):")
+        for row in budget:
+            model = row.get("of_which_model_inference_p50_ms")
+            lines.append(f"  {row['stage']:34s} {row['p50_ms']:6.2f} ms  "
+                         f"{100 * row['share_of_e2e_p50']:5.1f} %"
+                         + (f"  (model {model:.2f} ms)" if model is not None else ""))
+    for name, t in r.summary.get("targets", {}).items():
+        lines.append(f"target {name} <= {t['target']:g}: {t['value']:.3f} "
+                     f"{'met' if t['met'] else 'NOT met'}")
+    return lines
 
 
 def segment_lines(r: BenchReport) -> list[str]:

@@ -66,6 +66,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="duration of each phase, s")
     p.add_argument("--json", type=path_arg("output_file", Path), default=Path("bench.json"),
                    metavar="FILE", help="where to write the results (JSON)")
+    p.add_argument("--busy", type=int_at_least(0), default=0, metavar="N",
+                   help="transport/pipeline: keep N other processes busy meanwhile (a "
+                        "loaded machine)")
     p.add_argument("--stage", choices=("all", "transport", "pipeline", "segment", "render",
                                        "tracked", "anatomy"),
                    default="all",
@@ -133,7 +136,8 @@ def run(args: argparse.Namespace) -> int:
 def _latency(args: argparse.Namespace, stage: str) -> BenchReport:
     from guidance.bench.transport import run_latency
 
-    return run_latency(stage, args.size, args.fps, args.seconds, args.json, _say)
+    return run_latency(stage, args.size, args.fps, args.seconds, args.json, _say,
+                       busy=args.busy)
 
 
 def _segment(args: argparse.Namespace, _stage: str) -> BenchReport:
