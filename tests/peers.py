@@ -195,3 +195,16 @@ class Orthanc:
         except subprocess.TimeoutExpired:
             self.proc.kill()
         self.log.close()
+
+
+def read_until_listening(stream) -> list[str]:
+    """The lines ``guidance run`` prints before it listens (priority, calibrations,
+    plan), up to and including the ``listening`` line."""
+    lines = []
+    for _ in range(50):
+        line = stream.readline()
+        lines.append(line)
+        if "listening" in line or not line:
+            break
+    assert "listening" in lines[-1], lines
+    return lines

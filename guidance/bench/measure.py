@@ -53,9 +53,11 @@ class SenderProcess:
 
     def __init__(self, argv: Sequence[str]) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        # The sender is another program: normal priority (nice 0), whatever ours is.
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "guidance.bench.sender", *argv],
-            stdout=subprocess.PIPE, text=True, env=env)
+            stdout=subprocess.PIPE, text=True, env=env,
+            preexec_fn=lambda: os.setpriority(os.PRIO_PROCESS, 0, 0))
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().split()
         if len(line) != 2 or line[0] != "READY":

@@ -43,6 +43,7 @@ from guidance.pipeline.loop import Pipeline
 from guidance.pipeline.stats import percentiles
 from guidance.planning.plan import Plan
 from guidance.session import write_summary
+from guidance.session.priority import raise_priority
 
 __all__ = ["DEVICE", "STAGES", "run_latency"]
 
@@ -209,6 +210,11 @@ def _targets(out: dict[str, Any]) -> dict[str, Any]:
     return got
 
 
+def _normal_priority() -> None:
+    """In a child process before it runs: nice 0, whatever the parent's."""
+    os.setpriority(os.PRIO_PROCESS, 0, 0)
+
+
 class _Busy:
     """``n`` processes that keep a core each busy (a loaded machine: another program,
     a compile, a virus scan), at normal priority, until :meth:`stop`."""
@@ -217,8 +223,9 @@ class _Busy:
         import subprocess
         import sys
 
-        self.procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
-                      for _ in range(n)]
+        # At normal priority (nice 0) even when this process runs with another one.
+        self.procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"],
+                                       preexec_fn=_normal_priority) for _ in range(n)]
 
     def stop(self) -> None:
         for p in self.procs:
@@ -227,7 +234,7 @@ class _Busy:
 
 
 def run_latency(stage: str, size: int, fps: float, seconds: float, json_path: Path,
-                say: Say = log_say, busy: int = 0) -> BenchReport:
+                say: Say = log_say, busy: int = 0, nice: int = 0) -> BenchReport:
     """Run the phases of ``stage``; write ``json_path`` and a histogram PNG beside it.
 
     Args:
@@ -238,6 +245,8 @@ def run_latency(stage: str, size: int, fps: float, seconds: float, json_path: Pa
         json_path: where the results go (JSON).
         say: where the progress lines go.
         busy: processes that keep a core each busy during every phase (0: none).
+        nice: CPU priority to run at (:func:`guidance.session.priority.raise_priority`;
+            the sender and the busy processes stay at 0).
 
     Returns:
         The report; its summary has one entry per phase (``latency_ms``: p50/p95/p99/max
@@ -257,7 +266,10 @@ def run_latency(stage: str, size: int, fps: float, seconds: float, json_path: Pa
         raise InputError(f"--busy must be 0..64, got {busy}")
     out: dict[str, Any] = {"size": size, "fps": fps, "seconds": seconds,
                            "dtype": "uint16", "cpu_count": os.cpu_count(),
-                           "busy_processes": busy}
+                           "busy_processes": busy, "nice": nice}
+    if nice:
+        out["priority"] = raise_priority(nice)
+        say(out["priority"])
     phases: list[tuple[str, _Phase]] = []
     if stage in ("all", "transport"):
         phases += [("transport", _transport_ours), ("transport_pyigtl", _transport_pyigtl)]

@@ -69,6 +69,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--busy", type=int_at_least(0), default=0, metavar="N",
                    help="transport/pipeline: keep N other processes busy meanwhile (a "
                         "loaded machine)")
+    p.add_argument("--nice", type=int, choices=range(-20, 20), default=0, metavar="N",
+                   help="transport/pipeline: run at this CPU priority, as guidance run --nice")
     p.add_argument("--stage", choices=("all", "transport", "pipeline", "segment", "render",
                                        "tracked", "anatomy"),
                    default="all",
@@ -137,7 +139,7 @@ def _latency(args: argparse.Namespace, stage: str) -> BenchReport:
     from guidance.bench.transport import run_latency
 
     return run_latency(stage, args.size, args.fps, args.seconds, args.json, _say,
-                       busy=args.busy)
+                       busy=args.busy, nice=args.nice)
 
 
 def _segment(args: argparse.Namespace, _stage: str) -> BenchReport:

@@ -21,6 +21,7 @@ from guidance.records import MODALITIES
 from guidance.session import SessionError
 from guidance.session.build import RunRequest, build_run_session
 from guidance.session.console import summary_lines, transport_lines
+from guidance.session.priority import DEFAULT_NICE
 from guidance.session.signals import StopSignals, wait_or_interrupt
 
 __all__ = ["register"]
@@ -81,6 +82,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="with --listen: accept only these peers (IP, network such as "
                         "10.0.0.0/24, or host name; default: any peer that reaches the "
                         "port -- see --bind)")
+    p.add_argument("--nice", type=int, choices=range(-20, 20), default=DEFAULT_NICE,
+                   metavar="N", help="CPU priority of the live threads, -20..19 (lower runs "
+                                     "first; below 0 needs root or CAP_SYS_NICE, else it is "
+                                     "said and the priority stays)")
     p.set_defaults(func=run)
 
 
@@ -105,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
                      config=args.config, modality=args.modality or "",
                      calibration=tuple(args.calibration), plan=args.plan,
                      target_px=args.target_px, out_dir=args.out, record=args.record,
-                     transport=transport)
+                     transport=transport, nice=args.nice)
     session = build_run_session(req, say=print)
     where = (f"listening on {args.bind}:{session.port}" if args.listen is not None
              else f"connecting to {args.connect[0]}:{args.connect[1]}")

@@ -20,6 +20,7 @@ from guidance.io.igtl import TransportConfig
 from guidance.pipeline.config import PipelineConfig, load_config
 from guidance.session.console import progress_line
 from guidance.session.live import LiveSession, SessionError
+from guidance.session.priority import DEFAULT_NICE, raise_priority
 
 if TYPE_CHECKING:
     from guidance.planning.plan import Plan
@@ -45,6 +46,8 @@ class RunRequest:
         out_dir: annotated PNGs and ``summary.json`` go here (None: nowhere).
         record: every received message is recorded into this file (None: not).
         transport: transport settings (cap, CRC, timeouts, connections, allow list).
+        nice: CPU priority of the live threads (:mod:`guidance.session.priority`; 0:
+            normal).
     """
 
     listen: int | None = None
@@ -58,6 +61,7 @@ class RunRequest:
     out_dir: Path | None = None
     record: Path | None = None
     transport: TransportConfig = field(default_factory=TransportConfig)
+    nice: int = DEFAULT_NICE
 
 
 def build_run_session(req: RunRequest, say: Callable[[str], None]) -> LiveSession:
@@ -81,6 +85,7 @@ def build_run_session(req: RunRequest, say: Callable[[str], None]) -> LiveSessio
     if req.connect is not None and (req.transport.allow or req.transport.max_connections != 16):
         raise SessionError("--allow and --max-connections apply to --listen, not --connect")
     config = load_config(req.config) if req.config else PipelineConfig()
+    say(raise_priority(req.nice))  # before any of the session's threads exist
     if req.modality:
         config = dataclasses.replace(
             config, ingest=dataclasses.replace(config.ingest, modality=req.modality))

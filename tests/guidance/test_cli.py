@@ -14,6 +14,7 @@ import pytest
 
 from guidance.cli.main import main
 from guidance.io.recording import read_recording
+from tests.peers import read_until_listening
 
 
 @pytest.mark.parametrize(
@@ -123,7 +124,8 @@ def test_run_simulate_record_then_replay(tmp_path):
     )
     try:
         assert run.stdout is not None
-        assert "listening" in run.stdout.readline()
+        said = read_until_listening(run.stdout)
+        assert said[0].startswith("priority: ")  # raised, or why not
         sim = subprocess.run(
             [
                 sys.executable,
@@ -179,7 +181,8 @@ def test_run_simulate_record_then_replay(tmp_path):
         text=True,
     )
     try:
-        assert run2.stdout is not None and "listening" in run2.stdout.readline()
+        assert run2.stdout is not None
+        read_until_listening(run2.stdout)
         rp = subprocess.run(
             [
                 sys.executable,
@@ -237,7 +240,7 @@ def test_sigterm_stops_run_gracefully_with_summary_and_a_readable_recording(tmp_
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert run.stdout is not None
-        assert "listening" in run.stdout.readline()
+        read_until_listening(run.stdout)
         client = IgtlClient("127.0.0.1", port).start()
         assert client.wait_connected(10.0)
         m = np.eye(4)

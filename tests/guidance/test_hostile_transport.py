@@ -27,6 +27,7 @@ from guidance.io.igtl import (
     parse_allow_list,
 )
 from guidance.io.messages import HEADER_SIZE
+from tests.peers import read_until_listening
 
 
 def wait_until(cond, timeout_s: float = 10.0, what: str = "condition") -> None:
@@ -382,7 +383,7 @@ def test_run_serves_a_good_client_every_reply_through_hostile_peers_and_sigint_w
     good = IgtlClient("127.0.0.1", port)
     try:
         assert run.stdout is not None
-        assert "listening" in run.stdout.readline()
+        read_until_listening(run.stdout)
         good.start()
         assert good.wait_connected(20)
 
