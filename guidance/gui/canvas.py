@@ -241,6 +241,9 @@ class LiveRenderer:
                                                cv2.CHAIN_APPROX_SIMPLE)
                 if contours:
                     cv2.drawContours(rgb, contours, -1, theme.class_colour(cid, name), 1)
+        if result.focus_window is not None and not stale:  # where the model looked
+            fx0, fy0, fx1, fy1 = result.focus_window
+            cv2.rectangle(rgb, (fx0, fy0), (fx1 - 1, fy1 - 1), (150, 150, 150), 1)
         # As a DICOM viewer shows the slice (guidance.figures), when it is placed.
         self.orientation = display_orientation(result)
         self._stored_shape = (rows, cols)

@@ -192,6 +192,9 @@ class WorkItem:
     image_structures: tuple[Any, ...] = ()
     #: CT control slab: the scan's result.
     ct_scan: CtScanResult | None = None
+    #: the model's focus window in frame pixels ``(x0, y0, x1, y1)``, end exclusive,
+    #: when the model looked only there (see ``segment.focus_px``).
+    focus_window: tuple[int, int, int, int] | None = None
 
     def add(self, reason: Reason, message: str) -> None:
         """Add a reason (its state counts towards the update's state)."""
@@ -232,6 +235,9 @@ class FrameResult:
             distances (:class:`~guidance.safety.image_anatomy.ImageStructure`).
         at_s: the time the result is for on the poses' clock (a frame: its timestamp
             minus the temporal calibration's lag), s.
+        focus_window: ``(x0, y0, x1, y1)`` frame pixels (end exclusive) where the
+            model looked when it ran on its focus window only: ``labels`` hold only the
+            needle there, nothing elsewhere (None: the whole frame).
         ct_scan: a CT control slab's result (the needle in 3D, the patient's motion,
             depths): :class:`~guidance.ctscan.result.CtScanResult`; ``None`` otherwise.
     """
@@ -257,6 +263,7 @@ class FrameResult:
     at_s: float = float("nan")
     image_structures: tuple[Any, ...] = ()
     ct_scan: CtScanResult | None = None
+    focus_window: tuple[int, int, int, int] | None = None
 
     @property
     def reasons(self) -> tuple[str, ...]:

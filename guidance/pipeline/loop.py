@@ -469,7 +469,7 @@ class Pipeline:
             placement=item.placement, outlines=item.outlines, label_names=item.label_names,
             modality=item.modality, image_structures=item.image_structures,
             device_name=rec.device_name, timestamp_s=rec.timestamp_s, at_s=item.at_s,
-            ct_scan=item.ct_scan)
+            ct_scan=item.ct_scan, focus_window=item.focus_window)
         if item.ct_scan is not None:
             self.ct_path.log_scan(item.ct_scan, state.name, result.reasons, item.t_s)
         t_out = time.monotonic_ns()

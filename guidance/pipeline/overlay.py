@@ -63,6 +63,8 @@ OUTLINE_COLOUR = (255, 140, 0)
 #: The plan (entry -> target) and the needle found on the frame.
 PLAN_COLOUR = (0, 200, 255)
 NEEDLE_COLOUR = (0, 255, 0)
+#: The model's focus window (``segment.focus_px``): where it looked on this frame.
+FOCUS_COLOUR = (150, 150, 150)
 
 
 def label_colour(value: int, name: str) -> tuple[int, int, int]:
@@ -227,6 +229,10 @@ class OverlayComposer:
                 cv2.drawContours(rgb, contours, -1, colour, 1)
                 model = result.kind != "pose"  # a model's classes, not the plan's
                 legend.setdefault(f"{name} (model)" if model else name, colour)
+        if result.focus_window is not None:  # the model looked only here
+            x0, y0, x1, y1 = result.focus_window
+            cv2.rectangle(rgb, (x0, y0), (x1 - 1, y1 - 1), FOCUS_COLOUR, 1)
+            legend["model's window (needle only)"] = FOCUS_COLOUR
         self._outlines(rgb, result, legend, texts)
         if self._plan(rgb, result):
             legend["plan"] = PLAN_COLOUR

@@ -28,6 +28,8 @@ __all__ = ["SegmentStage", "angle_deg", "load_segmenters"]
 
 log = logging.getLogger(__name__)
 NAN3 = np.full(3, np.nan)
+#: The needle's class in every model card (``labels[1] == "needle"``).
+NEEDLE_LABEL = 1
 
 
 def angle_deg(u: npt.NDArray[np.float64], v: npt.NDArray[np.float64]) -> float:
@@ -213,6 +215,17 @@ class SegmentStage:
         b = np.clip(np.ceil(w[1]).astype(int), 0, [cols, rows])
         return int(a[1]), int(a[0]), int(b[1]), int(b[0])
 
+    @staticmethod
+    def _frame_window(res: Segmentation) -> tuple[int, int, int, int]:
+        """The focus window in frame pixels ``(x0, y0, x1, y1)``, end exclusive."""
+        assert res.window is not None
+        r0, c0, r1, c1 = res.window
+        a = res.grid.to_frame_ij(np.array([c0 - 0.5, r0 - 0.5])) + 0.5
+        b = res.grid.to_frame_ij(np.array([c1 - 0.5, r1 - 0.5])) + 0.5
+        rows, cols = res.grid.frame_shape
+        return (int(max(0, round(a[0]))), int(max(0, round(a[1]))),
+                int(min(cols, round(b[0]))), int(min(rows, round(b[1]))))
+
     def _model(self, item: WorkItem, seg: Segmenter, labels: np.ndarray) -> None:
         assert item.frame is not None
         img = item.frame.image
@@ -229,6 +242,11 @@ class SegmentStage:
                 item.metrics["segment_focus"] = 0.0
                 item.metrics["segment_focus_miss"] = 1.0
                 item.metrics["segment_focus_infer_ms"] = infer_ms
+        if res.window is not None:
+            # The window shows anatomy cut at its edges: only the needle is reported
+            # from it (the model's other classes need the whole frame).
+            np.putmask(res.labels, res.labels != NEEDLE_LABEL, 0)
+            item.focus_window = self._frame_window(res)
         res.grid.labels_to_frame(res.labels, out=labels)
         item.segmentation = res
         item.label_names = seg.card.labels

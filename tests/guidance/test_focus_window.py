@@ -69,6 +69,21 @@ def test_labels_outside_the_window_are_not_claimed(frames: list) -> None:
     assert not res.labels[outside].any()
 
 
+def test_a_window_reports_only_the_needle_and_where_it_looked(frames: list) -> None:
+    """Anatomy cut at the window's edges would draw the window as a vertebra: only the
+    needle class is reported from a window, and the window itself is in the result."""
+    stage = _stage(96)
+    _process(stage, frames[0], 0)
+    item = _process(stage, frames[1], 1)
+    assert item.labels is not None
+    assert set(np.unique(item.labels).tolist()) <= {0, 1}
+    assert item.focus_window is not None
+    x0, y0, x1, y1 = item.focus_window
+    assert x1 - x0 == y1 - y0 == 192  # 96 model pixels, the 512 frame on a 256 grid
+    tip = item.needle.tip_ij
+    assert x0 <= tip[0] < x1 and y0 <= tip[1] < y1
+
+
 def test_a_needle_outside_the_window_sends_the_frame_to_the_whole_frame(frames: list) -> None:
     stage = _stage(96)
     _process(stage, frames[0], 0)
