@@ -51,6 +51,7 @@ from guidance.io.igtl_connection import (
     RawListener,
     TransportConfig,
 )
+from guidance.io.pack import pack_message
 from guidance.io.slots import LatestSlots
 
 __all__ = [
@@ -300,7 +301,7 @@ class IgtlServer:
     def send(self, message: MessageBase, on_sent: Callable[[int], None] | None = None) -> int:
         """Pack once and queue to every client (latest per device). Returns the number
         of clients it was queued to."""
-        packed = message.pack()
+        packed = pack_message(message)
         key = f"{message.message_type}:{message.device_name}"
         conns = self.connections()
         for c in conns:
@@ -422,7 +423,8 @@ class IgtlClient:
         conn = self._conn
         if conn is None or conn.closed:
             return False
-        conn.send_packed(f"{message.message_type}:{message.device_name}", message.pack(), on_sent)
+        conn.send_packed(f"{message.message_type}:{message.device_name}", pack_message(message),
+                         on_sent)
         return True
 
     def send_packed(self, key: str, packed: bytes) -> bool:
