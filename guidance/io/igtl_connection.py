@@ -191,7 +191,7 @@ class Connection:
         self._window_s: float | None = None
         if _WAITALL:
             sock.settimeout(None)  # blocking: the kernel's SO_RCVTIMEO is the only limit
-            self._set_window(None)
+            self._set_window(config.body_timeout_s)
         self._rx = threading.Thread(target=self._receive_loop, name=f"igtl-rx {peer}", daemon=True)
         self._tx = threading.Thread(target=self._send_loop, name=f"igtl-tx {peer}", daemon=True)
 
@@ -330,6 +330,20 @@ class Connection:
         except TimeoutError:
             return None
 
+    def _recv_start(self, hview: memoryview) -> int | None:
+        """The beginning of a message: whatever of the header has arrived, at least one
+        byte (0: the peer closed; None: nothing yet, wait again). On Linux the receive
+        window stays ``body_timeout_s`` (an idle connection just comes back here every
+        so often): no system call to change it twice per message."""
+        if _WAITALL:
+            self._set_window(self.config.body_timeout_s)
+            try:
+                return self.sock.recv_into(hview, HEADER_SIZE)
+            except BlockingIOError:  # nothing within the window: an idle peer
+                return None
+        self.sock.settimeout(None)
+        return self.sock.recv_into(hview, HEADER_SIZE)
+
     def _recv_exact(self, view: memoryview, n: int, crc: int | None, deadline: float) -> int | None:
         """Fill ``view[:n]`` before ``deadline`` (monotonic s), no gap longer than
         ``body_timeout_s``; returns the running CRC (or None when not checked)."""
@@ -403,15 +417,17 @@ class Connection:
         hview = memoryview(hdr)
         cfg = self.config
         while not self._closed.is_set():
-            # Wait for the first byte with no timeout (an idle peer is fine), then the
-            # rest of the message must keep coming and be whole within the deadline.
-            first = None
-            while first is None and not self._closed.is_set():
-                first = self._recv_some(hview[:1], None)
-            if not first:
+            # Wait for a message to begin without limit (an idle peer is fine), taking in
+            # the same call as much of its header as is there; then the rest must keep
+            # coming and be whole within the deadline.
+            got = None
+            while got is None and not self._closed.is_set():
+                got = self._recv_start(hview)
+            if not got:
                 return "peer closed the connection"
             deadline = time.monotonic() + cfg.message_timeout_s
-            self._recv_exact(hview[1:], HEADER_SIZE - 1, None, deadline)
+            if got < HEADER_SIZE:
+                self._recv_exact(hview[got:], HEADER_SIZE - got, None, deadline)
             try:
                 header = parse_header(hdr, cfg.max_body_bytes)
             except MalformedMessage as e:
