@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -18,8 +19,15 @@ import psutil
 
 from guidance.session import SessionError
 
-__all__ = ["BenchReport", "ProcessUsage", "Say", "SenderProcess", "log_say",
-           "write_histogram"]
+__all__ = [
+    "BenchReport",
+    "ProcessUsage",
+    "Say",
+    "SenderProcess",
+    "log_say",
+    "run_until_sent",
+    "write_histogram",
+]
 
 log = logging.getLogger(__name__)
 
@@ -129,3 +137,22 @@ def write_histogram(path: Path, series: Mapping[str, Sequence[float]], title: st
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def run_until_sent(client: Any, pipe: Any, sender: SenderProcess,
+                   ) -> tuple[int, dict[str, dict[str, float]]]:
+    """Start ``client`` (an ``IgtlClient``) and ``pipe`` (a ``Pipeline`` on its slots),
+    wait for ``sender`` to finish and for the last update, stop both.
+
+    Returns:
+        (what the sender sent, the pipeline's statistics as percentiles by name, ms).
+    """
+    from guidance.pipeline.stats import percentiles
+
+    client.start()
+    pipe.start()
+    sent = sender.wait()
+    threading.Event().wait(0.5)  # the last update's processing
+    pipe.stop()
+    client.stop()
+    return sent, {name: percentiles(pipe.stats.values(name)) for name in pipe.stats.names()}

@@ -19,7 +19,6 @@ tip only).
 from __future__ import annotations
 
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,6 +30,7 @@ from guidance.bench.measure import (
     Say,
     SenderProcess,
     log_say,
+    run_until_sent,
     write_histogram,
 )
 from guidance.io.validate import InputError
@@ -68,7 +68,6 @@ def _phase(pose_hz: float, seconds: float, room_files: Sequence[Path], plan: Pla
     from guidance.io.igtl import IgtlClient
     from guidance.navigation.setup import load_room
     from guidance.pipeline.loop import Pipeline
-    from guidance.pipeline.stats import percentiles
 
     sender = SenderProcess(["--tracked", "--pose-hz", str(pose_hz), "--seconds",
                             str(seconds), "--seed", str(SEED)])
@@ -81,13 +80,7 @@ def _phase(pose_hz: float, seconds: float, room_files: Sequence[Path], plan: Pla
     pipe = Pipeline(client.slots, send=send, room=load_room(list(room_files)))
     if plan is not None:
         pipe.set_plan(plan, structures)
-    client.start()
-    pipe.start()
-    sent = sender.wait()
-    threading.Event().wait(0.5)  # the last pose's update
-    pipe.stop()
-    client.stop()
-    stats = {name: percentiles(pipe.stats.values(name)) for name in pipe.stats.names()}
+    sent, stats = run_until_sent(client, pipe, sender)
     tip = pipe.stats.values("tip_sent")
     decisions = dict(pipe.decisions)
     return {

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import resource
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +32,7 @@ from guidance.bench.measure import (
     Say,
     SenderProcess,
     log_say,
+    run_until_sent,
     write_histogram,
 )
 from guidance.io.igtl import IgtlClient
@@ -139,13 +139,7 @@ def _pipeline(size: int, fps: float, seconds: float) -> dict[str, Any]:
 
     pipe = Pipeline(client.slots, config, send=send, room=room, on_result=count)
     pipe.set_plan(Plan(np.zeros(3), np.array([100.0, 0.0, 0.0]), "bench"))
-    client.start()
-    pipe.start()
-    sent = sender.wait()
-    threading.Event().wait(0.5)  # the last frame's processing
-    pipe.stop()
-    client.stop()
-    stats = {name: percentiles(pipe.stats.values(name)) for name in pipe.stats.names()}
+    sent, stats = run_until_sent(client, pipe, sender)
     e2e = pipe.stats.values("end_to_end")
     half = e2e.size // 2
     stage_values = {name: pipe.stats.values(name).tolist() for name in FRAME_STAGES
