@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -208,3 +212,20 @@ def read_until_listening(stream) -> list[str]:
             break
     assert "listening" in lines[-1], lines
     return lines
+
+
+def wait_until(cond: Callable[[], bool], timeout_s: float = 10.0,
+               what: str = "condition") -> None:
+    """Wait (polling every 10 ms) until ``cond()`` holds; fail naming ``what`` after
+    ``timeout_s``."""
+    ev = threading.Event()
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        ev.wait(0.01)
+
+
+def raw_client(port: int) -> socket.socket:
+    """A plain TCP connection to a local server (raw bytes, no OpenIGTLink client)."""
+    return socket.create_connection(("127.0.0.1", port), timeout=10)

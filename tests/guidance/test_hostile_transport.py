@@ -27,20 +27,7 @@ from guidance.io.igtl import (
     parse_allow_list,
 )
 from guidance.io.messages import HEADER_SIZE
-from tests.peers import read_until_listening
-
-
-def wait_until(cond, timeout_s: float = 10.0, what: str = "condition") -> None:
-    ev = threading.Event()
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        ev.wait(0.01)
-
-
-def raw_client(port: int) -> socket.socket:
-    return socket.create_connection(("127.0.0.1", port), timeout=10)
+from tests.peers import raw_client, read_until_listening, wait_until
 
 
 def rss_mb() -> float:

@@ -14,19 +14,7 @@ import pytest
 
 from guidance.io.igtl import IgtlClient, IgtlServer, TransportConfig, parse_host_port
 from guidance.io.messages import HEADER_SIZE, TrackingDataMessage
-
-
-def wait_until(cond, timeout_s=5.0, what="condition"):
-    ev = threading.Event()
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        ev.wait(0.01)
-
-
-def raw_client(port: int) -> socket.socket:
-    return socket.create_connection(("127.0.0.1", port), timeout=5)
+from tests.peers import raw_client, wait_until
 
 
 def image_msg(value: int = 0, name: str = "Image", size: int = 32) -> bytes:
