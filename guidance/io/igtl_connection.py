@@ -187,8 +187,8 @@ class Connection:
             OrderedDict()
         )
         _set_keepalive(sock, config.keepalive_s)
-        #: The receive window now set as ``SO_RCVTIMEO`` (s; None: no limit).
-        self._window_s: float | None = None
+        #: The receive window now set as ``SO_RCVTIMEO``, s (0: not set yet).
+        self._window_s = 0.0
         if _WAITALL:
             sock.settimeout(None)  # blocking: the kernel's SO_RCVTIMEO is the only limit
             self._set_window(config.body_timeout_s)
@@ -299,21 +299,19 @@ class Connection:
 
     # -- receiving -------------------------------------------------------------------
 
-    def _set_window(self, seconds: float | None) -> None:
-        """Set ``SO_RCVTIMEO`` (None: wait without limit), skipping the system call when
-        it is already (within 1 ms) what is asked."""
-        old = self._window_s
-        if seconds == old or (seconds is not None and old is not None
-                              and abs(seconds - old) < 1e-3):
+    def _set_window(self, seconds: float) -> None:
+        """Set ``SO_RCVTIMEO`` to ``seconds`` (at least 1 ms), skipping the system call
+        when it is already (within 1 ms) what is asked."""
+        if abs(seconds - self._window_s) < 1e-3:
             return
-        s = 0.0 if seconds is None else max(seconds, 1e-3)
+        s = max(seconds, 1e-3)
         sec = int(s)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
                              struct.pack("ll", sec, int((s - sec) * 1e6)))
         self._window_s = seconds
 
-    def _recv_some(self, view: memoryview, window_s: float | None) -> int | None:
-        """Receive into ``view``, waiting at most ``window_s`` (None: no limit) for bytes.
+    def _recv_some(self, view: memoryview, window_s: float) -> int | None:
+        """Receive into ``view``, waiting at most ``window_s`` seconds for bytes.
 
         Returns the byte count (0: the peer closed), or None when nothing came within
         the window. With ``MSG_WAITALL`` the kernel fills the whole view unless the

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -18,7 +18,7 @@ import numpy.typing as npt
 
 from guidance.pipeline.config import SegmentConfig
 from guidance.pipeline.frame import NeedleEstimate2D3D, Reason, WorkItem
-from trackers.needle_detect import RidgeNeedleDetector
+from trackers.needle_detect import NeedleDetection, RidgeNeedleDetector
 from trackers.needle_fit import NeedleEvidence, NeedleRule, needle_evidence
 
 if TYPE_CHECKING:
@@ -43,15 +43,15 @@ def angle_deg(u: npt.NDArray[np.float64], v: npt.NDArray[np.float64]) -> float:
 _EDGE_PX = 4.0
 
 
-def _shifted(det: Any, off: npt.NDArray[np.float64]) -> Any:
-    """A detection (``trackers.needle_detect.NeedleDetection``) moved by ``off`` pixels
-    (column, row); None stays None."""
+def _shifted(det: NeedleDetection | None, off: npt.NDArray[np.float64]
+             ) -> NeedleDetection | None:
+    """A detection moved by ``off`` pixels (column, row); None stays None."""
     if det is None:
         return None
     return dataclasses.replace(det, tip_ij=det.tip_ij + off, hub_ij=det.hub_ij + off)
 
 
-def _at_window_edge(needle: Any, window: tuple[int, int, int, int]) -> bool:
+def _at_window_edge(needle: NeedleDetection, window: tuple[int, int, int, int]) -> bool:
     """Whether the needle's tip reaches the focus window's edge (then the window may not
     hold the whole needle: the whole frame is segmented). ``needle.tip_ij`` is in model
     pixels (column, row)."""
@@ -201,30 +201,33 @@ class SegmentStage:
                      self.config.label_width_px)
         item.needle = classical
 
-    def _work_window(self, item: WorkItem, seg: Segmenter, res: Segmentation
-                     ) -> tuple[int, int, int, int] | None:
-        """The model's focus window on the working grid (the classical detector's), or
-        None when the model ran on the whole frame."""
-        if res.window is None or item.work is None:
-            return None
+    @staticmethod
+    def _window_edges(res: Segmentation) -> npt.NDArray[np.float64]:
+        """The focus window's outer edges in frame pixel coordinates: (2, 2), the
+        top-left and the bottom-right corner's (column, row)."""
+        assert res.window is not None
         r0, c0, r1, c1 = res.window
-        corners = res.grid.to_frame_ij(np.array([[c0 - 0.5, r0 - 0.5], [c1 - 0.5, r1 - 0.5]]))
-        w = (corners + 0.5) / item.work_scale - 0.5
-        rows, cols = item.work.shape
+        return res.grid.to_frame_ij(np.array([[c0 - 0.5, r0 - 0.5], [c1 - 0.5, r1 - 0.5]]))
+
+    @staticmethod
+    def _frame_window(edges: npt.NDArray[np.float64], frame_shape: tuple[int, int]
+                      ) -> tuple[int, int, int, int]:
+        """The focus window in frame pixels ``(x0, y0, x1, y1)``, end exclusive."""
+        a, b = edges + 0.5
+        rows, cols = frame_shape
+        return (int(max(0, round(a[0]))), int(max(0, round(a[1]))),
+                int(min(cols, round(b[0]))), int(min(rows, round(b[1]))))
+
+    @staticmethod
+    def _work_window(edges: npt.NDArray[np.float64], work_scale: float,
+                     work_shape: tuple[int, int]) -> tuple[int, int, int, int]:
+        """The focus window on the working grid (the classical detector's), ``(r0, c0,
+        r1, c1)``."""
+        w = (edges + 0.5) / work_scale - 0.5
+        rows, cols = work_shape
         a = np.clip(np.floor(w[0]).astype(int), 0, [cols, rows])
         b = np.clip(np.ceil(w[1]).astype(int), 0, [cols, rows])
         return int(a[1]), int(a[0]), int(b[1]), int(b[0])
-
-    @staticmethod
-    def _frame_window(res: Segmentation) -> tuple[int, int, int, int]:
-        """The focus window in frame pixels ``(x0, y0, x1, y1)``, end exclusive."""
-        assert res.window is not None
-        r0, c0, r1, c1 = res.window
-        a = res.grid.to_frame_ij(np.array([c0 - 0.5, r0 - 0.5])) + 0.5
-        b = res.grid.to_frame_ij(np.array([c1 - 0.5, r1 - 0.5])) + 0.5
-        rows, cols = res.grid.frame_shape
-        return (int(max(0, round(a[0]))), int(max(0, round(a[1]))),
-                int(min(cols, round(b[0]))), int(min(rows, round(b[1]))))
 
     def _model(self, item: WorkItem, seg: Segmenter, labels: np.ndarray) -> None:
         assert item.frame is not None
@@ -246,13 +249,18 @@ class SegmentStage:
             # The window shows anatomy cut at its edges: only the needle is reported
             # from it (the model's other classes need the whole frame).
             np.putmask(res.labels, res.labels != NEEDLE_LABEL, 0)
-            item.focus_window = self._frame_window(res)
+            edges = self._window_edges(res)
+            item.focus_window = self._frame_window(edges, res.grid.frame_shape)
         res.grid.labels_to_frame(res.labels, out=labels)
         item.segmentation = res
         item.label_names = seg.card.labels
         item.metrics["segment_infer_ms"] = res.infer_ms
-        classical = (self._classical(item, self._work_window(item, seg, res))
-                     if self.config.crosscheck else None)
+        classical = None
+        if self.config.crosscheck:
+            work_window = None
+            if res.window is not None and item.work is not None:
+                work_window = self._work_window(edges, item.work_scale, item.work.shape)
+            classical = self._classical(item, work_window)
         if seg.degraded:
             item.add(Reason.BACKEND_FALLBACK, f"segmentation backend: {seg.degraded_reason}")
         if not res.spacing_ok:
